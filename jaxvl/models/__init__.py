@@ -1,0 +1,19 @@
+"""Models: the plan-driven V&L encoder, the five VOLTA presets, and their building blocks.
+
+Models never import data or training code.
+"""
+
+from jaxvl.models.attention import DotProductAttention, attention_bias
+from jaxvl.models.config import VLConfig, config_from_volta_dict, config_from_volta_json, to_volta_dict
+from jaxvl.models.params import count_params, scan_params, unscan_params
+from jaxvl.models.plan import Sublayer, SublayerPlan, find_segments
+from jaxvl.models.presets import PRESETS
+from jaxvl.models.validate import BatchError, validate_batch
+from jaxvl.models.vlbert import VLBertForPreTraining, VLBertModel, VLOutput, get_config, get_model
+
+__all__ = [
+    "PRESETS", "BatchError", "DotProductAttention", "Sublayer", "SublayerPlan", "VLBertForPreTraining",
+    "VLBertModel", "VLConfig", "VLOutput", "attention_bias", "config_from_volta_dict", "config_from_volta_json",
+    "count_params", "find_segments", "get_config", "get_model", "scan_params", "to_volta_dict", "unscan_params",
+    "validate_batch",
+]
