@@ -19,7 +19,8 @@ from flax import linen as nn
 
 from jaxvl.models.layers import dropout
 
-MASK_VALUE = -10000.0  # VOLTA's (and BERT's) additive mask constant; HF uses finfo.min (same result unless a row is fully masked)
+# VOLTA's (and BERT's) additive mask constant; HF uses finfo.min (same result unless a row is fully masked).
+MASK_VALUE = -10000.0
 
 
 def attention_bias(mask: jax.Array) -> jax.Array:
@@ -55,4 +56,5 @@ class DotProductAttention(nn.Module):
         if self.sow_weights:
             self.sow("intermediates", "weights", probs)
         probs = dropout(self, probs, self.dropout_rate, deterministic)
-        return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32).astype(v.dtype)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        return ctx.astype(v.dtype)

@@ -90,8 +90,14 @@ class VLConfig:
 
     @property
     def visual_targets(self) -> dict[str, int]:
-        """Visual head key -> output size, for every target with a positive weight."""
-        return {k: VISUAL_TARGET_SIZES[k] for k, w in self.visual_target_weights if w > 0}
+        """Visual head key -> output size, for every target with a positive weight.
+
+        Feature targets (MRFR ``"1"``/``"5"``, NCE ``"2"``) regress ``v_feature_size`` (VOLTA fixes 2048,
+        the same number at ctrl sizes); class targets keep VOLTA's 1601 / 1600 / 400.
+        """
+        feature_targets = ("1", "2", "5")
+        return {k: self.v_feature_size if k in feature_targets else VISUAL_TARGET_SIZES[k]
+                for k, w in self.visual_target_weights if w > 0}
 
     @property
     def sublayers(self) -> tuple[Sublayer, ...]:

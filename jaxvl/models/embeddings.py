@@ -156,15 +156,19 @@ class VLBertEmbeddings(_TextTables):
         self.norm = layer_norm(c.layer_norm_eps, name="norm")
         self.obj_downsample = dense(c.v_hidden_size, ("feature", "embed"), name="obj_downsample", xavier=True,
                                     dtype=c.dtype)
-        init_1 = lambda n, f, init: self.param(n, nn.with_logical_partitioning(init, (None, "embed")), (1, f))  # noqa: E731
+        def init_1(n: str, f: int, init):
+            return self.param(n, nn.with_logical_partitioning(init, (None, "embed")), (1, f))
+
         self.object_linguistic_embeddings = init_1("object_linguistic_embeddings", c.hidden_size,
                                                    nn.initializers.normal(c.initializer_range))
         self.object_mask_visual_embedding = init_1("object_mask_visual_embedding", c.v_feature_size,
                                                    nn.initializers.zeros)
         self.end_embedding = init_1("end_embedding", c.hidden_size, nn.initializers.normal(c.initializer_range))
-        zero_ln = lambda n: nn.LayerNorm(epsilon=c.layer_norm_eps, use_fast_variance=False, name=n,  # noqa: E731
-                                         scale_init=normal_init(0.0, ("embed",)),
-                                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+        def zero_ln(n: str) -> nn.LayerNorm:  # VL-BERT starts these LayerNorms' scales at zero
+            return nn.LayerNorm(epsilon=c.layer_norm_eps, use_fast_variance=False, name=n,
+                                scale_init=normal_init(0.0, ("embed",)),
+                                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+
         self.visual_ln_text = zero_ln("visual_ln_text")
         self.visual_ln_object = zero_ln("visual_ln_object")
 

@@ -35,8 +35,10 @@ class AttentionSublayer(nn.Module):
 
     def _stream(self, prefix: str, width: int, heads: int, out: int):
         c = self.cfg
-        proj = lambda n: dense((heads, width // heads), ("embed", "heads", "kv"), dtype=c.dtype,  # noqa: E731
-                               name=prefix + n, stddev=c.initializer_range)
+        def proj(n: str) -> nn.DenseGeneral:
+            return dense((heads, width // heads), ("embed", "heads", "kv"), dtype=c.dtype, name=prefix + n,
+                         stddev=c.initializer_range)
+
         return dict(query=proj("query"), key=proj("key"), value=proj("value"),
                     out=dense(out, ("heads", "kv", "embed"), axis=(-2, -1), dtype=c.dtype, name=prefix + "out",
                               stddev=c.initializer_range),
@@ -44,9 +46,11 @@ class AttentionSublayer(nn.Module):
 
     def setup(self):
         c, s = self.cfg, self.spec
-        self.text = self._stream("", s.t_width, s.t_heads, c.hidden_size) if s.has_text else None
+        # A stream's projections exist when it is updated or read as keys (tv without vt/vv reads the
+        # vision keys only); parameters of modules never called are never created.
+        self.text = self._stream("", s.t_width, s.t_heads, c.hidden_size) if s.has_text or s.vt else None
         # A tied sub-layer has no vision modules of its own: the vision stream calls the text ones.
-        has_own = s.has_vision and not s.tied
+        has_own = (s.has_vision or s.tv) and not s.tied
         self.vision = self._stream("v_", s.v_width, s.v_heads, c.v_hidden_size) if has_own else None
         self.t_attend = DotProductAttention(c.attention_probs_dropout_prob, c.fused_attention, self.sow_weights)
         # A tied sub-layer drops out with the text rates, as VOLTA's aliased modules do.
@@ -57,25 +61,24 @@ class AttentionSublayer(nn.Module):
                  deterministic: bool = True) -> Streams:
         c, s = self.cfg, self.spec
         dtype = jnp.dtype(c.dtype)
-        if s.has_text:
-            tq, tk, tv_ = (self.text[n](t.astype(dtype)) for n in ("query", "key", "value"))
+        vis = self.text if s.tied else self.vision
         v_rate = c.hidden_dropout_prob if s.tied else c.v_hidden_dropout_prob
-        if s.has_vision:
-            vis = self.text if s.tied else self.vision
-            vq, vk, vv_ = (vis[n](v.astype(dtype)) for n in ("query", "key", "value"))
+        if s.has_text or s.vt:
+            tk, tv_ = (self.text[n](t.astype(dtype)) for n in ("key", "value"))
+        if s.has_vision or s.tv:
+            vk, vv_ = (vis[n](v.astype(dtype)) for n in ("key", "value"))
 
         def keys(use_text: bool, use_vision: bool):
             parts = ([(tk, tv_, t_bias)] if use_text else []) + ([(vk, vv_, v_bias)] if use_vision else [])
-            cat = lambda i, axis: jnp.concatenate([p[i] for p in parts], axis=axis)  # noqa: E731
-            return cat(0, 1), cat(1, 1), cat(2, -1)
+            return tuple(jnp.concatenate([p[i] for p in parts], axis=axis) for i, axis in ((0, 1), (1, 1), (2, -1)))
 
         new_t, new_v = t, v
         if s.has_text:
-            ctx = self.t_attend(tq, *keys(s.tt, s.tv), deterministic=deterministic)
+            ctx = self.t_attend(self.text["query"](t.astype(dtype)), *keys(s.tt, s.tv), deterministic=deterministic)
             h = dropout(self, self.text["out"](ctx), c.hidden_dropout_prob, deterministic)
             new_t = self.text["norm"](h + t)
         if s.has_vision:
-            ctx = self.v_attend(vq, *keys(s.vt, s.vv), deterministic=deterministic)
+            ctx = self.v_attend(vis["query"](v.astype(dtype)), *keys(s.vt, s.vv), deterministic=deterministic)
             h = dropout(self, vis["out"](ctx), v_rate, deterministic)
             new_v = vis["norm"](h + v)
         return new_t, new_v

@@ -55,7 +55,7 @@ def scan_params(params: Params, cfg: VLConfig) -> Params:
         block = {}
         for j in range(len(seg.sublayers)):
             layers = [enc[f"layer_{seg.start + r * len(seg.sublayers) + j}"] for r in range(seg.repeats)]
-            block[f"sub_{j}"] = jax.tree.map(lambda *xs: np.stack(xs) if seg.repeats > 1 else xs[0], *layers)
+            block[f"sub_{j}"] = jax.tree.map(lambda *xs: np.stack(xs), *layers) if seg.repeats > 1 else layers[0]
         out[f"segment_{k}"] = block
     return _replace_encoder(params, path, out)
 

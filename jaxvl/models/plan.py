@@ -178,7 +178,9 @@ class SublayerPlan:
                   v_hidden_size: int, v_num_heads: int, v_intermediate_size: int) -> tuple[Sublayer, ...]:
         """Resolves every index to a ``Sublayer`` spec (per-index size overrides applied)."""
         self.validate()
-        get = lambda m, i, d: dict(m).get(i, d)  # noqa: E731
+        def get(pairs: IntMap, i: int, default: int) -> int:
+            return dict(pairs).get(i, default)
+
         out = []
         for i in range(self.depth):
             shared = i in self.shared_sublayers
