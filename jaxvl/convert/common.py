@@ -38,7 +38,7 @@ def load_state_dict(path: str | os.PathLike, prefix_strip: str = "") -> StateDic
 
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 -- torch raises many kinds; name the file either way
+        except Exception as e:
             raise StateDictError(f"{path}: cannot be read as a weights-only PyTorch checkpoint ({e})") from e
         for key in ("state_dict", "model"):
             if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
@@ -47,7 +47,7 @@ def load_state_dict(path: str | os.PathLike, prefix_strip: str = "") -> StateDic
             raise StateDictError(f"{path}: expected a mapping of tensor names to tensors, got {type(obj).__name__}")
         state = {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, "detach")}
     if prefix_strip:
-        state = {k[len(prefix_strip):] if k.startswith(prefix_strip) else k: v for k, v in state.items()}
+        state = {k.removeprefix(prefix_strip): v for k, v in state.items()}
     return state
 
 
@@ -62,7 +62,9 @@ def check_state_dict(state: Mapping, expected: Mapping[str, tuple[int, ...]], so
 
     Names starting with any prefix in ``ignore`` are neither required nor reported as unexpected.
     """
-    skip = lambda k: any(k.startswith(p) for p in ignore)  # noqa: E731
+    def skip(k: str) -> bool:
+        return any(k.startswith(p) for p in ignore)
+
     missing = sorted(k for k in expected if k not in state and not skip(k))
     unexpected = sorted(k for k in state if k not in expected and not skip(k))
     misshaped = sorted(f"{k}: got {tuple(np.shape(state[k]))}, expected {tuple(expected[k])}"
