@@ -26,7 +26,7 @@ class AttentionSublayer(nn.Module):
     Text queries attend over ``[text keys if tt ; vision keys if tv]`` in one softmax, vision queries
     over ``[text keys if vt ; vision keys if vv]``. Keys and values are always projected with their
     source stream's projections. With ``spec.tied`` the vision stream uses the text modules.
-    Sown attention weights: ``t_attention/weights`` [B, H, Lt, Lkeys] and ``v_attention/weights``.
+    With ``sow_weights``: ``t_attend/weights`` [B, H, Lt, L_keys] and ``v_attend/weights`` [B, H, Lv, L_keys].
     """
 
     cfg: VLConfig
@@ -35,6 +35,7 @@ class AttentionSublayer(nn.Module):
 
     def _stream(self, prefix: str, width: int, heads: int, out: int):
         c = self.cfg
+
         def proj(n: str) -> nn.DenseGeneral:
             return dense((heads, width // heads), ("embed", "heads", "kv"), dtype=c.dtype, name=prefix + n,
                          stddev=c.initializer_range)
@@ -119,6 +120,7 @@ class FeedForwardSublayer(nn.Module):
 
 
 def make_sublayer(cfg: VLConfig, spec: Sublayer, sow_weights: bool, name: str) -> nn.Module:
+    """The module that runs ``spec``: an attention or a feed-forward sub-layer."""
     if spec.kind == "attn":
         return AttentionSublayer(cfg, spec, sow_weights, name=name)
     return FeedForwardSublayer(cfg, spec, name=name)
