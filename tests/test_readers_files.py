@@ -162,6 +162,19 @@ def test_npz_missing_directory(tmp_path):
         NpzFeatureReader(tmp_path / "nowhere")
 
 
+def test_npz_info_only_plain_numeric_arrays(tmp_path):
+    """``info`` goes through safe_pickle: object arrays and nested numeric arrays load, string arrays do not."""
+    rec = region("5")
+    extra = {"nested": [np.asfortranarray(np.arange(6.0).reshape(2, 3)), np.array([1, "a", None], dtype=object)]}
+    np.savez(tmp_path / "5.npz", x=rec.features, bbox=rec.boxes, image_h=rec.image_h, image_w=rec.image_w,
+             info={"objects_id": rec.objects_id + 1, "objects_conf": rec.objects_conf, **extra})
+    assert NpzFeatureReader(tmp_path)["5"].objects_id.tolist() == rec.objects_id.tolist()
+    np.savez(tmp_path / "5.npz", x=rec.features, bbox=rec.boxes, image_h=rec.image_h, image_w=rec.image_w,
+             info={"names": np.array(["dog", "cat"])})
+    with pytest.raises(BadRecord, match="5.npz.*refusing array dtype 'U3'"):
+        parse_npz(tmp_path / "5.npz")
+
+
 class _Exploit:
     """Unpickling this runs a shell command that creates ``marker``."""
 

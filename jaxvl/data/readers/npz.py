@@ -18,8 +18,9 @@ Top-level keys win over ``info`` keys. Floating arrays of another width (float16
 float32; integer or object features are refused.
 
 ``info`` is a pickle inside the npz. It is never passed to ``pickle.loads``/``np.load(allow_pickle)``:
-a restricted unpickler accepts only numpy's array/dtype/scalar reconstructors and plain containers,
-and refuses any other global (``os.system``, ``builtins.eval``, ...) before anything runs.
+:func:`jaxvl.data.readers.safe_pickle.safe_pickle_load` accepts only plain containers, numbers, strings and plain
+numeric numpy arrays (object arrays too, as ``np.save`` writes the dict as one), rebuilt without running numpy's
+unpickling code, and refuses any other global (``os.system``, ``builtins.eval``, ...) before anything runs.
 
 Bad files (unreadable zip, missing keys, wrong shapes/dtypes, NaN/Inf, boxes outside the image,
 ``num_bbox`` disagreeing with the arrays, a forbidden pickle) raise ``BadRecord`` naming the file and
@@ -28,10 +29,6 @@ image id; ``skip_bad=True`` logs and counts them while iterating.
 
 from __future__ import annotations
 
-import builtins
-import codecs
-import collections
-import importlib
 import io
 import os
 import pickle
@@ -41,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxvl.data.readers.safe_pickle import UnsafeData, safe_pickle_load
 from jaxvl.data.records import BadRecord, RecordErrors, RegionFeatures, check_region_features
 
 FEATURE_KEYS = ("features", "x")
@@ -51,44 +49,11 @@ WIDTH_KEYS = ("image_w", "img_w", "image_width")
 OBJECT_KEYS = ("objects_id", "objects")
 
 
-def _numpy_multiarray():
-    for name in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise ImportError("numpy multiarray module not found")
-
-
-_MULTIARRAY = _numpy_multiarray()
-_MULTIARRAY_NAMES = ("numpy.core.multiarray", "numpy._core.multiarray")
-_BUILTINS = ("dict", "list", "tuple", "set", "frozenset", "int", "float", "str", "bytes", "bool", "complex")
-# The only globals an npz ``info`` pickle may name: numpy's array / dtype / scalar reconstructors and plain types.
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    **{(m, "_reconstruct"): _MULTIARRAY._reconstruct for m in _MULTIARRAY_NAMES},
-    **{(m, "scalar"): _MULTIARRAY.scalar for m in _MULTIARRAY_NAMES},
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("_codecs", "encode"): codecs.encode,  # Python 2 / protocol-2 pickles of byte strings
-    **{("builtins", n): getattr(builtins, n) for n in _BUILTINS},
-}
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays, dtypes, scalars and plain containers; refuses every other global."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to unpickle global {module}.{name}") from None
-
-
 def safe_load_npy_object(data: bytes) -> Any:
     """The object stored in a ``.npy`` buffer whose dtype is ``object`` (numpy writes a pickle there).
 
-    Non-object arrays are returned as arrays. Raises ``pickle.UnpicklingError`` on a forbidden global.
+    Non-object arrays are returned as arrays. The pickle goes through :func:`safe_pickle_load` (object arrays
+    allowed, ``encoding="latin1"`` for Python 2 files); raises :class:`UnsafeData` on a forbidden global.
     """
     f = io.BytesIO(data)
     version = np.lib.format.read_magic(f)
@@ -100,7 +65,7 @@ def safe_load_npy_object(data: bytes) -> Any:
         raise ValueError(f"unsupported .npy version {version}")
     if not dtype.hasobject:
         return np.load(io.BytesIO(data), allow_pickle=False)
-    arr = _SafeUnpickler(f, encoding="latin1").load()
+    arr = safe_pickle_load(f, encoding="latin1", allow_object_arrays=True)
     if isinstance(arr, np.ndarray) and arr.shape == () and arr.dtype == object:
         return arr.item()
     return arr
@@ -120,9 +85,10 @@ def _load_members(path: str, image_id: str) -> dict[str, Any]:
                     out[member[:-4]] = np.load(io.BytesIO(data), allow_pickle=False)
                 except ValueError:  # an object array
                     out[member[:-4]] = safe_load_npy_object(data)
-    except pickle.UnpicklingError as e:
+    except (pickle.UnpicklingError, UnsafeData) as e:
         raise BadRecord(f"{where}: {e}") from None
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, pickle.PickleError) as e:
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, pickle.PickleError, TypeError, AttributeError,
+            IndexError, KeyError) as e:  # a corrupt pickle can raise any of these from its opcodes
         raise BadRecord(f"{where}: not a readable .npz file ({type(e).__name__}: {e})") from None
     if not out:
         raise BadRecord(f"{where}: the .npz file holds no arrays")

@@ -22,10 +22,11 @@ Two layouts (reference section 4.1):
 Safety: an LMDB from the internet must never reach ``pickle.loads``. msgpack values are decoded with our own
 msgpack-numpy map decoder that accepts only plain bool/int/uint/float/complex arrays and refuses object arrays
 (``kind b'O'``, which msgpack-numpy would unpickle), structured arrays and msgpack ext types. Pickled values go
-through :class:`SafeUnpickler`, which resolves only ``collections.OrderedDict``, a few builtin containers and
-numpy's array/dtype/scalar reconstructors, and even those are replaced by inert stand-ins: numpy's own pickle
-machinery never runs, arrays are rebuilt with ``np.frombuffer`` after their byte counts are checked. Anything
-else (``os.system``, ``builtins.eval``, ...) is refused when the pickle names it, before any call happens.
+through :class:`~jaxvl.data.readers.safe_pickle.SafeUnpickler`, which resolves only ``collections.OrderedDict``, a
+few builtin containers and numpy's array/dtype/scalar reconstructors, and even those are replaced by inert
+stand-ins: numpy's own pickle machinery never runs, arrays are rebuilt with ``np.frombuffer`` after their byte
+counts are checked. Anything else (``os.system``, ``builtins.eval``, ...) is refused when the pickle names it,
+before any call happens.
 
 Every record passes :func:`jaxvl.data.records.check_region_features`; a bad one raises :class:`BadRecord` naming
 the file and the record, or with ``skip_bad=True`` is counted, logged and skipped (``reader.errors.skipped``).
@@ -35,15 +36,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import logging
 import math
 import os
-import pickle
-import re
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -51,6 +48,14 @@ import lmdb
 import msgpack
 import numpy as np
 
+from jaxvl.data.readers.safe_pickle import (  # noqa: F401 - SafeUnpickler re-exported
+    SafeUnpickler,
+    UnsafeData,
+    array_from_bytes,
+    is_pickle,
+    safe_dtype,
+    safe_pickle_loads,
+)
 from jaxvl.data.records import BadRecord, CaptionPair, RecordErrors, RegionFeatures, check_region_features
 
 log = logging.getLogger(__name__)
@@ -66,58 +71,6 @@ CC_FIELDS = ("features", "cls_prob", "objects_id", "objects_conf", "attrs_id", "
 
 CC_KEYS_KEY = b"__keys__"
 FEATURE_KEYS_KEY = b"keys"
-
-_MAX_NESTING = 32
-_DTYPE_RE = re.compile(r"[<>|=]?[biufc][0-9]{1,2}")
-
-
-class UnsafeData(ValueError):
-    """Serialized data that would need code we refuse to run (a pickle global, an object array, an ext type)."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Safe dtype / array construction
-
-
-def _safe_dtype(typestr: Any) -> np.dtype:
-    """``np.dtype`` of a plain numeric type string such as ``'<f4'``; anything else is refused."""
-    if isinstance(typestr, bytes | bytearray):
-        typestr = bytes(typestr).decode("ascii", "replace")
-    if not isinstance(typestr, str) or not _DTYPE_RE.fullmatch(typestr):
-        raise UnsafeData(f"refusing array dtype {typestr!r}: only plain bool/int/uint/float/complex arrays are allowed")
-    try:
-        dtype = np.dtype(typestr)
-    except TypeError as e:
-        raise UnsafeData(f"invalid array dtype {typestr!r}") from e
-    if dtype.kind not in "biufc" or dtype.hasobject:
-        raise UnsafeData(f"refusing array dtype {typestr!r} of kind {dtype.kind!r}")
-    return dtype
-
-
-def _shape(shape: Any) -> tuple[int, ...]:
-    if not isinstance(shape, list | tuple) or len(shape) > 8:
-        raise ValueError(f"array shape must be a short list of ints; got {shape!r}")
-    out = []
-    for n in shape:
-        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
-            raise ValueError(f"array shape must hold non-negative ints; got {shape!r}")
-        out.append(int(n))
-    return tuple(out)
-
-
-def _array_from_bytes(data: Any, dtype: np.dtype, shape: Any, order: str = "C") -> np.ndarray:
-    """A writable array of ``shape`` from raw bytes, after checking the byte count matches exactly."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise UnsafeData(f"array data must be raw bytes; got {type(data).__name__} (an object array?)")
-    shape = _shape(shape)
-    want = math.prod(shape) * dtype.itemsize
-    if len(data) != want:
-        raise ValueError(f"array of shape {shape} and dtype {dtype} needs {want} bytes; got {len(data)} "
-                         "(truncated or corrupt value)")
-    if order not in ("C", "F"):
-        raise ValueError(f"array order must be 'C' or 'F'; got {order!r}")
-    return np.frombuffer(data, dtype=dtype).reshape(shape, order=order).copy()
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # msgpack (+ msgpack-numpy array maps)
@@ -148,12 +101,12 @@ def _decode_msgpack_map(m: dict) -> Any:
     if kind not in (b"", ""):
         raise UnsafeData(f"refusing msgpack-numpy array of kind {kind!r} (object arrays are pickles, structured "
                          "dtypes are not region features)")
-    dtype = _safe_dtype(_get(m, "type"))
+    dtype = safe_dtype(_get(m, "type"))
     data = _get(m, "data")
     if nd is True:
-        return _array_from_bytes(data, dtype, _get(m, "shape"))
+        return array_from_bytes(data, dtype, _get(m, "shape"))
     if nd is False:  # a numpy scalar
-        return _array_from_bytes(data, dtype, ())[()]
+        return array_from_bytes(data, dtype, ())[()]
     raise ValueError(f"msgpack-numpy map has b'nd' = {nd!r}")
 
 
@@ -164,168 +117,6 @@ def _refuse_ext(code: int, data: bytes) -> Any:
 def msgpack_loads(buf: bytes) -> Any:
     """Decode one tensorpack msgpack value (``use_bin_type=True``); arrays via :func:`_decode_msgpack_map`."""
     return msgpack.unpackb(buf, raw=False, object_hook=_decode_msgpack_map, ext_hook=_refuse_ext)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Restricted unpickling
-
-
-class _NdarrayClass:
-    """Stands in for ``numpy.ndarray`` (only ever the first argument of ``_reconstruct``)."""
-
-    def __setstate__(self, state: Any) -> None:
-        raise UnsafeData("unexpected numpy.ndarray state")
-
-
-class _DtypeStub:
-    """Stands in for ``numpy.dtype(typestr, align, copy)`` and its ``__setstate__``."""
-
-    def __init__(self, typestr: Any, align: Any = False, copy: Any = False):
-        self.dtype = _safe_dtype(typestr)
-
-    def __setstate__(self, state: Any) -> None:
-        # (version, byteorder, subarray, names, fields, elsize, alignment, flags[, metadata])
-        if not isinstance(state, tuple) or len(state) < 5:
-            raise UnsafeData(f"unexpected numpy dtype state {state!r}")
-        byteorder, subarray, names, fields = state[1:5]
-        if subarray is not None or names is not None or fields is not None:
-            raise UnsafeData("refusing a structured or sub-array numpy dtype")
-        if byteorder not in ("<", ">", "|", "="):
-            raise UnsafeData(f"unexpected numpy dtype byte order {byteorder!r}")
-        if byteorder in "<>":
-            self.dtype = self.dtype.newbyteorder(byteorder)
-
-
-class _ArrayStub:
-    """Stands in for an array being unpickled; :func:`_resolve` swaps in ``self.array``."""
-
-    def __init__(self, array: np.ndarray | None = None):
-        self.array = array
-
-    def __setstate__(self, state: Any) -> None:
-        if self.array is not None:
-            raise UnsafeData("numpy array state set twice")
-        if not isinstance(state, tuple) or len(state) not in (4, 5):
-            raise UnsafeData("unexpected numpy array state")
-        shape, dtype, is_fortran, data = state[-4:]
-        if not isinstance(dtype, _DtypeStub):
-            raise UnsafeData("numpy array state without a plain dtype")
-        self.array = _array_from_bytes(data, dtype.dtype, shape, "F" if is_fortran else "C")
-
-
-class _ScalarStub:
-    def __init__(self, dtype: Any, data: Any = None):
-        if not isinstance(dtype, _DtypeStub):
-            raise UnsafeData("numpy scalar without a plain dtype")
-        self.value = _array_from_bytes(data, dtype.dtype, ())[()]
-
-    def __setstate__(self, state: Any) -> None:  # BUILD must not be able to plant an arbitrary ``value``
-        raise UnsafeData("unexpected numpy scalar state")
-
-
-def _reconstruct(cls: Any, shape: Any, typecode: Any) -> _ArrayStub:
-    if cls is not _NdarrayClass:
-        raise UnsafeData("numpy _reconstruct of something other than numpy.ndarray")
-    return _ArrayStub()
-
-
-def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C") -> _ArrayStub:
-    if not isinstance(dtype, _DtypeStub):
-        raise UnsafeData("numpy _frombuffer without a plain dtype")
-    return _ArrayStub(_array_from_bytes(buf, dtype.dtype, shape, order))
-
-
-def _latin1_encode(text: Any, encoding: Any = "utf-8") -> bytes:
-    """``_codecs.encode`` as protocol-2 pickles use it for bytes (latin-1 only)."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise UnsafeData(f"refusing _codecs.encode({type(text).__name__}, {encoding!r})")
-    return text.encode("latin-1")
-
-
-def _bytearray(*args: Any) -> bytearray:
-    if len(args) == 1 and isinstance(args[0], bytes | bytearray):
-        return bytearray(args[0])
-    if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
-        return bytearray(args[0].encode("latin-1"))
-    raise UnsafeData("refusing bytearray(...) with these arguments")
-
-
-def _set(items: Any = ()) -> set:
-    if not isinstance(items, list | tuple):
-        raise UnsafeData("refusing set(...) of a non-list")
-    return set(items)
-
-
-def _frozenset(items: Any = ()) -> frozenset:
-    return frozenset(_set(items))
-
-
-_NUMPY_ALLOWED: dict[str, Callable | type] = {
-    "_reconstruct": _reconstruct, "scalar": _ScalarStub, "_frombuffer": _frombuffer}
-SAFE_GLOBALS: dict[tuple[str, str], Callable | type] = {
-    ("collections", "OrderedDict"): OrderedDict,
-    **{(mod, name): fn for mod in ("builtins", "__builtin__")  # protocol-2 pickles name Python 2's module
-       for name, fn in (("set", _set), ("frozenset", _frozenset), ("bytearray", _bytearray))},
-    ("_codecs", "encode"): _latin1_encode,
-    ("numpy", "ndarray"): _NdarrayClass,
-    ("numpy", "dtype"): _DtypeStub,
-    **{(mod, name): fn for mod in ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
-                                   "numpy._core.numeric")
-       for name, fn in _NUMPY_ALLOWED.items()},
-}
-"""The only globals :class:`SafeUnpickler` resolves, each to a checked stand-in (numpy code never runs)."""
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """An unpickler for data (dicts, lists, str/bytes/numbers, plain numeric numpy arrays) and nothing else.
-
-    ``find_class`` looks names up in :data:`SAFE_GLOBALS` and raises :class:`UnsafeData` for anything else, so a
-    pickle that names ``os.system`` or ``builtins.eval`` fails at that opcode before any call happens. Numpy
-    reconstructors resolve to stand-ins; :func:`safe_pickle_loads` swaps real arrays in afterwards.
-    """
-
-    def find_class(self, module: str, name: str) -> Any:
-        fn = SAFE_GLOBALS.get((module, name))
-        if fn is None:
-            raise UnsafeData(f"refusing to unpickle global {module}.{name}")
-        return fn
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafeData("refusing a pickle persistent id")
-
-
-def _resolve(obj: Any, depth: int = 0) -> Any:
-    """Replace stand-ins by numpy objects and check only data types remain."""
-    if depth > _MAX_NESTING:
-        raise ValueError(f"data nested deeper than {_MAX_NESTING} levels")
-    if obj is None or isinstance(obj, str | bytes | bool | int | float | complex):
-        return obj
-    if isinstance(obj, _ArrayStub):
-        if not isinstance(getattr(obj, "array", None), np.ndarray):
-            raise UnsafeData("numpy array without state")
-        return obj.array
-    if isinstance(obj, _ScalarStub):
-        if not isinstance(getattr(obj, "value", None), np.generic):
-            raise UnsafeData("numpy scalar without data")
-        return obj.value
-    t = type(obj)
-    if t is OrderedDict or t is dict:
-        return t((_resolve(k, depth + 1), _resolve(v, depth + 1)) for k, v in obj.items())
-    if t is list or t is tuple or t is set or t is frozenset:
-        return t(_resolve(v, depth + 1) for v in obj)
-    if t is bytearray:
-        return bytes(obj)
-    raise UnsafeData(f"unpickled data holds a {t.__name__}")
-
-
-def safe_pickle_loads(buf: bytes) -> Any:
-    """``pickle.loads`` for untrusted data: see :class:`SafeUnpickler`."""
-    return _resolve(SafeUnpickler(io.BytesIO(buf)).load())
-
-
-def is_pickle(buf: bytes) -> bool:
-    """A pickle of protocol >= 2 starts with PROTO (``0x80``, protocol); a msgpack datapoint never does."""
-    return len(buf) >= 2 and buf[0] == 0x80 and 2 <= buf[1] <= 5
 
 
 def loads_value(buf: bytes) -> Any:
