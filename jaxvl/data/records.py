@@ -32,8 +32,9 @@ class RegionFeatures:
 
     ``boxes`` [R, 4] float32 pixel x1y1x2y2; ``features`` [R, D] float32; ``cls_prob`` [R, K+1] float32
     detector class distribution with background at index 0 (VG: K+1 = 1601) or None;
-    ``objects_id`` [R] int64 argmax over ``cls_prob[:, 1:]`` (K-space, VOLTA's convention) and
-    ``objects_conf`` [R] float32 its probability; attributes optional.
+    ``objects_id`` [R] int64 argmax over ``cls_prob[:, 1:]`` (K-space, VOLTA's convention; -1 where a
+    source's argmax was the background class, confidence 0) and ``objects_conf`` [R] float32 its
+    probability; attributes optional (CC's 401-way ``attr_scores`` are not kept).
     """
 
     image_id: str
