@@ -18,6 +18,9 @@ from jaxvl.models.plan import LIST_KEYS, MAP_KEYS, Sublayer, SublayerPlan
 VISUAL_TARGET_SIZES = {"0": 1601, "1": 2048, "2": 2048, "3": 1600, "4": 400, "5": 2048, "6": 1601}
 IMAGE_EMBEDDINGS = ("vilbert", "lxmert", "uniter", "visualbert", "vl-bert")
 DUAL_EMBEDDINGS = ("vilbert", "lxmert")
+# VLConfig fields that VOLTA's JSON does not have (written to / read from VOLTA configs never).
+JAXVL_ONLY = frozenset({"plan", "num_object_classes", "num_attribute_classes", "dtype", "scan_layers",
+                        "fused_attention"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +62,10 @@ class VLConfig:
     visual_target_weights: tuple[tuple[str, float], ...] = (("0", 1.0),)
     # The encoder.
     plan: SublayerPlan = SublayerPlan()
-    # jaxvl only: matmul dtype, nn.scan over repeated segments, fused attention kernel.
+    # jaxvl only: detector label spaces (VOLTA fixes VG's 1600 objects / 400 attributes), matmul dtype,
+    # nn.scan over repeated segments, fused attention kernel.
+    num_object_classes: int = 1600
+    num_attribute_classes: int = 400
     dtype: str = "float32"
     scan_layers: bool = False
     fused_attention: bool = True
@@ -92,12 +98,15 @@ class VLConfig:
     def visual_targets(self) -> dict[str, int]:
         """Visual head key -> output size, for every target with a positive weight.
 
-        Feature targets (MRFR ``"1"``/``"5"``, NCE ``"2"``) regress ``v_feature_size`` (VOLTA fixes 2048,
-        the same number at ctrl sizes); class targets keep VOLTA's 1601 / 1600 / 400.
+        Feature targets (MRFR ``"1"``/``"5"``, NCE ``"2"``) regress ``v_feature_size``; class targets
+        predict ``num_object_classes`` + 1 (``"0"``, ``"6"``: with background), ``num_object_classes``
+        (``"3"``) or ``num_attribute_classes`` (``"4"``). At VOLTA's sizes these are its fixed
+        2048 / 1601 / 1600 / 400.
         """
-        feature_targets = ("1", "2", "5")
-        return {k: self.v_feature_size if k in feature_targets else VISUAL_TARGET_SIZES[k]
-                for k, w in self.visual_target_weights if w > 0}
+        k = self.num_object_classes
+        sizes = {"0": k + 1, "1": self.v_feature_size, "2": self.v_feature_size, "3": k,
+                 "4": self.num_attribute_classes, "5": self.v_feature_size, "6": k + 1}
+        return {key: sizes[key] for key, w in self.visual_target_weights if w > 0}
 
     @property
     def sublayers(self) -> tuple[Sublayer, ...]:
@@ -151,7 +160,7 @@ _ACCEPTED_AT = {
 
 def config_from_volta_dict(d: Mapping, source: str = "<dict>") -> VLConfig:
     """Builds a ``VLConfig`` from VOLTA ``BertConfig`` keys; unknown keys are an error naming them."""
-    fields = {f.name for f in dataclasses.fields(VLConfig)} - {"plan", "dtype", "scan_layers", "fused_attention"}
+    fields = {f.name for f in dataclasses.fields(VLConfig)} - JAXVL_ONLY
     unknown = sorted(set(d) - fields - set(LIST_KEYS) - set(MAP_KEYS) - set(_ACCEPTED_AT))
     if unknown:
         raise ValueError(f"{source}: unknown VOLTA config keys {unknown}")
@@ -182,7 +191,7 @@ def config_from_volta_json(path: str | os.PathLike) -> VLConfig:
 def to_volta_dict(cfg: VLConfig) -> dict:
     """The config in VOLTA's JSON form (inverse of ``config_from_volta_dict`` for VOLTA's keys)."""
     out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-           if f.name not in ("plan", "dtype", "scan_layers", "fused_attention")}
+           if f.name not in JAXVL_ONLY}
     out["visual_target_weights"] = dict(cfg.visual_target_weights)
     out.update(cfg.plan.to_dict())
     return out
