@@ -1,9 +1,10 @@
 """The ``jaxvl`` command.
 
     jaxvl models [--size ctrl|tiny] [--presets uniter,lxmert]   build each preset, count, run one forward pass
+    jaxvl prepare --source synthetic[:key=value,...] --out DIR  write TFDS ArrayRecord datasets
     jaxvl bench models [...]                                    forward / backward / compile benchmarks
 
-Later issues add ``prepare``, ``pretrain``, ``ablate``, ``caption`` and ``demo``.
+Later issues add ``pretrain``, ``ablate``, ``caption`` and ``demo``.
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--text-len", type=int, default=38)
     models.add_argument("--regions", type=int, default=37, help="regions including the global [IMG] row")
     models.set_defaults(func=cmd_models)
+
+    from jaxvl.data import prepare
+
+    prep = sub.add_parser("prepare", help="write a data source as TFDS ArrayRecord datasets (synthetic[:k=v,...])")
+    prepare.add_arguments(prep)
+    prep.set_defaults(func=prepare.run)
 
     bench = sub.add_parser("bench", help="benchmarks (results go to BENCHMARKS.md)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
