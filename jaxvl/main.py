@@ -41,6 +41,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     from jaxvl.models import count_params, find_segments, get_model, validate_batch
 
+    if args.config:
+        from jaxvl.configs import load_config
+
+        cfg = load_config(args.config, args.config_overrides)
+        for key in ("presets", "size", "batch", "text_len", "regions"):
+            setattr(args, key, cfg[key])
+
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({len(jax.devices())} devices); "
           f"forward pass at {args.size} size, batch {args.batch}, text {args.text_len}, regions {args.regions}")
     mismatches = 0
@@ -87,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--batch", type=int, default=2)
     models.add_argument("--text-len", type=int, default=38)
     models.add_argument("--regions", type=int, default=37, help="regions including the global [IMG] row")
+    models.add_argument("--config", default=None, help="config file instead of the flags, e.g. configs/models.py:tiny")
     models.set_defaults(func=cmd_models)
 
     from jaxvl.data import prepare
@@ -106,7 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `--config.key=value` overrides (ml_collections style) are collected before argparse sees them.
+    overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
+    args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
+    if overrides and not getattr(args, "config", None):
+        raise SystemExit("jaxvl: --config.KEY=VALUE overrides need --config FILE")
+    args.config_overrides = overrides
     return args.func(args)
 
 
