@@ -1,9 +1,13 @@
 """Config files: get_config(arg), overrides with type checks, and `jaxvl models --config`."""
 
+from pathlib import Path
+
 import pytest
 
 from jaxvl.configs import load_config, parse_arg
 from jaxvl.main import main
+
+MODELS = str(Path(__file__).resolve().parents[1] / "configs" / "models.py")
 
 
 def test_parse_arg_flags_and_values():
@@ -14,18 +18,18 @@ def test_parse_arg_flags_and_values():
 
 
 def test_load_config_with_overrides():
-    cfg = load_config("configs/models.py:tiny", ["batch=4", "presets=lxmert"])
+    cfg = load_config(MODELS + ":tiny", ["batch=4", "presets=lxmert"])
     assert (cfg.size, cfg.batch, cfg.presets) == ("tiny", 4, "lxmert")
     with pytest.raises(KeyError, match="batchsize"):
-        load_config("configs/models.py", ["batchsize=4"])
+        load_config(MODELS, ["batchsize=4"])
     with pytest.raises(TypeError, match="batch"):
-        load_config("configs/models.py", ["batch='four'"])
+        load_config(MODELS, ["batch='four'"])
     with pytest.raises(FileNotFoundError, match="nope.py"):
-        load_config("configs/nope.py")
+        load_config(MODELS.replace("models.py", "nope.py"))
 
 
 def test_models_command_from_config(capsys):
-    assert main(["models", "--config", "configs/models.py:tiny", "--config.presets=lxmert", "--config.batch=1"]) == 0
+    assert main(["models", "--config", MODELS + ":tiny", "--config.presets=lxmert", "--config.batch=1"]) == 0
     out = capsys.readouterr().out
     assert "lxmert: dual-stream, 33 sub-layers" in out and "211,369,853 parameters (VOLTA: 211,369,853, equal)" in out
     assert "text          (1, 38, 32)" in out
