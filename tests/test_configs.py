@@ -29,7 +29,7 @@ def test_load_config_with_overrides():
 
 
 def test_models_command_from_config(capsys):
-    assert main(["models", "--config", MODELS + ":tiny", "--config.presets=lxmert", "--config.batch=1"]) == 0
+    assert main(["models", "--config", MODELS + ":tiny", "--config.presets=uniter", "--config.batch=1"]) == 0
     out = capsys.readouterr().out
-    assert "lxmert: dual-stream, 33 sub-layers" in out and "211,369,853 parameters (VOLTA: 211,369,853, equal)" in out
+    assert "uniter: single-stream, 24 sub-layers" in out and "114,497,405 parameters (VOLTA: 114,497,405, equal)" in out
     assert "text          (1, 38, 32)" in out
