@@ -2,8 +2,11 @@
 
     jaxvl prepare --source synthetic --out data/
     jaxvl prepare --source synthetic:num_images=1024,vision_to_language=0.5,val_images=64 --out data/
+    jaxvl prepare --source volta-cc:data/conceptual_captions,num_regions=36 --out data/
+    jaxvl prepare --source tsv:feats.tsv,captions=caption_train.json --out data/ --skip-bad
+    jaxvl prepare --source flickr30k-entities:flickr30k_entities,features=flickr30k_feat.lmdb --out data/
 
-Sources (only those listed here work):
+Sources (``jaxvl.data.sources``, which documents each one and the region options in full):
 
 - ``synthetic[:key=value,...]``: the embedded synthetic world (``jaxvl.data.synthetic``). Keys are
   ``WorldConfig`` fields (``num_images`` train images, ``num_regions``, ``feature_dim``,
@@ -12,6 +15,17 @@ Sources (only those listed here work):
   name; default: the non-default knobs). Writes ``jaxvl_synthetic_pretrain`` (one example per
   image-caption pair) and ``jaxvl_synthetic_ablation`` (one example per grounded phrase), each with
   ``train`` and ``val`` splits, under ``<out>/<dataset>/<config>/1.0.0``.
+- ``volta-cc:LMDB_DIR_OR_FILE[,val=LMDB]``: VOLTA's Conceptual Captions LMDBs -> ``jaxvl_pretrain_pairs``
+  (``train``, and ``val`` from ``val=`` or a ``validation_feat_all.lmdb`` next to the train LMDB).
+- ``tsv:FEATURES.tsv,captions=CAPTIONS.json[,val=VAL.tsv,val_captions=VAL.json]``: a bottom-up-attention
+  TSV and VOLTA's caption json -> ``jaxvl_pretrain_pairs``.
+- ``flickr30k-entities:ROOT,features=FEATURE_LMDB|TSV|NPZ_DIR[,split=val]``: Flickr30k Entities phrases
+  with their images' regions -> ``jaxvl_ablation_phrases`` (split named after ``split``).
+
+The file sources take ``name=``, ``num_regions=`` (R; default the most boxes among the first records,
+VOLTA uses 36), ``feature_dim=``, ``num_classes=K|none`` and ``probe=N|all``; the region sizes are read
+off the first records. A bad record stops the run (exit status 1, the message names the file and the
+record) unless ``--skip-bad``, which skips and counts bad records and prints the counts.
 
 An existing dataset is reused unless ``--overwrite``. Preparing needs no TensorFlow.
 """
@@ -24,46 +38,49 @@ import os
 import sys
 import time
 
-SOURCES = {
-    "synthetic": "the embedded synthetic world; synthetic:key=value,... sets WorldConfig knobs and val_images",
-}
+from jaxvl.data.sources import SOURCES, build_source
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds ``--source``, ``--out``, ``--overwrite`` and ``--quiet`` to the ``prepare`` sub-command."""
-    listing = "; ".join(f"{name}: {doc}" for name, doc in SOURCES.items())
+    """Adds ``--source``, ``--out``, ``--overwrite``, ``--skip-bad`` and ``--quiet``, and lists the sources below."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "sources:\n" + "\n".join(f"  {entry.usage}\n      {entry.doc}" for entry in SOURCES.values())
+    parser.epilog += ("\n  file sources also take name=, num_regions=R (VOLTA: 36), feature_dim=D, num_classes=K|none,"
+                      "\n  probe=N|all; see jaxvl.data.sources")
     parser.add_argument("--source", default="synthetic",
-                        help=f"what to prepare, NAME[:key=value,...] (default synthetic). Sources: {listing}")
+                        help="what to prepare, NAME[:PATH][,key=value,...] (default synthetic; sources below)")
     parser.add_argument("--out", required=True, help="data directory the datasets are written under (TFDS data_dir)")
     parser.add_argument("--overwrite", action="store_true", help="rebuild datasets that already exist")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip bad records (and examples whose image has no features), count them in the summary")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _builders(source: str, out: str) -> list:
-    """The TFDS builders of ``source`` (``NAME[:knobs]``) writing under ``out``."""
-    name, _, knobs = source.partition(":")
-    if name == "synthetic":
-        from jaxvl.data.builders.synthetic import parse_knobs, synthetic_builders, synthetic_config
-
-        return synthetic_builders(synthetic_config(**parse_knobs(knobs)), out)
-    raise ValueError(f"unknown --source {name!r}; available: {', '.join(SOURCES)}")
 
 
 def run(args: argparse.Namespace) -> int:
     """Prepares every dataset of ``args.source`` under ``args.out`` and prints where each went.
 
-    Returns 0, or 2 (with a message on stderr) for an unknown source or knob.
+    Returns 0; 2 (with a message on stderr) for a bad source string or unusable input files; 1 for a
+    bad record without ``--skip-bad`` (the message names the file and the record). The summary gives
+    each dataset's splits, region sizes and, with ``--skip-bad``, what was skipped.
     """
     import tensorflow_datasets as tfds
     from tqdm import tqdm
 
+    from jaxvl.data.records import BadRecord
+
     logging.getLogger("absl").setLevel(logging.ERROR)  # tfds warns about every custom config
     out = os.path.abspath(args.out)
+    skip_bad = getattr(args, "skip_bad", False)
+    hint = "" if skip_bad else " (--skip-bad skips and counts bad records)"
     try:
-        builders = _builders(args.source, out)
-    except (ValueError, TypeError) as e:
+        prepared = build_source(args.source, out, skip_bad=skip_bad)  # reads the first records for the regions
+    except BadRecord as e:
+        print(f"jaxvl prepare: {e}{hint}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, OSError) as e:
         print(f"jaxvl prepare: {e}", file=sys.stderr)
         return 2
+    builders = prepared.builders
     mode = tfds.GenerateMode.FORCE_REDOWNLOAD if args.overwrite else tfds.GenerateMode.REUSE_DATASET_IF_EXISTS
     config = tfds.download.DownloadConfig(download_mode=mode, try_download_gcs=False)
     if args.quiet:
@@ -72,13 +89,23 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(builders, desc="datasets", unit="dataset", disable=args.quiet) as bar:
         for builder in bar:
             bar.set_postfix_str(builder.name)
-            builder.download_and_prepare(download_config=config, download_dir=os.path.join(out, "downloads"))
+            try:
+                builder.download_and_prepare(download_config=config, download_dir=os.path.join(out, "downloads"))
+            except BadRecord as e:
+                print(f"jaxvl prepare: {builder.name}/{builder.builder_config.name}: {e}{hint}", file=sys.stderr)
+                return 1
     print(f"prepared {len(builders)} datasets from {args.source!r} in {time.perf_counter() - start:.1f} s:")
     for builder in builders:
         splits = ", ".join(f"{name} {info.num_examples}" for name, info in builder.info.splits.items())
         regions = builder.info.metadata.get("regions", {})
         print(f"  {builder.data_dir}\n    {splits} examples; regions R={regions.get('num_regions')} "
               f"D={regions.get('feature_dim')} K={regions.get('num_classes')}")
+        # the counts live in the dataset's metadata: this run's, or those of the run that built a reused dataset
+        skipped = builder.info.metadata.get("skipped") or {}
+        if skip_bad or skipped:
+            print(f"    skipped {sum(skipped.values())} (--skip-bad){':' if skipped else ''}")
+            for what, n in skipped.items():
+                print(f"      {n} {what}")
     return 0
 
 
