@@ -3,6 +3,7 @@
     jaxvl models [--size ctrl|tiny] [--presets uniter,lxmert]   build each preset, count, run one forward pass
     jaxvl prepare --source synthetic[:key=value,...] --out DIR  write TFDS ArrayRecord datasets
     jaxvl bench models [...]                                    forward / backward / compile benchmarks
+    jaxvl bench data [...]                                      input pipeline records/s beside a train step
 
 Later issues add ``pretrain``, ``ablate``, ``caption`` and ``demo``.
 """
@@ -84,6 +85,13 @@ def cmd_bench_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_data(args: argparse.Namespace) -> int:
+    from jaxvl.benchmarks import data as bench_data
+
+    bench_data.run(args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxvl", description="Controlled V&L transformer experiments in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_model_parser = bench_sub.add_parser("models", help="forward/backward/compile time per preset vs PyTorch")
     bench_models.add_arguments(bench_model_parser)
     bench_model_parser.set_defaults(func=cmd_bench_models)
+    from jaxvl.benchmarks import data as bench_data
+
+    bench_data_parser = bench_sub.add_parser("data", help="records/s through prepare and the Grain pipeline")
+    bench_data.add_arguments(bench_data_parser)
+    bench_data_parser.set_defaults(func=cmd_bench_data)
     return parser
 
 
