@@ -22,25 +22,29 @@ from ml_collections import ConfigDict
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
-    """``"lxmert,tiny,steps=10"`` -> ConfigDict of ``defaults`` updated by ``key=value`` items and bare flags.
+    """``"lxmert,tiny,steps=10"`` -> ConfigDict of ``defaults`` updated by ``key=value`` items and bare words.
 
-    A bare word sets the boolean default of that name to True if there is one, else fills the first
-    string-valued default that is still None-or-default (the "variant" slot, e.g. the model name).
+    A bare word sets the boolean default of that name to True if there is one, else fills the next
+    string-valued default not yet filled by a bare word, in the order the defaults are given (the
+    "variant" slots, e.g. ``model="uniter", variant="ctrl"`` takes ``"lxmert,xent"``).
     """
     out = ConfigDict(dict(defaults))
+    slots = [k for k, v in defaults.items() if isinstance(v, str)]
     for item in filter(None, (arg or "").split(",")):
         key, sep, value = item.partition("=")
         if sep:
             if key not in defaults:
                 raise ValueError(f"config argument {key!r} is not one of {sorted(defaults)}")
             out[key] = _literal(value)
+            if key in slots:
+                slots.remove(key)
         elif isinstance(defaults.get(key), bool):
             out[key] = True
         else:
-            slots = [k for k, v in defaults.items() if isinstance(v, str)]
             if not slots:
-                raise ValueError(f"config argument {item!r}: no such flag in {sorted(defaults)}")
-            out[slots[0]] = item
+                raise ValueError(f"config argument {item!r}: no such flag in {sorted(defaults)}, and no free "
+                                 f"variant slot left")
+            out[slots.pop(0)] = item
     return out
 
 

@@ -4,8 +4,9 @@
     jaxvl prepare --source synthetic[:key=value,...] --out DIR  write TFDS ArrayRecord datasets
     jaxvl bench models [...]                                    forward / backward / compile benchmarks
     jaxvl bench data [...]                                      input pipeline records/s beside a train step
+    jaxvl pretrain --config configs/pretrain.py:uniter,tiny --workdir DIR [--config.key=value ...]
 
-Later issues add ``pretrain``, ``ablate``, ``caption`` and ``demo``.
+Later issues add ``ablate``, ``caption`` and ``demo``.
 """
 
 from __future__ import annotations
@@ -78,6 +79,26 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 1 if mismatches else 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Runs (or resumes) a pretraining config; exit 143 when stopped by SIGTERM after checkpointing."""
+    from jaxvl.train.distributed import from_environment, initialize
+
+    initialize(from_environment(args.coordinator, args.num_processes, args.process_id))
+    from jaxvl.configs import load_config
+    from jaxvl.train.pretrain import PREEMPTED_EXIT_CODE, TrainingDiverged, pretrain
+
+    cfg = load_config(args.config, args.config_overrides)
+    try:
+        results = pretrain(cfg, args.workdir)
+    except TrainingDiverged as e:
+        print(f"jaxvl pretrain: {e}", file=sys.stderr)
+        return 1
+    for r in results:
+        parts = ", ".join(f"{k} {v:.4f}" for k, v in r.last_metrics.items() if k not in ("seconds", "lr"))
+        print(f"{r.workdir}: {r.status} at step {r.step} (checkpoint {r.checkpoint_step}); {parts}")
+    return PREEMPTED_EXIT_CODE if results[-1].status == "preempted" else 0
+
+
 def cmd_bench_models(args: argparse.Namespace) -> int:
     from jaxvl.benchmarks import models as bench_models
 
@@ -111,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
                                           "as TFDS ArrayRecord datasets")
     prepare.add_arguments(prep)
     prep.set_defaults(func=prepare.run)
+
+    pre = sub.add_parser("pretrain", help="pretrain a V&L BERT (or a sweep of them) from a config")
+    pre.add_argument("--config", required=True, help="e.g. configs/pretrain.py:uniter,tiny")
+    pre.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, tensorboard/, run.json; "
+                                                      "an existing workdir is resumed")
+    pre.add_argument("--coordinator", default=None,
+                     help="multi-host: coordinator host:port (or JAX_COORDINATOR_ADDRESS)")
+    pre.add_argument("--num-processes", type=int, default=None, help="multi-host: number of processes")
+    pre.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
+    pre.set_defaults(func=cmd_pretrain)
 
     bench = sub.add_parser("bench", help="benchmarks (results go to BENCHMARKS.md)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)

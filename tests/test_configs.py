@@ -33,3 +33,10 @@ def test_models_command_from_config(capsys):
     out = capsys.readouterr().out
     assert "uniter: single-stream, 24 sub-layers" in out and "114,497,405 parameters (VOLTA: 114,497,405, equal)" in out
     assert "text          (1, 38, 32)" in out
+
+
+def test_parse_arg_fills_variant_slots_in_order():
+    args = parse_arg("lxmert,xent,tiny", model="uniter", variant="ctrl", tiny=False)
+    assert (args.model, args.variant, args.tiny) == ("lxmert", "xent", True)
+    with pytest.raises(ValueError, match="no free variant slot"):
+        parse_arg("lxmert,xent,extra", model="uniter", variant="ctrl")

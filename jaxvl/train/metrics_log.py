@@ -1,0 +1,70 @@
+"""Per-step metrics of a run: one JSON line per record in ``metrics.jsonl`` and TensorBoard event files.
+
+Only JAX process 0 writes. ``MetricsLog(workdir, resume_step=n)`` first drops the records past step
+``n`` (a run killed after its last checkpoint logged steps that the resumed run repeats), so the
+JSONL of an interrupted-and-resumed run reads like an uninterrupted one. TensorBoard events go
+through ``tensorboardX`` (no TensorFlow) into ``<workdir>/tensorboard/<split>``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+
+JSONL = "metrics.jsonl"
+
+
+def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict[str, Any]]:
+    """The records of ``<workdir>/metrics.jsonl`` (all, or those of one ``split``: ``train``, ``eval``)."""
+    path = os.path.join(os.fspath(workdir), JSONL)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if split is None or r.get("split") == split]
+
+
+def _finite_or_str(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)  # JSON has no NaN / Infinity
+
+
+class MetricsLog:
+    """Appends ``{"split", "step", **scalars}`` records; ``tensorboard=False`` writes the JSONL only."""
+
+    def __init__(self, workdir: str | os.PathLike, resume_step: int | None = None, tensorboard: bool = True):
+        self.active = jax.process_index() == 0
+        self.path = os.path.join(os.fspath(workdir), JSONL)
+        self._writers: dict[str, Any] = {}
+        self._tb_dir = os.path.join(os.fspath(workdir), "tensorboard") if tensorboard else None
+        if not self.active:
+            return
+        os.makedirs(os.fspath(workdir), exist_ok=True)
+        kept = [r for r in read_metrics(workdir) if resume_step is not None and r["step"] <= resume_step]
+        with open(self.path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+
+    def write(self, split: str, step: int, scalars: Mapping[str, float]) -> None:
+        if not self.active:
+            return
+        values = {k: float(v) for k, v in scalars.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"split": split, "step": int(step), **{k: _finite_or_str(v)
+                                                                    for k, v in values.items()}}) + "\n")
+        if self._tb_dir is not None:
+            writer = self._writers.get(split)
+            if writer is None:
+                from tensorboardX import SummaryWriter
+
+                writer = self._writers[split] = SummaryWriter(os.path.join(self._tb_dir, split))
+            for key, value in values.items():
+                writer.add_scalar(key, value, int(step))
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()

@@ -1,0 +1,418 @@
+"""The pretraining trainer behind ``jaxvl pretrain``: one readable loop in named sections.
+
+``pretrain(cfg, workdir)`` runs a ``configs/pretrain.py`` config: the vision-only stage first when the
+config asks for one (``<workdir>/vision``, then the V&L stage in ``<workdir>/vl`` from its parameters),
+else one stage in ``<workdir>``. Each stage:
+
+1. Data: a prepared dataset (or a source string prepared on first use), the tokenizer, this host's
+   Grain pipeline of the train split and one of the held-out split for evaluation.
+2. Model and optimizer from the config, checked against the data (feature size, classes, vocabulary).
+3. State: resumed from the stage's latest checkpoint (parameters, optimizer state, step, rng and
+   the data iterator's position), else initialised in its shards (random, BERT text stream, a jaxvl
+   checkpoint or a VOLTA state dict).
+4. The train step compiled ahead of time, its per-device memory printed.
+5. The loop: a progress bar, metrics per step to JSONL and TensorBoard (fetched one step late, so
+   the host never waits on the step it just dispatched), periodic evaluation, asynchronous
+   checkpoints. A non-finite loss or gradient stops the run naming the step and the last good
+   checkpoint, and nothing after it is saved. SIGTERM writes a checkpoint and stops (status
+   ``preempted``); running the same command again resumes exactly where it stopped.
+
+A config with a ``sweep`` section trains its members together as one vmapped program
+(``jaxvl.train.sweep``); per-member metrics are logged with a ``member`` field and each member's
+final parameters are exported to ``<workdir>/members/<name>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from jaxvl.data.global_batch import to_global
+from jaxvl.data.pipeline import PipelineConfig, open_split, pretrain_dataset, tokenizer_for
+from jaxvl.data.tokenizer import Tokenizer
+from jaxvl.models import get_model
+from jaxvl.models.vlbert import VLBertForPreTraining
+from jaxvl.train.checkpoint import Checkpointer
+from jaxvl.train.metrics_log import MetricsLog
+from jaxvl.train.objective import ObjectiveConfig, pretraining_loss
+from jaxvl.train.optimizer import OptimizerConfig, make_optimizer
+from jaxvl.train.sharding import batch_sharding, make_mesh
+from jaxvl.train.step import FAST_COMPILE, TrainState, compile_step, init_state, jit_train_step, memory_summary
+from jaxvl.train.step import state_shardings as make_state_shardings
+
+logger = logging.getLogger(__name__)
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect of a terminated job
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient norm: the message names the step and the last good checkpoint."""
+
+
+@dataclasses.dataclass
+class StageResult:
+    workdir: str
+    status: str  # "done" or "preempted"
+    step: int
+    last_metrics: dict[str, float]
+    checkpoint_step: int | None
+
+
+def _log(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+# ============================================================================================ data
+
+
+def resolve_dataset(data_cfg: ConfigDict, workdir: str) -> str:
+    """The version directory of the pretraining dataset: ``data.dataset`` itself, or the pretraining
+    dataset of the source string ``data.dataset`` prepared (once, by process 0) under ``data.prepare_dir``."""
+    spec = data_cfg.dataset
+    if not spec:
+        raise ValueError("config data.dataset is empty: point it at a dataset prepared by `jaxvl prepare` "
+                         "(its version directory) or give a source string such as 'synthetic:num_images=256'")
+    if os.path.isfile(os.path.join(spec, "dataset_info.json")):
+        return spec
+    from jaxvl.data.builders.pretrain import PretrainPairs
+    from jaxvl.data.sources import SOURCES, build_source, parse_source
+
+    if parse_source(spec).name not in SOURCES:
+        raise FileNotFoundError(f"config data.dataset={spec!r} is neither a prepared dataset directory nor a source")
+    out = data_cfg.prepare_dir or os.path.join(workdir, "data")
+    prepared = build_source(spec, out)
+    builder = next(b for b in prepared.builders if isinstance(b, PretrainPairs))
+    if jax.process_index() == 0 and not os.path.isfile(os.path.join(builder.data_dir, "dataset_info.json")):
+        _log(f"preparing {spec!r} under {out}")
+        builder.download_and_prepare()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxvl: dataset prepared")
+    return builder.data_dir
+
+
+def fit_model_to_data(cfg: ConfigDict, info: Any, tokenizer: Tokenizer, dataset: str) -> dict[str, Any]:
+    """Model overrides the data dictates. With ``model.fit_data`` they are applied (tiny runs); otherwise
+    the preset must already agree, and a mismatch is an error naming the key and the dataset."""
+    regions = (info.metadata or {}).get("regions", {})
+    want = {"v_feature_size": regions.get("feature_dim"), "vocab_size": tokenizer.vocab_size}
+    if regions.get("num_classes"):
+        want["num_object_classes"] = regions["num_classes"]
+    want = {k: v for k, v in want.items() if v is not None}
+    if cfg.model.fit_data:
+        return want
+    preset = get_model(cfg.model.name, cfg.model.tiny).cfg
+    bad = [f"{k}: model {getattr(preset, k)} vs data {v}" for k, v in want.items() if getattr(preset, k) != v]
+    if bad:
+        raise ValueError(f"model {cfg.model.name!r} does not match dataset {dataset}: {'; '.join(bad)} "
+                         f"(set model.fit_data=True to size the model from the data)")
+    return {}
+
+
+def vision_only_batch(batch: Mapping[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
+    """The vision-only stage's input (VOLTA ``train_concap_vis.py``): the text is one padding token
+    with mask 0, so only the region objectives (MRC-KL) have targets."""
+    out = dict(batch)
+    rows = batch["input_ids"].shape[0]
+    out["input_ids"] = np.full((rows, 1), pad_id, np.int32)
+    out["text_mask"] = np.zeros((rows, 1), np.int32)
+    out["token_type_ids"] = np.zeros((rows, 1), np.int32)
+    return out
+
+
+# ========================================================================================= initial
+
+
+def initial_params(cfg: ConfigDict, model: VLBertForPreTraining, params: Any) -> tuple[Any, str]:
+    """Parameters to start from (host numpy tree) and a description: ``params`` (random init) as they
+    are, BERT in the text stream (``init.kind=bert``) or a VOLTA state dict (``init.checkpoint`` a file)."""
+    if cfg.init.checkpoint and os.path.isfile(cfg.init.checkpoint):
+        from jaxvl.convert.volta import load_volta_checkpoint
+
+        return load_volta_checkpoint(cfg.init.checkpoint, model.cfg), f"VOLTA checkpoint {cfg.init.checkpoint}"
+    kind = cfg.init.kind
+    if kind == "random":
+        return params, "random"
+    if kind != "bert":
+        raise ValueError(f"config init.kind={kind!r}; expected 'bert' or 'random'")
+    if not cfg.init.bert_checkpoint:
+        if cfg.model.tiny:
+            logger.warning("init.kind=bert without init.bert_checkpoint: a tiny model starts from random weights")
+            return params, "random (tiny run: no BERT checkpoint of the tiny text stream's shape)"
+        raise ValueError("config init.kind='bert' needs init.bert_checkpoint: a HF BertModel / BertForPreTraining "
+                         ".bin or .safetensors file (there is no model hub); or use the rnd-vl variant")
+    from jaxvl.convert.common import load_state_dict
+    from jaxvl.convert.hf import bert_into_text_stream
+
+    state_dict = load_state_dict(cfg.init.bert_checkpoint)
+    out = bert_into_text_stream(state_dict, model.cfg, params, copy_visual_tables=cfg.init.copy_visual_tables)
+    return out, f"BERT {cfg.init.bert_checkpoint}"
+
+
+def params_from_workdir(path: str, state: TrainState, shardings: TrainState) -> Any:
+    """The parameters of the latest checkpoint of a jaxvl workdir (or its ``checkpoints`` directory),
+    laid out by ``shardings``. The checkpoint must come from the same model (any optimizer schedule)."""
+    directory = path if os.path.basename(os.path.normpath(path)) == "checkpoints" else os.path.join(path, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{path}: not a jaxvl workdir (no {directory}) nor a VOLTA checkpoint file")
+    source = Checkpointer(directory, async_save=False)
+    try:
+        restored, _ = source.restore(state, shardings)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{directory}: its checkpoint does not fit this model and optimizer ({e})") from e
+    finally:
+        source.close()
+    return restored.params
+
+
+# ===================================================================================== the loop
+
+
+class _Preemption:
+    """SIGTERM -> a flag the loop polls; the previous handler comes back on ``restore``."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler (the caller manages signals)
+            self._previous = None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def check(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return self.requested or multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
+
+
+def _eval_loss(eval_fn: Callable, params: Any, batches: list[dict[str, jax.Array]], seed: int) -> dict[str, float]:
+    """Mean loss parts over the fixed evaluation batches, masking drawn from a fixed key per batch."""
+    totals: dict[str, float] = {}
+    for i, batch in enumerate(batches):
+        loss, parts = eval_fn(params, batch, jax.random.fold_in(jax.random.key(seed), i))
+        for k, v in _scalars({"loss": loss, **parts}).items():
+            totals[k] = totals.get(k, 0.0) + v / len(batches)
+    return totals
+
+
+def run_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, init_from: str | None = None) -> StageResult:
+    """One pretraining stage in ``workdir`` (module doc, steps 1-5)."""
+    os.makedirs(workdir, exist_ok=True)
+    compiler_options = FAST_COMPILE if cfg.fast_compile else None
+
+    # ----------------------------------------------------------------------------------- data
+    dataset = resolve_dataset(cfg.data, workdir)
+    source, info = open_split(dataset, cfg.data.train_split)
+    tokenizer = tokenizer_for(info, cfg.data.vocab_file or None)
+    fitted = fit_model_to_data(cfg, info, tokenizer, dataset)
+
+    # -------------------------------------------------------------------- model and optimizer
+    model = get_model(cfg.model.name, cfg.model.tiny, dtype=cfg.model.dtype, scan_layers=cfg.model.scan_layers,
+                      visual_target_weights=dict(cfg.model.visual_target_weights), **fitted)
+    stage_cfg = cfg.vision_stage if vision_only else cfg
+    steps = int(stage_cfg.steps) or math.ceil(stage_cfg.epochs * len(source) / cfg.data.batch_size)
+    tx = make_optimizer(OptimizerConfig(total_steps=steps, **cfg.optimizer.to_dict()))
+    objective = cfg.objective.to_dict()
+    if vision_only:
+        objective.update(objective=2, token_prob=0.0)
+    ocfg = ObjectiveConfig(mask_id=tokenizer.mask_id, cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, **objective)
+    mesh = make_mesh(**cfg.mesh.to_dict())
+
+    pipeline = PipelineConfig(batch_size=cfg.data.batch_size, max_seq_length=cfg.data.max_seq_length,
+                              add_global_imgfeat=model.cfg.add_global_imgfeat, seed=cfg.seed,
+                              num_threads=cfg.data.num_threads)
+    train_ds = pretrain_dataset(source, tokenizer, pipeline)
+
+    def host_to_global(host: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        host = {k: v for k, v in host.items() if k != "num_boxes"}
+        return to_global(vision_only_batch(host, tokenizer.pad_id) if vision_only else host, mesh)
+
+    example = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_to_global(next(iter(train_ds))))
+
+    # ------------------------------------------------------------------------------ the state
+    shardings = make_state_shardings(model, tx, example, mesh)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep,
+                        async_save=cfg.checkpoint.async_save)
+    data_iter = iter(train_ds)
+    state = init_state(model, tx, jax.random.key(cfg.seed), example, mesh, compiler_options=compiler_options)
+    resumed = ckpt.latest_step()
+    if resumed is not None:
+        state, _ = ckpt.restore(state, shardings, data_iterator=data_iter)
+        init_desc = f"resumed from {ckpt.directory} step {resumed}"
+    elif init_from or (cfg.init.checkpoint and not os.path.isfile(cfg.init.checkpoint)):
+        source = init_from or cfg.init.checkpoint
+        state = state.replace(params=params_from_workdir(source, state, shardings))
+        init_desc = f"parameters of {source}"
+    else:
+        params, init_desc = initial_params(cfg, model, jax.device_get(state.params))
+        state = state.replace(params=jax.device_put(params, shardings.params))
+    start = int(jax.device_get(state.step))
+    _log(f"{workdir}: {cfg.model.name} ({'vision-only' if vision_only else 'V&L'} stage), {steps} steps of "
+         f"{cfg.data.batch_size} on mesh {dict(mesh.shape)}; init: {init_desc}")
+
+    if start >= steps:
+        _log(f"{workdir}: already at step {start} of {steps}; nothing to do")
+        ckpt.close()
+        return StageResult(workdir, "done", start, {}, ckpt.latest_step())
+
+    # ---------------------------------------------------------------------------- compile
+    jitted = jit_train_step(model, ocfg, tx, mesh, shardings, batch_sharding(mesh), compiler_options=compiler_options)
+    t0 = time.perf_counter()
+    step_fn = compile_step(jitted, state, example, mesh)
+    _log(f"compiled the train step in {time.perf_counter() - t0:.1f} s\n{memory_summary(step_fn)}")
+    eval_fn, eval_batches = _evaluation(cfg, model, ocfg, dataset, tokenizer, pipeline, mesh, host_to_global,
+                                        shardings, compiler_options)
+
+    _write_run_info(workdir, cfg, model, steps, init_desc, dataset, vision_only)
+    log = MetricsLog(workdir, resume_step=start)
+    preemption = _Preemption()
+    result = _loop(cfg, step_fn, state, data_iter, host_to_global, ckpt, log, preemption, start, steps, eval_fn,
+                   eval_batches, workdir)
+    preemption.restore()
+    log.close()
+    ckpt.close()
+    return result
+
+
+def _evaluation(cfg, model, ocfg, dataset, tokenizer, pipeline, mesh, host_to_global, shardings, compiler_options):
+    """The jitted deterministic loss and the fixed held-out batches (None, [] without an eval split)."""
+    if not cfg.eval_every or not cfg.eval_batches:
+        return None, []
+    try:
+        eval_source, _ = open_split(dataset, cfg.data.eval_split)
+    except ValueError:
+        logger.warning("no %r split in %s: no evaluation", cfg.data.eval_split, dataset)
+        return None, []
+    eval_cfg = dataclasses.replace(pipeline, shuffle=False, num_epochs=1,
+                                   batch_size=min(pipeline.batch_size, len(eval_source)))
+    batches = []
+    for host in pretrain_dataset(eval_source, tokenizer, eval_cfg):
+        batches.append(host_to_global(host))
+        if len(batches) == cfg.eval_batches:
+            break
+
+    def loss(params, batch, rng):
+        return pretraining_loss(model, params, batch, rng, ocfg, deterministic=True)
+
+    return jax.jit(loss, in_shardings=(shardings.params, batch_sharding(mesh), None),
+                   compiler_options=compiler_options), batches
+
+
+def _write_run_info(workdir: str, cfg: ConfigDict, model: VLBertForPreTraining, steps: int, init: str,
+                    dataset: str, vision_only: bool) -> None:
+    if jax.process_index() != 0:
+        return
+    from jaxvl.models.config import JAXVL_ONLY, to_volta_dict
+
+    model_config = {**to_volta_dict(model.cfg), **{k: getattr(model.cfg, k) for k in JAXVL_ONLY if k != "plan"}}
+    info = dict(config=cfg.to_dict(), model_config=model_config,
+                steps=steps, init=init, dataset=dataset, stage="vision" if vision_only else "vl",
+                processes=jax.process_count(), devices=jax.device_count())
+    with open(os.path.join(workdir, "run.json"), "w") as f:
+        json.dump(info, f, indent=1, default=str)
+
+
+def _loop(cfg, step_fn, state: TrainState, data_iter, host_to_global, ckpt: Checkpointer, log: MetricsLog,
+          preemption: _Preemption, start: int, steps: int, eval_fn, eval_batches, workdir: str) -> StageResult:
+    """Steps ``start`` .. ``steps`` (module doc, step 5)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=steps, initial=start, desc=os.path.basename(workdir) or "pretrain", unit="step",
+               disable=not cfg.progress or jax.process_index() != 0, dynamic_ncols=True)
+    pending: list[tuple[int, Any]] = []  # (step number after the update, device metrics) not yet logged
+    last: dict[str, float] = {}
+    t_last = time.perf_counter()
+
+    def flush(keep_latest: bool) -> None:
+        nonlocal last, t_last
+        while len(pending) > (1 if keep_latest else 0):
+            n, metrics = pending.pop(0)
+            values = _scalars(metrics)
+            if not (math.isfinite(values["loss"]) and math.isfinite(values.get("grad_norm", 0.0))):
+                ckpt.wait()
+                good = ckpt.latest_step()
+                where = f"{ckpt.directory}/{good} (step {good})" if good is not None else "none (no checkpoint yet)"
+                raise TrainingDiverged(f"{workdir}: non-finite loss {values['loss']} / gradient norm "
+                                       f"{values.get('grad_norm')} at step {n}; stopping. Last good checkpoint: "
+                                       f"{where}")
+            now = time.perf_counter()
+            values["seconds"] = now - t_last
+            t_last = now
+            if n % cfg.log_every == 0 or n == steps:
+                log.write("train", n, values)
+            bar.set_postfix(loss=f"{values['loss']:.4f}")
+            last = values
+
+    status = "done"
+    for step in range(start, steps):
+        batch = host_to_global(next(data_iter))
+        state, metrics = step_fn(state, batch)
+        pending.append((step + 1, metrics))
+        flush(keep_latest=True)
+        bar.update(1)
+        n = step + 1
+        if eval_fn is not None and (n % cfg.eval_every == 0 or n == steps):
+            values = _eval_loss(eval_fn, state.params, eval_batches, cfg.seed + 1)
+            log.write("eval", n, values)
+        stop = preemption.check(n)
+        if n % cfg.checkpoint.every == 0 or n == steps or stop:
+            flush(keep_latest=False)  # never save a state whose loss was not checked
+            ckpt.save(state, data_iter, meta=dict(loss=last.get("loss")))
+        if stop:
+            ckpt.wait()
+            _log(f"\nSIGTERM: checkpoint written at step {n} in {ckpt.directory}; rerun the command to resume")
+            status = "preempted"
+            break
+    flush(keep_latest=False)
+    bar.close()
+    ckpt.wait()
+    end = int(jax.device_get(state.step))
+    return StageResult(workdir, status, end, last, ckpt.latest_step())
+
+
+# ===================================================================================== stages
+
+
+def pretrain(cfg: ConfigDict, workdir: str) -> list[StageResult]:
+    """Runs the config's stages (module doc). Returns one ``StageResult`` per stage run; a preempted
+    stage ends the run (the next call resumes it)."""
+    if cfg.sweep:
+        from jaxvl.train.sweep_trainer import pretrain_sweep
+
+        return [pretrain_sweep(cfg, workdir)]
+    if not cfg.vision_stage.enabled:
+        return [run_stage(cfg, workdir)]
+    vision_dir, vl_dir = os.path.join(workdir, "vision"), os.path.join(workdir, "vl")
+    first = run_stage(cfg, vision_dir, vision_only=True)
+    if first.status != "done":
+        return [first]
+    return [first, run_stage(cfg, vl_dir, init_from=vision_dir)]
+
+
+__all__ = ["PREEMPTED_EXIT_CODE", "StageResult", "TrainingDiverged", "pretrain", "run_stage", "vision_only_batch"]
