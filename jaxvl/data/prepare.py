@@ -5,6 +5,8 @@
     jaxvl prepare --source volta-cc:data/conceptual_captions,num_regions=36 --out data/
     jaxvl prepare --source tsv:feats.tsv,captions=caption_train.json --out data/ --skip-bad
     jaxvl prepare --source flickr30k-entities:flickr30k_entities,features=flickr30k_feat.lmdb --out data/
+    jaxvl prepare --source synthetic-captions:num_images=1024,grounding=0.5 --out data/
+    jaxvl prepare --source coco-karpathy:dataset_coco.json,features=cocobu_att --out data/
 
 Sources (``jaxvl.data.sources``, which documents each one and the region options in full):
 
@@ -21,6 +23,13 @@ Sources (``jaxvl.data.sources``, which documents each one and the region options
   TSV and VOLTA's caption json -> ``jaxvl_pretrain_pairs``.
 - ``flickr30k-entities:ROOT,features=FEATURE_LMDB|TSV|NPZ_DIR[,split=val]``: Flickr30k Entities phrases
   with their images' regions -> ``jaxvl_ablation_phrases`` (split named after ``split``).
+- ``synthetic-captions[:key=value,...]``: the synthetic captioning world (``jaxvl.data.caption_world``:
+  5 captions per image generated from its objects and their spatial relations) ->
+  ``jaxvl_synthetic_captions`` (``train``, ``val``, ``test``); knobs as for ``synthetic`` plus the
+  caption knobs (``grounding``, ``relation_prob``, ...), ``test_images`` and ``max_length``.
+- ``coco-karpathy:dataset_coco.json,features=FEATURE_LMDB|TSV|NPZ_DIR[,fold_restval=1|0,...]``:
+  Karpathy's COCO captions (one example per image, every caption encoded with a vocabulary built from
+  the training split, ORT's threshold and length) with their regions -> ``jaxvl_caption_images``.
 
 The file sources take ``name=``, ``num_regions=`` (R; default the most boxes among the first records,
 VOLTA uses 36), ``feature_dim=``, ``num_classes=K|none`` and ``probe=N|all``; the region sizes are read
@@ -101,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {builder.data_dir}\n    {splits} examples; regions R={regions.get('num_regions')} "
               f"D={regions.get('feature_dim')} K={regions.get('num_classes')}")
         # the counts live in the dataset's metadata: this run's, or those of the run that built a reused dataset
+        for split, stats in (builder.info.metadata.get("caption_stats") or {}).items():
+            print(f"    {split}: {stats['captions']} captions (per image: {stats['captions_per_image']}), "
+                  f"{stats['truncated_captions']} truncated, {stats['unk_tokens']} of {stats['tokens']} tokens UNK")
         skipped = builder.info.metadata.get("skipped") or {}
         if skip_bad or skipped:
             print(f"    skipped {sum(skipped.values())} (--skip-bad){':' if skipped else ''}")

@@ -24,7 +24,22 @@ Sources (``SOURCES`` maps each name to its builder factory; one small function p
   (``FeatureLMDB``), a TSV (only the split's images are kept in memory) or a directory of
   ``<image_id>.npz`` files (``NpzFeatureReader``); the format is detected unless ``format=`` names it.
   The output split is named after ``split``. A phrase whose image has no features is a bad record
-  naming the image id.
+  naming the image id;
+- ``synthetic-captions[:key=value,...]``: the synthetic captioning world
+  (``jaxvl.data.builders.captions``): ``WorldConfig`` and ``CaptionWorldConfig`` knobs, ``val_images``,
+  ``test_images``, ``max_length``, ``name``; one ``CaptionImages`` dataset with ``train``/``val``/``test``;
+- ``coco-karpathy:dataset_coco.json,features=FEATURES[+FEATURES...][,format=lmdb|tsv|npz]``: the
+  images of Karpathy's split file (``KarpathyCaptions``) with their regions (``RegionJoin``: per-image
+  feature LMDBs, ``<id>.npz`` directories or TSVs, streamed; several stores of one format joined by
+  ``+``, e.g. LXMERT's ``train2014_obj36.tsv+val2014_obj36.tsv``) -> ``jaxvl_caption_images`` with
+  one split per split of the file. Caption options: ``fold_restval=1|0`` (default 1: restval joins train, as in
+  ORT), ``id_key=cocoid|imgid|filename`` (the join id, default cocoid), ``max_length=T`` (16),
+  ``count_threshold=N`` (5: words seen N times or fewer in the vocabulary's captions become UNK),
+  ``vocab_splits=train|all`` (the captions the vocabulary counts: the training split, default, or
+  every split as ORT's ``prepro_labels.py`` does), or ``vocab=VOCAB.json`` (a saved ``CaptionVocab``
+  or ORT's ``cocotalk.json``) instead of building one; ``splits=train+val`` writes only those splits
+  (the vocabulary still counts the training split). An image without features or with zero valid
+  boxes is a bad record naming the image; a split left with no usable image fails naming the split.
 
 Options of every file source:
 
@@ -58,8 +73,11 @@ from jaxvl.data.records import AblationExample, BadRecord, CaptionPair, RegionFe
 
 if TYPE_CHECKING:  # the builders import tensorflow_datasets: only the factories load them
     from jaxvl.data.builders.ablation import AblationPhrases
+    from jaxvl.data.builders.captions import CaptionImages
     from jaxvl.data.builders.common import RegionSpec
     from jaxvl.data.builders.pretrain import PretrainPairs
+    from jaxvl.data.caption_vocab import CaptionVocab
+    from jaxvl.data.readers.coco_karpathy import KarpathyCaptions, KarpathyImage
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +117,17 @@ class ParsedSource:
         if key not in self.options:
             raise self.fail(f"missing option {key}=")
         return self.options[key]
+
+    def bool_option(self, key: str, default: bool) -> bool:
+        """An option's value as a bool (``1/true/yes`` or ``0/false/no``), ``default`` when absent."""
+        value = self.options.get(key)
+        if value is None:
+            return default
+        if value.lower() in ("1", "true", "yes"):
+            return True
+        if value.lower() in ("0", "false", "no"):
+            return False
+        raise self.fail(f"option {key}={value!r} must be 1 or 0")
 
     def int_option(self, key: str, words: tuple[str, ...] = ()) -> int | str | None:
         """An option's value as an int >= 1, or one of ``words`` (lower-cased), or None when absent."""
@@ -197,7 +226,7 @@ class Skips:
 class Prepared:
     """A source's TFDS builders (not yet prepared) and the skip counts they fill while writing."""
 
-    builders: list[PretrainPairs | AblationPhrases]
+    builders: list[PretrainPairs | AblationPhrases | CaptionImages]
     skips: Skips = dataclasses.field(default_factory=Skips)
 
 
@@ -613,6 +642,101 @@ def flickr30k_entities_source(src: ParsedSource, out: str, skip_bad: bool) -> Pr
     return Prepared([AblationPhrases(config=config, data_dir=out, file_format="array_record")], skips)
 
 
+# ---------------------------------------------------------------------------------------------- captions
+
+
+def synthetic_captions_source(src: ParsedSource, out: str, skip_bad: bool) -> Prepared:
+    """``synthetic-captions[:key=value,...]``: the synthetic captioning world (``skip_bad`` has nothing to skip)."""
+    from jaxvl.data.builders.captions import parse_caption_knobs, synthetic_caption_builder, synthetic_caption_config
+
+    return Prepared([synthetic_caption_builder(synthetic_caption_config(**parse_caption_knobs(src.args)), out)])
+
+
+def _caption_vocab(src: ParsedSource, karpathy: KarpathyCaptions) -> CaptionVocab:
+    """The ``CaptionVocab`` of a ``coco-karpathy`` source: ``vocab=`` loaded, or built from its captions."""
+    from jaxvl.data.caption_vocab import ORT_COUNT_THRESHOLD, CaptionVocab
+    from jaxvl.data.readers.coco_karpathy import SPLITS
+
+    if "vocab" in src.options:
+        clash = sorted({"count_threshold", "vocab_splits"} & set(src.options))
+        if clash:
+            raise src.fail(f"vocab= loads a vocabulary; {', '.join(k + '=' for k in clash)} would build one")
+        return CaptionVocab.load(src.existing_path(src.options["vocab"], "vocabulary", "file"))
+    threshold = src.options.get("count_threshold", str(ORT_COUNT_THRESHOLD))
+    if not threshold.isdigit():
+        raise src.fail(f"option count_threshold={threshold!r} must be an integer >= 0")
+    which = src.options.get("vocab_splits", "train")
+    if which not in ("train", "all"):
+        raise src.fail(f"option vocab_splits={which!r} must be train or all")
+    return karpathy.build_vocab(int(threshold), SPLITS if which == "all" else ("train",))
+
+
+def coco_karpathy_source(src: ParsedSource, out: str, skip_bad: bool) -> Prepared:
+    """``coco-karpathy:dataset_coco.json,features=FEATURES[,...]`` as ``CaptionImages`` (one split per file split)."""
+    from jaxvl.data.builders.captions import CaptionConfig, CaptionExample, CaptionImages
+    from jaxvl.data.caption_vocab import ORT_MAX_LENGTH
+    from jaxvl.data.readers.coco_karpathy import KarpathyCaptions, RegionJoin, caption_stats
+
+    opts, skips = RegionOptions.parse(src), Skips()
+    path = src.existing_path(src.path, "Karpathy split file", "file")
+    value = src.require("features")  # one store, or several joined by '+' (a path holding '+' is taken whole)
+    whole = os.path.exists(os.path.expanduser(value)) or "+" not in value
+    paths = [src.existing_path(v, "features") for v in ([value] if whole else value.split("+"))]
+    features = " + ".join(paths)
+    max_length = src.int_option("max_length") or ORT_MAX_LENGTH
+    fold = src.bool_option("fold_restval", True)
+    id_key = src.options.get("id_key", "cocoid")
+    try:
+        formats = {p: feature_format(p, src.options.get("format")) for p in paths}
+        if len(set(formats.values())) > 1:
+            raise ValueError(f"features= mixes formats {formats}; give stores of one format")
+        fmt = formats[paths[0]]
+        karpathy = KarpathyCaptions(path, fold_restval=fold, id_key=id_key, skip_bad=skip_bad)
+        vocab = _caption_vocab(src, karpathy)
+
+        def join(skip: bool, quiet: bool = False) -> RegionJoin:
+            return RegionJoin(paths, fmt, opts.feature_dim, opts.reader_num_classes, skip, quiet)
+
+        join(skip_bad)  # opens the features: a missing or unreadable store fails here
+    except BadRecord:
+        raise
+    except (OSError, ValueError) as e:
+        raise SourceError(f"--source {src.name}: {e}") from e
+    skips.add(f"bad images in {path}", karpathy.skipped)
+    splits = karpathy.splits
+    if "splits" in src.options:
+        wanted = [s.strip() for s in src.options["splits"].split("+")]
+        missing = [s for s in wanted if s not in splits]
+        if missing:
+            raise src.fail(f"splits={src.options['splits']!r}: {path} has no images in {missing}; it has "
+                           f"{'+'.join(splits)}")
+        splits = {s: splits[s] for s in wanted}
+    probe = SpecProbe(opts)
+    probe.feed(join(True, quiet=True).pairs(splits.get("train") or next(iter(splits.values()))), lambda p: p[1])
+    spec = probe.spec(f"{features} (images of {path})")
+
+    def examples(split: str, images: list[KarpathyImage]) -> Iterator[CaptionExample]:
+        joined = join(skip_bad)
+        what = f"{split}: records not fitting the region sizes in {features}"
+        for image, rec in joined.pairs(images):
+            if _fits(rec, spec, features, skip_bad, skips, what):
+                yield CaptionExample(regions=rec, captions=image.captions)
+        for kind, n in joined.counts.items():
+            skips.add(f"{split}: {kind} in {features}", n)
+
+    counts = karpathy.caption_counts()
+    file_stats = {split: {**caption_stats(imgs, vocab, max_length),
+                          "captions_per_image": {str(n): k for n, k in counts[split].items()}}
+                  for split, imgs in splits.items()}
+    metadata = _metadata(src, skips, skip_bad, split_file=path, features=paths, format=fmt)
+    metadata.update(fold_restval=fold, id_key=id_key, split_file_stats=file_stats)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    config = CaptionConfig(name=config_name(src, stem, _stem(paths[0])), regions=spec, vocab=vocab,
+                           max_length=max_length, splits={s: _bind(examples, s, imgs) for s, imgs in splits.items()},
+                           metadata=metadata, description=f"Karpathy captions {path} with features {features}")
+    return Prepared([CaptionImages(config=config, data_dir=out, file_format="array_record")], skips)
+
+
 # ---------------------------------------------------------------------------------------------- registry
 
 _FILE_OPTIONS = frozenset(REGION_OPTIONS)
@@ -635,5 +759,18 @@ SOURCES: dict[str, SourceEntry] = {
         "flickr30k-entities:ROOT,features=FEATURE_LMDB|TSV|NPZ_DIR[,split=val][,format=lmdb|tsv|npz][,...]",
         "cross-modal ablation phrases of Flickr30k Entities with their images' regions",
         options=_FILE_OPTIONS | {"features", "split", "format"}),
+    "synthetic-captions": SourceEntry(
+        synthetic_captions_source, "synthetic-captions[:key=value,...]",
+        "the synthetic captioning world (5 captions per image from its objects and their spatial relations); "
+        "WorldConfig and CaptionWorldConfig knobs, val_images, test_images, max_length",
+        options=None, needs_path=False),
+    "coco-karpathy": SourceEntry(
+        coco_karpathy_source,
+        "coco-karpathy:dataset_coco.json,features=FEATURE_LMDB|TSV|NPZ_DIR[+...][,format=lmdb|tsv|npz][,fold_restval=1|0]"
+        "[,vocab=VOCAB.json|count_threshold=5,vocab_splits=train|all][,max_length=16][,id_key=cocoid]"
+        "[,splits=train+val+test][,...]",
+        "captioning images of Karpathy's split file (train/val/test) with their regions and encoded captions",
+        options=_FILE_OPTIONS | {"features", "format", "fold_restval", "vocab", "vocab_splits", "count_threshold",
+                                 "max_length", "id_key", "splits"}),
 }
 """Source name -> its builder factory and usage; ``jaxvl prepare --help`` lists these."""
