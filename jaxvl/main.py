@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from jaxvl.data import prepare
 
-    prep = sub.add_parser("prepare", help="write a data source (synthetic, volta-cc, tsv, flickr30k-entities) "
+    prep = sub.add_parser("prepare", help="write a data source (synthetic, volta-cc, tsv, flickr30k-entities, "
+                                          "synthetic-captions, coco-karpathy) "
                                           "as TFDS ArrayRecord datasets")
     prepare.add_arguments(prep)
     prep.set_defaults(func=prepare.run)

@@ -106,6 +106,11 @@ def test_hosts_get_disjoint_equal_shares(prepared):
                                   shard=grain.sharding.NoSharding()))
     assert rows(hosts[0] + hosts[1]) == rows(whole)  # together exactly one epoch, no row twice
     assert not set(rows(hosts[0])) & set(rows(hosts[1]))
+    # Global batch k = host 0's k-th batch then host 1's = rows [8k, 8k + 8) of the one-host stream.
+    one_host = list(pretrain_dataset(source, tok, cfg, shard=grain.sharding.NoSharding()))
+    for k, batch in enumerate(one_host):
+        np.testing.assert_array_equal(batch["input_ids"], np.concatenate([hosts[0][k]["input_ids"],
+                                                                          hosts[1][k]["input_ids"]]))
     with pytest.raises(ValueError, match="not divisible"):
         pretrain_dataset(source, tok, PipelineConfig(batch_size=5), shard=grain.sharding.ShardOptions(0, 2))
 

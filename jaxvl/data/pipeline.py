@@ -14,11 +14,14 @@ Order of operations (all index-based, so the output depends only on the seed and
 
 1. global shuffle of the whole split (``MapDataset.shuffle``; each epoch reshuffled with seed + epoch);
 2. ``repeat(num_epochs)`` (None: forever);
-3. per-host split: host ``p`` of ``P`` takes elements ``p, p + P, ...`` of the shuffled stream (a
-   finite stream is first cut to a multiple of P so every host yields the same number of batches);
-4. per-example transform to fixed shapes (``PretrainTransform``);
-5. batches of ``batch_size // P`` rows with ``drop_remainder``, so every batch has the same shapes
-   (one compilation of the step);
+3. per-example transform to fixed shapes (``PretrainTransform``);
+4. chunks of ``batch_size // P`` consecutive rows with ``drop_remainder``, so every batch has the
+   same shapes (one compilation of the step);
+5. per-host split: host ``p`` of ``P`` takes chunks ``p, p + P, ...`` (a finite stream is first cut
+   to a multiple of P chunks so every host yields the same number of batches). So global batch
+   ``k`` is rows ``[k * batch_size, (k + 1) * batch_size)`` of the shuffled stream whatever P is,
+   host ``p`` holding its ``p``-th slice: with ``global_batch.to_global`` a run on P hosts sees
+   exactly the batches of a run on one (same masking draws, same losses);
 6. ``to_iter_dataset`` with threads and prefetch; the iterator's ``get_state``/``set_state`` save and
    restore the position exactly.
 
@@ -173,7 +176,7 @@ def pretrain_dataset(source: Sequence[Mapping[str, Any]], tokenizer: Tokenizer, 
     ``shard`` defaults to this JAX process (``ShardByJaxProcess``). ``iter(...)`` gives an iterator of
     dicts of numpy arrays (fields in the module doc) with ``get_state``/``set_state``; the sequence of
     batches depends only on ``cfg`` (seed included) and the shard, never on threads or timing.
-    A finite run (``num_epochs``) ends after ``floor(num_epochs * len(source) / P / per_host_batch)`` batches.
+    A finite run (``num_epochs``) ends after its last full global batch (``batch_size`` rows of all hosts).
     """
     shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
     per_host = host_batch_size(cfg.batch_size, shard)
@@ -183,10 +186,10 @@ def pretrain_dataset(source: Sequence[Mapping[str, Any]], tokenizer: Tokenizer, 
     if cfg.shuffle:
         ds = ds.shuffle(seed=cfg.seed)
     ds = ds.repeat(cfg.num_epochs)
+    ds = ds.map(PretrainTransform(tokenizer, cfg.max_seq_length, cfg.num_regions, cfg.add_global_imgfeat))
+    ds = ds.batch(per_host, drop_remainder=True)
     if cfg.num_epochs is not None:
         ds = ds[: len(ds) // shard.shard_count * shard.shard_count]
     ds = ds[shard.shard_index::shard.shard_count]
-    ds = ds.map(PretrainTransform(tokenizer, cfg.max_seq_length, cfg.num_regions, cfg.add_global_imgfeat))
-    ds = ds.batch(per_host, drop_remainder=True)
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.num_threads,
                                                 prefetch_buffer_size=cfg.prefetch_buffer_size))
