@@ -4,7 +4,9 @@ Models never import data or training code.
 """
 
 from jaxvl.models.attention import DotProductAttention, attention_bias
+from jaxvl.models.captioner import Captioner, CaptionerConfig, DecodeCache, collect_attention, ort_token_mask
 from jaxvl.models.config import VLConfig, config_from_volta_dict, config_from_volta_json, to_volta_dict
+from jaxvl.models.geometry import GeometryBias, box_relational_embedding
 from jaxvl.models.params import count_params, scan_params, unscan_params
 from jaxvl.models.plan import Sublayer, SublayerPlan, find_segments
 from jaxvl.models.presets import PRESETS
@@ -12,8 +14,9 @@ from jaxvl.models.validate import BatchError, validate_batch
 from jaxvl.models.vlbert import VLBertForPreTraining, VLBertModel, VLOutput, get_config, get_model
 
 __all__ = [
-    "PRESETS", "BatchError", "DotProductAttention", "Sublayer", "SublayerPlan", "VLBertForPreTraining",
-    "VLBertModel", "VLConfig", "VLOutput", "attention_bias", "config_from_volta_dict", "config_from_volta_json",
-    "count_params", "find_segments", "get_config", "get_model", "scan_params", "to_volta_dict", "unscan_params",
-    "validate_batch",
+    "PRESETS", "BatchError", "Captioner", "CaptionerConfig", "DecodeCache", "DotProductAttention", "GeometryBias",
+    "Sublayer", "SublayerPlan", "VLBertForPreTraining", "VLBertModel", "VLConfig", "VLOutput", "attention_bias",
+    "box_relational_embedding", "collect_attention", "config_from_volta_dict", "config_from_volta_json",
+    "count_params", "find_segments", "get_config", "get_model", "ort_token_mask", "scan_params", "to_volta_dict",
+    "unscan_params", "validate_batch",
 ]
