@@ -85,7 +85,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     initialize(from_environment(args.coordinator, args.num_processes, args.process_id))
     from jaxvl.configs import load_config
-    from jaxvl.train.pretrain import PREEMPTED_EXIT_CODE, TrainingDiverged, pretrain
+    from jaxvl.train.loop import PREEMPTED_EXIT_CODE, TrainingDiverged
+    from jaxvl.train.pretrain import pretrain
 
     cfg = load_config(args.config, args.config_overrides)
     try:
@@ -94,7 +95,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         print(f"jaxvl pretrain: {e}", file=sys.stderr)
         return 1
     for r in results:
-        parts = ", ".join(f"{k} {v:.4f}" for k, v in r.last_metrics.items() if k not in ("seconds", "lr"))
+        rows = r.last_metrics if isinstance(r.last_metrics, list) else [r.last_metrics]
+        parts = " | ".join(", ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("seconds", "lr"))
+                           for row in rows)
         print(f"{r.workdir}: {r.status} at step {r.step} (checkpoint {r.checkpoint_step}); {parts}")
     return PREEMPTED_EXIT_CODE if results[-1].status == "preempted" else 0
 

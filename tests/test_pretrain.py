@@ -23,8 +23,9 @@ import pytest
 from jaxvl.configs import load_config
 from jaxvl.main import main
 from jaxvl.train.checkpoint import Checkpointer
+from jaxvl.train.loop import TrainingDiverged
 from jaxvl.train.metrics_log import read_metrics
-from jaxvl.train.pretrain import TrainingDiverged, initial_params, pretrain, vision_only_batch
+from jaxvl.train.pretrain import initial_params, pretrain, vision_only_batch
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = str(REPO / "configs" / "pretrain.py")

@@ -19,14 +19,17 @@ import jax
 JSONL = "metrics.jsonl"
 
 
-def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict[str, Any]]:
-    """The records of ``<workdir>/metrics.jsonl`` (all, or those of one ``split``: ``train``, ``eval``)."""
+def read_metrics(workdir: str | os.PathLike, split: str | None = None, member: str | None = None,
+                 ) -> list[dict[str, Any]]:
+    """The records of ``<workdir>/metrics.jsonl``: all, or those of one ``split`` (``train``, ``eval``)
+    and/or one sweep ``member``."""
     path = os.path.join(os.fspath(workdir), JSONL)
     if not os.path.exists(path):
         return []
     with open(path) as f:
         records = [json.loads(line) for line in f if line.strip()]
-    return [r for r in records if split is None or r.get("split") == split]
+    return [r for r in records if (split is None or r.get("split") == split)
+            and (member is None or r.get("member") == member)]
 
 
 def _finite_or_str(value: float) -> float | str:
@@ -48,19 +51,21 @@ class MetricsLog:
         with open(self.path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
 
-    def write(self, split: str, step: int, scalars: Mapping[str, float]) -> None:
+    def write(self, split: str, step: int, scalars: Mapping[str, float], member: str | None = None) -> None:
+        """One record; ``member`` names a sweep member (its own TensorBoard run ``<split>/<member>``)."""
         if not self.active:
             return
         values = {k: float(v) for k, v in scalars.items()}
+        head = {"split": split, "step": int(step), **({} if member is None else {"member": member})}
         with open(self.path, "a") as f:
-            f.write(json.dumps({"split": split, "step": int(step), **{k: _finite_or_str(v)
-                                                                    for k, v in values.items()}}) + "\n")
+            f.write(json.dumps({**head, **{k: _finite_or_str(v) for k, v in values.items()}}) + "\n")
         if self._tb_dir is not None:
-            writer = self._writers.get(split)
+            run = split if member is None else os.path.join(split, member)
+            writer = self._writers.get(run)
             if writer is None:
                 from tensorboardX import SummaryWriter
 
-                writer = self._writers[split] = SummaryWriter(os.path.join(self._tb_dir, split))
+                writer = self._writers[run] = SummaryWriter(os.path.join(self._tb_dir, run))
             for key, value in values.items():
                 writer.add_scalar(key, value, int(step))
 

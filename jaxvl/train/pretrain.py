@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -44,6 +43,7 @@ from jaxvl.data.tokenizer import Tokenizer
 from jaxvl.models import get_model
 from jaxvl.models.vlbert import VLBertForPreTraining
 from jaxvl.train.checkpoint import Checkpointer
+from jaxvl.train.loop import LoopConfig, StageResult, log, train_loop
 from jaxvl.train.metrics_log import MetricsLog
 from jaxvl.train.objective import ObjectiveConfig, pretraining_loss
 from jaxvl.train.optimizer import OptimizerConfig, make_optimizer
@@ -52,27 +52,6 @@ from jaxvl.train.step import FAST_COMPILE, TrainState, compile_step, init_state,
 from jaxvl.train.step import state_shardings as make_state_shardings
 
 logger = logging.getLogger(__name__)
-
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect of a terminated job
-
-
-class TrainingDiverged(RuntimeError):
-    """A non-finite loss or gradient norm: the message names the step and the last good checkpoint."""
-
-
-@dataclasses.dataclass
-class StageResult:
-    workdir: str
-    status: str  # "done" or "preempted"
-    step: int
-    last_metrics: dict[str, float]
-    checkpoint_step: int | None
-
-
-def _log(msg: str) -> None:
-    if jax.process_index() == 0:
-        print(msg, flush=True)
-
 
 # ============================================================================================ data
 
@@ -95,7 +74,7 @@ def resolve_dataset(data_cfg: ConfigDict, workdir: str) -> str:
     prepared = build_source(spec, out)
     builder = next(b for b in prepared.builders if isinstance(b, PretrainPairs))
     if jax.process_index() == 0 and not os.path.isfile(os.path.join(builder.data_dir, "dataset_info.json")):
-        _log(f"preparing {spec!r} under {out}")
+        log(f"preparing {spec!r} under {out}")
         builder.download_and_prepare()
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -181,43 +160,13 @@ def params_from_workdir(path: str, state: TrainState, shardings: TrainState) -> 
 # ===================================================================================== the loop
 
 
-class _Preemption:
-    """SIGTERM -> a flag the loop polls; the previous handler comes back on ``restore``."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler (the caller manages signals)
-            self._previous = None
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def check(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            return self.requested or multihost_utils.reached_preemption_sync_point(step)
-        return self.requested
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
-
-
 def _eval_loss(eval_fn: Callable, params: Any, batches: list[dict[str, jax.Array]], seed: int) -> dict[str, float]:
     """Mean loss parts over the fixed evaluation batches, masking drawn from a fixed key per batch."""
     totals: dict[str, float] = {}
     for i, batch in enumerate(batches):
         loss, parts = eval_fn(params, batch, jax.random.fold_in(jax.random.key(seed), i))
-        for k, v in _scalars({"loss": loss, **parts}).items():
-            totals[k] = totals.get(k, 0.0) + v / len(batches)
+        for k, v in jax.device_get({"loss": loss, **parts}).items():
+            totals[k] = totals.get(k, 0.0) + float(v) / len(batches)
     return totals
 
 
@@ -273,11 +222,11 @@ def run_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, init_fro
         params, init_desc = initial_params(cfg, model, jax.device_get(state.params))
         state = state.replace(params=jax.device_put(params, shardings.params))
     start = int(jax.device_get(state.step))
-    _log(f"{workdir}: {cfg.model.name} ({'vision-only' if vision_only else 'V&L'} stage), {steps} steps of "
+    log(f"{workdir}: {cfg.model.name} ({'vision-only' if vision_only else 'V&L'} stage), {steps} steps of "
          f"{cfg.data.batch_size} on mesh {dict(mesh.shape)}; init: {init_desc}")
 
     if start >= steps:
-        _log(f"{workdir}: already at step {start} of {steps}; nothing to do")
+        log(f"{workdir}: already at step {start} of {steps}; nothing to do")
         ckpt.close()
         return StageResult(workdir, "done", start, {}, ckpt.latest_step())
 
@@ -285,18 +234,21 @@ def run_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, init_fro
     jitted = jit_train_step(model, ocfg, tx, mesh, shardings, batch_sharding(mesh), compiler_options=compiler_options)
     t0 = time.perf_counter()
     step_fn = compile_step(jitted, state, example, mesh)
-    _log(f"compiled the train step in {time.perf_counter() - t0:.1f} s\n{memory_summary(step_fn)}")
+    log(f"compiled the train step in {time.perf_counter() - t0:.1f} s\n{memory_summary(step_fn)}")
     eval_fn, eval_batches = _evaluation(cfg, model, ocfg, dataset, tokenizer, pipeline, mesh, host_to_global,
                                         shardings, compiler_options)
 
     _write_run_info(workdir, cfg, model, steps, init_desc, dataset, vision_only)
-    log = MetricsLog(workdir, resume_step=start)
-    preemption = _Preemption()
-    result = _loop(cfg, step_fn, state, data_iter, host_to_global, ckpt, log, preemption, start, steps, eval_fn,
-                   eval_batches, workdir)
-    preemption.restore()
-    log.close()
-    ckpt.close()
+    metrics_log = MetricsLog(workdir, resume_step=start)
+    loop = LoopConfig(steps=steps, checkpoint_every=cfg.checkpoint.every, eval_every=cfg.eval_every,
+                      log_every=cfg.log_every, progress=cfg.progress)
+    evaluate = None if eval_fn is None else (lambda s: _eval_loss(eval_fn, s.params, eval_batches, cfg.seed + 1))
+    try:
+        _, result = train_loop(loop, step_fn, state, data_iter, host_to_global, ckpt, metrics_log, start, workdir,
+                               evaluate)
+    finally:
+        metrics_log.close()
+        ckpt.close()
     return result
 
 
@@ -338,64 +290,6 @@ def _write_run_info(workdir: str, cfg: ConfigDict, model: VLBertForPreTraining, 
         json.dump(info, f, indent=1, default=str)
 
 
-def _loop(cfg, step_fn, state: TrainState, data_iter, host_to_global, ckpt: Checkpointer, log: MetricsLog,
-          preemption: _Preemption, start: int, steps: int, eval_fn, eval_batches, workdir: str) -> StageResult:
-    """Steps ``start`` .. ``steps`` (module doc, step 5)."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=steps, initial=start, desc=os.path.basename(workdir) or "pretrain", unit="step",
-               disable=not cfg.progress or jax.process_index() != 0, dynamic_ncols=True)
-    pending: list[tuple[int, Any]] = []  # (step number after the update, device metrics) not yet logged
-    last: dict[str, float] = {}
-    t_last = time.perf_counter()
-
-    def flush(keep_latest: bool) -> None:
-        nonlocal last, t_last
-        while len(pending) > (1 if keep_latest else 0):
-            n, metrics = pending.pop(0)
-            values = _scalars(metrics)
-            if not (math.isfinite(values["loss"]) and math.isfinite(values.get("grad_norm", 0.0))):
-                ckpt.wait()
-                good = ckpt.latest_step()
-                where = f"{ckpt.directory}/{good} (step {good})" if good is not None else "none (no checkpoint yet)"
-                raise TrainingDiverged(f"{workdir}: non-finite loss {values['loss']} / gradient norm "
-                                       f"{values.get('grad_norm')} at step {n}; stopping. Last good checkpoint: "
-                                       f"{where}")
-            now = time.perf_counter()
-            values["seconds"] = now - t_last
-            t_last = now
-            if n % cfg.log_every == 0 or n == steps:
-                log.write("train", n, values)
-            bar.set_postfix(loss=f"{values['loss']:.4f}")
-            last = values
-
-    status = "done"
-    for step in range(start, steps):
-        batch = host_to_global(next(data_iter))
-        state, metrics = step_fn(state, batch)
-        pending.append((step + 1, metrics))
-        flush(keep_latest=True)
-        bar.update(1)
-        n = step + 1
-        if eval_fn is not None and (n % cfg.eval_every == 0 or n == steps):
-            values = _eval_loss(eval_fn, state.params, eval_batches, cfg.seed + 1)
-            log.write("eval", n, values)
-        stop = preemption.check(n)
-        if n % cfg.checkpoint.every == 0 or n == steps or stop:
-            flush(keep_latest=False)  # never save a state whose loss was not checked
-            ckpt.save(state, data_iter, meta=dict(loss=last.get("loss")))
-        if stop:
-            ckpt.wait()
-            _log(f"\nSIGTERM: checkpoint written at step {n} in {ckpt.directory}; rerun the command to resume")
-            status = "preempted"
-            break
-    flush(keep_latest=False)
-    bar.close()
-    ckpt.wait()
-    end = int(jax.device_get(state.step))
-    return StageResult(workdir, status, end, last, ckpt.latest_step())
-
-
 # ===================================================================================== stages
 
 
@@ -415,4 +309,4 @@ def pretrain(cfg: ConfigDict, workdir: str) -> list[StageResult]:
     return [first, run_stage(cfg, vl_dir, init_from=vision_dir)]
 
 
-__all__ = ["PREEMPTED_EXIT_CODE", "StageResult", "TrainingDiverged", "pretrain", "run_stage", "vision_only_batch"]
+__all__ = ["pretrain", "run_stage", "vision_only_batch"]
