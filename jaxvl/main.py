@@ -102,6 +102,37 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return PREEMPTED_EXIT_CODE if results[-1].status == "preempted" else 0
 
 
+def cmd_caption(args: argparse.Namespace) -> int:
+    """``jaxvl caption train | decode | evaluate``."""
+    from jaxvl.configs import load_config
+
+    cfg = load_config(args.config, args.config_overrides)
+    if args.caption == "train":
+        from jaxvl.train.caption_trainer import train_captioner
+        from jaxvl.train.loop import PREEMPTED_EXIT_CODE, TrainingDiverged
+
+        try:
+            results = train_captioner(cfg, args.workdir)
+        except TrainingDiverged as e:
+            print(f"jaxvl caption train: {e}", file=sys.stderr)
+            return 1
+        for r in results:
+            parts = ", ".join(f"{k} {v:.4f}" for k, v in r.last_metrics.items() if k not in ("seconds", "lr"))
+            print(f"{r.workdir}: {r.status} at step {r.step} (checkpoint {r.checkpoint_step}); {parts}")
+        return PREEMPTED_EXIT_CODE if results[-1].status == "preempted" else 0
+    from jaxvl.captioning import decode_split, evaluate_split
+
+    if args.caption == "decode":
+        path = decode_split(cfg, args.workdir, split=args.split, method=args.method, beam_size=args.beam,
+                            out=args.out)
+        print(f"wrote {path}")
+        return 0
+    table = evaluate_split(cfg, args.workdir, split=args.split, method=args.method, beam_size=args.beam,
+                           captions=args.captions)
+    print(table)
+    return 0
+
+
 def cmd_bench_models(args: argparse.Namespace) -> int:
     from jaxvl.benchmarks import models as bench_models
 
@@ -146,6 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--num-processes", type=int, default=None, help="multi-host: number of processes")
     pre.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
     pre.set_defaults(func=cmd_pretrain)
+
+    cap = sub.add_parser("caption", help="the geometry-aware captioner: train, decode, evaluate")
+    cap_sub = cap.add_subparsers(dest="caption", required=True)
+    for name, text in (("train", "XE then self-critical training from a config"),
+                       ("decode", "caption a split, write COCO-style JSON"),
+                       ("evaluate", "BLEU / METEOR / ROUGE-L / CIDEr-D of a split, as the ORT paper reports")):
+        p = cap_sub.add_parser(name, help=text)
+        p.add_argument("--config", required=True, help="e.g. configs/caption.py:ort,tiny")
+        p.add_argument("--workdir", required=True)
+        if name != "train":
+            p.add_argument("--split", default="test")
+            p.add_argument("--method", choices=("beam", "greedy", "sample"), default="beam")
+            p.add_argument("--beam", type=int, default=None, help="beam size (default: the config's decode.beam_size)")
+        if name == "decode":
+            p.add_argument("--out", default=None, help="default <workdir>/captions_<split>.json")
+        if name == "evaluate":
+            p.add_argument("--captions", default=None, help="score this COCO-style JSON instead of decoding")
+        p.set_defaults(func=cmd_caption)
 
     bench = sub.add_parser("bench", help="benchmarks (results go to BENCHMARKS.md)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)

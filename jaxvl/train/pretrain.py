@@ -43,6 +43,7 @@ from jaxvl.data.tokenizer import Tokenizer
 from jaxvl.models import get_model
 from jaxvl.models.vlbert import VLBertForPreTraining
 from jaxvl.train.checkpoint import Checkpointer
+from jaxvl.train.datasets import resolve_dataset
 from jaxvl.train.loop import LoopConfig, StageResult, log, train_loop
 from jaxvl.train.metrics_log import MetricsLog
 from jaxvl.train.objective import ObjectiveConfig, pretraining_loss
@@ -54,33 +55,6 @@ from jaxvl.train.step import state_shardings as make_state_shardings
 logger = logging.getLogger(__name__)
 
 # ============================================================================================ data
-
-
-def resolve_dataset(data_cfg: ConfigDict, workdir: str) -> str:
-    """The version directory of the pretraining dataset: ``data.dataset`` itself, or the pretraining
-    dataset of the source string ``data.dataset`` prepared (once, by process 0) under ``data.prepare_dir``."""
-    spec = data_cfg.dataset
-    if not spec:
-        raise ValueError("config data.dataset is empty: point it at a dataset prepared by `jaxvl prepare` "
-                         "(its version directory) or give a source string such as 'synthetic:num_images=256'")
-    if os.path.isfile(os.path.join(spec, "dataset_info.json")):
-        return spec
-    from jaxvl.data.builders.pretrain import PretrainPairs
-    from jaxvl.data.sources import SOURCES, build_source, parse_source
-
-    if parse_source(spec).name not in SOURCES:
-        raise FileNotFoundError(f"config data.dataset={spec!r} is neither a prepared dataset directory nor a source")
-    out = data_cfg.prepare_dir or os.path.join(workdir, "data")
-    prepared = build_source(spec, out)
-    builder = next(b for b in prepared.builders if isinstance(b, PretrainPairs))
-    if jax.process_index() == 0 and not os.path.isfile(os.path.join(builder.data_dir, "dataset_info.json")):
-        log(f"preparing {spec!r} under {out}")
-        builder.download_and_prepare()
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("jaxvl: dataset prepared")
-    return builder.data_dir
 
 
 def fit_model_to_data(cfg: ConfigDict, info: Any, tokenizer: Tokenizer, dataset: str) -> dict[str, Any]:
@@ -170,13 +144,17 @@ def _eval_loss(eval_fn: Callable, params: Any, batches: list[dict[str, jax.Array
     return totals
 
 
-def run_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, init_from: str | None = None) -> StageResult:
-    """One pretraining stage in ``workdir`` (module doc, steps 1-5)."""
+def run_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, init_from: str | None = None,
+              run_dir: str | None = None) -> StageResult:
+    """One pretraining stage in ``workdir`` (module doc, steps 1-5). ``run_dir``: the run's top directory,
+    where a source string's data is prepared (default ``workdir``), shared by the stages."""
     os.makedirs(workdir, exist_ok=True)
     compiler_options = FAST_COMPILE if cfg.fast_compile else None
 
     # ----------------------------------------------------------------------------------- data
-    dataset = resolve_dataset(cfg.data, workdir)
+    from jaxvl.data.builders.pretrain import PretrainPairs
+
+    dataset = resolve_dataset(cfg.data.dataset, cfg.data.prepare_dir, run_dir or workdir, PretrainPairs)
     source, info = open_split(dataset, cfg.data.train_split)
     tokenizer = tokenizer_for(info, cfg.data.vocab_file or None)
     fitted = fit_model_to_data(cfg, info, tokenizer, dataset)
@@ -303,10 +281,10 @@ def pretrain(cfg: ConfigDict, workdir: str) -> list[StageResult]:
     if not cfg.vision_stage.enabled:
         return [run_stage(cfg, workdir)]
     vision_dir, vl_dir = os.path.join(workdir, "vision"), os.path.join(workdir, "vl")
-    first = run_stage(cfg, vision_dir, vision_only=True)
+    first = run_stage(cfg, vision_dir, vision_only=True, run_dir=workdir)
     if first.status != "done":
         return [first]
-    return [first, run_stage(cfg, vl_dir, init_from=vision_dir)]
+    return [first, run_stage(cfg, vl_dir, init_from=vision_dir, run_dir=workdir)]
 
 
 __all__ = ["pretrain", "run_stage", "vision_only_batch"]

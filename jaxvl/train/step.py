@@ -54,20 +54,16 @@ class TrainState:
     rng: jax.Array
 
 
-def train_step(state: TrainState, batch: Batch, *, model: VLBertForPreTraining, ocfg: ObjectiveConfig,
-               tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One update on the global ``batch`` (``jaxvl.data.pipeline`` fields, [B, ...]), dropout on.
+LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
-    Metrics (float32 []): ``loss`` and its parts (``mlm``, ``itm``, ``mrc_kl``, ...; see
-    ``pretraining_loss``), ``grad_norm`` (global norm before clipping) and ``lr`` (the learning rate
-    this update used, when ``tx`` is a ``make_optimizer`` transformation).
-    """
+
+def apply_gradients(state: TrainState, batch: Batch, loss_fn: LossFn, tx: optax.GradientTransformation
+                    ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The pure core of every jaxvl train step: ``loss_fn(params, batch, rng) -> (loss, parts)`` with the
+    step's key ``fold_in(state.rng, state.step)``, its gradient, one ``tx`` update. Metrics: ``loss``,
+    the parts, ``grad_norm`` (before any clipping) and ``lr`` when ``tx`` injects one."""
     rng = jax.random.fold_in(state.rng, state.step)
-
-    def loss_fn(params):
-        return pretraining_loss(model, params, batch, rng, ocfg, deterministic=False)
-
-    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, parts), grads = jax.value_and_grad(lambda p: loss_fn(p, batch, rng), has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads)}
@@ -76,6 +72,21 @@ def train_step(state: TrainState, batch: Batch, *, model: VLBertForPreTraining, 
     except ValueError:
         pass
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def train_step(state: TrainState, batch: Batch, *, model: VLBertForPreTraining, ocfg: ObjectiveConfig,
+               tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One pretraining update on the global ``batch`` (``jaxvl.data.pipeline`` fields, [B, ...]), dropout on.
+
+    Metrics (float32 []): ``loss`` and its parts (``mlm``, ``itm``, ``mrc_kl``, ...; see
+    ``pretraining_loss``), ``grad_norm`` (global norm before clipping) and ``lr`` (the learning rate
+    this update used, when ``tx`` is a ``make_optimizer`` transformation).
+    """
+
+    def loss_fn(params, batch, rng):
+        return pretraining_loss(model, params, batch, rng, ocfg, deterministic=False)
+
+    return apply_gradients(state, batch, loss_fn, tx)
 
 
 def _boxed_init_fn(model: VLBertForPreTraining, tx: optax.GradientTransformation,
@@ -107,10 +118,16 @@ def init_state(model: VLBertForPreTraining, tx: optax.GradientTransformation, rn
     """A fresh ``TrainState`` created in its shards on ``mesh``. The values do not depend on the mesh
     (``jax_threefry_partitionable``): the same ``rng`` gives the same parameters on any mesh.
     ``compiler_options``: XLA options for this compile (e.g. ``FAST_COMPILE`` in CPU tests)."""
-    init = _boxed_init_fn(model, tx, example_batch)
-    shardings = state_shardings(model, tx, example_batch, mesh, rules)
+    return init_sharded(_boxed_init_fn(model, tx, example_batch), rng, mesh, rules, compiler_options)
+
+
+def init_sharded(boxed_init: Callable[[jax.Array], Any], rng: jax.Array, mesh: Mesh, rules: Rules = DEFAULT_RULES,
+                 compiler_options: dict[str, Any] | None = None) -> Any:
+    """``boxed_init(rng)`` (a tree with ``nn.LogicallyPartitioned`` boxes, e.g. a ``TrainState``) run under
+    ``jax.jit`` straight into its shards: no host ever holds the whole tree."""
+    shardings = param_shardings(jax.eval_shape(boxed_init, jax.random.key(0)), mesh, rules)
     with jax.set_mesh(mesh):
-        return jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings,
+        return jax.jit(lambda r: nn.meta.unbox(boxed_init(r)), out_shardings=shardings,
                        compiler_options=compiler_options)(rng)
 
 
@@ -122,9 +139,16 @@ def jit_train_step(model: VLBertForPreTraining, ocfg: ObjectiveConfig, tx: optax
     donated: do not reuse it after the call), the batch with ``batch_sharding`` (one sharding for every
     field, or a dict), metrics replicated. ``compiler_options``: XLA options (see ``FAST_COMPILE``)."""
     fn = functools.partial(train_step, model=model, ocfg=ocfg, tx=tx)
+    return jit_step(fn, mesh, state_shardings, batch_sharding, compiler_options)
+
+
+def jit_step(step_fn: Callable, mesh: Mesh, state_shardings: Any, batch_sharding: Any,
+             compiler_options: dict[str, Any] | None = None, extra_shardings: tuple = ()) -> Callable:
+    """Any ``step_fn(state, batch, *extra) -> (state, metrics)`` under ``jax.jit`` with the state donated,
+    in/out shardings as ``jit_train_step`` (``extra_shardings`` for further arguments) and metrics replicated."""
     replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(fn, in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, replicated),
-                   donate_argnums=0, compiler_options=compiler_options)
+    return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding, *extra_shardings),
+                   out_shardings=(state_shardings, replicated), donate_argnums=0, compiler_options=compiler_options)
 
 
 def compile_step(jitted: Any, state: TrainState, batch: Batch, mesh: Mesh) -> jax.stages.Compiled:
