@@ -12,6 +12,10 @@ policy is data and every host of a pod stays free. Facts from VOLTA (reference s
   excluded from the ``[IMG]`` mean's divisor. VOLTA's released code stops there (``volta_compat``);
   true co-masking also zeroes them.
 - ``[IMG]`` = sum of the (masked) region features / max(1, #regions not excluded).
+- Sweeps (``jaxvl.train.sweep``): the masking probabilities and the overlap threshold may be traced
+  scalars instead of python floats, so members of one compiled sweep differ in them. A threshold above
+  1 (``NO_OVERLAP`` = 2.0, VOLTA's "none") is the traced form of ``threshold=None``: it excludes exactly
+  the sampled regions, as ``None`` does.
 - Losses: MLM cross-entropy over targets; MRC-KL = KL(detector distribution || softmax(pred)) summed
   over classes and target regions / #targets; MRC-XE = cross-entropy to the 1600-way detector argmax
   weighted by its confidence / #targets; MRFR = squared error / (#targets x D); ITM cross-entropy.
@@ -23,15 +27,18 @@ import jax
 import jax.numpy as jnp
 
 IGNORE = -1
+# An overlap threshold no IoU / IoT (both <= 1) exceeds: co-masking off, as VOLTA's "none" (2.0).
+NO_OVERLAP = 2.0
 
 
 # ------------------------------------------------------------------------------------------ masking
 
 
 def mask_tokens(rng: jax.Array, input_ids: jax.Array, candidates: jax.Array, mask_id: int, vocab_size: int,
-                prob: float = 0.15) -> tuple[jax.Array, jax.Array]:
+                prob: float | jax.Array = 0.15) -> tuple[jax.Array, jax.Array]:
     """BERT masking. ``input_ids`` [B, L] int; ``candidates`` [B, L] bool (caption tokens: not
-    ``[CLS]``/``[SEP]``/padding). Returns (masked ids [B, L], labels [B, L]: original id or -1)."""
+    ``[CLS]``/``[SEP]``/padding); ``prob`` a python float or a float32 [] array (the same bits either way).
+    Returns (masked ids [B, L], labels [B, L]: original id or -1)."""
     pick, how, rand = jax.random.split(rng, 3)
     target = candidates & jax.random.bernoulli(pick, prob, input_ids.shape)
     u = jax.random.uniform(how, input_ids.shape)
@@ -61,13 +68,14 @@ def box_overlaps(boxes: jax.Array, kind: str = "iou") -> jax.Array:
 
 
 def mask_regions(rng: jax.Array, features: jax.Array, region_mask: jax.Array, boxes: jax.Array,
-                 prob: float = 0.15, zero_prob: float = 0.9, threshold: float | None = 0.4, kind: str = "iou",
-                 volta_compat: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
+                 prob: float | jax.Array = 0.15, zero_prob: float = 0.9, threshold: float | jax.Array | None = 0.4,
+                 kind: str = "iou", volta_compat: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Region masking of the R real-region rows (no ``[IMG]`` row in these inputs).
 
     ``features`` [B, R, D], ``region_mask`` [B, R] (1 = real), ``boxes`` [B, R, 4] pixels.
     Returns (masked features [B, R, D], labels [B, R]: 1 target / -1 otherwise, excluded [B, R] bool:
-    rows left out of the ``[IMG]`` divisor). ``threshold=None`` turns overlap off (VOLTA's 2.0).
+    rows left out of the ``[IMG]`` divisor). ``threshold=None`` turns overlap off, as does a (possibly
+    traced) threshold above 1 such as ``NO_OVERLAP``; ``prob`` and ``threshold`` may be float32 [] arrays.
     With ``volta_compat`` overlapping regions only change the divisor; otherwise they are zeroed too.
     """
     pick, how = jax.random.split(rng)
@@ -78,7 +86,7 @@ def mask_regions(rng: jax.Array, features: jax.Array, region_mask: jax.Array, bo
 
 
 def apply_region_masking(features: jax.Array, region_mask: jax.Array, boxes: jax.Array, target: jax.Array,
-                         zero: jax.Array, threshold: float | None = 0.4, kind: str = "iou",
+                         zero: jax.Array, threshold: float | jax.Array | None = 0.4, kind: str = "iou",
                          volta_compat: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``mask_regions`` for given ``target`` / ``zero`` [B, R] bool (e.g. the regions a phrase aligns with).
 

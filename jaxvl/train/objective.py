@@ -8,11 +8,17 @@ VOLTA's objective modes (``--objective``): 0 = ITM; 1 = ITM, and no MLM/MRC targ
 pairs (the ctrl default); 2 = no ITM and no negatives. Deliberate difference: a negative caption is
 another caption of the same batch (a random permutation), where VOLTA draws one from the corpus.
 MRFR regresses the original (unmasked) region features; VOLTA regresses its already-zeroed input.
+
+Sweeps (``jaxvl.train.sweep``) pass the per-member values as traced scalars through the keyword
+overrides of ``mask_batch`` / ``pretraining_loss`` (``token_prob``, ``region_prob``,
+``overlap_threshold``, ``visual_weights``); without them both functions run exactly as before, from
+the static ``ObjectiveConfig`` and the model's ``visual_target_weights``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -68,9 +74,18 @@ def make_negatives(rng: jax.Array, batch: Batch, prob: float) -> tuple[Batch, ja
     return out, swap.astype(jnp.int32)
 
 
-def mask_batch(rng: jax.Array, batch: Batch, ocfg: ObjectiveConfig, vocab_size: int,
-               add_global: str | None) -> tuple[Batch, dict[str, jax.Array]]:
-    """ITM negatives, token masking, region masking and the ``[IMG]`` row. Returns (model inputs, targets)."""
+def mask_batch(rng: jax.Array, batch: Batch, ocfg: ObjectiveConfig, vocab_size: int, add_global: str | None, *,
+               token_prob: float | jax.Array | None = None, region_prob: float | jax.Array | None = None,
+               overlap_threshold: float | jax.Array | None = None) -> tuple[Batch, dict[str, jax.Array]]:
+    """ITM negatives, token masking, region masking and the ``[IMG]`` row. Returns (model inputs, targets).
+
+    ``token_prob``, ``region_prob``, ``overlap_threshold``: when given (python floats or float32 []
+    arrays, e.g. a sweep member's traced values), they replace ``ocfg``'s; a threshold above 1
+    (``objectives.NO_OVERLAP``) turns co-masking off as ``ocfg.overlap_threshold=None`` does.
+    """
+    token_prob = ocfg.token_prob if token_prob is None else token_prob
+    region_prob = ocfg.region_prob if region_prob is None else region_prob
+    overlap_threshold = ocfg.overlap_threshold if overlap_threshold is None else overlap_threshold
     neg_key, tok_key, reg_key = jax.random.split(rng, 3)
     if ocfg.objective == 2:
         is_mismatched = jnp.zeros(batch["input_ids"].shape[0], jnp.int32)
@@ -78,11 +93,11 @@ def mask_batch(rng: jax.Array, batch: Batch, ocfg: ObjectiveConfig, vocab_size: 
         batch, is_mismatched = make_negatives(neg_key, batch, ocfg.itm_prob)
     ids = batch["input_ids"]
     candidates = batch["text_mask"].astype(bool) & (ids != ocfg.cls_id) & (ids != ocfg.sep_id)
-    masked_ids, token_labels = obj.mask_tokens(tok_key, ids, candidates, ocfg.mask_id, vocab_size, ocfg.token_prob)
+    masked_ids, token_labels = obj.mask_tokens(tok_key, ids, candidates, ocfg.mask_id, vocab_size, token_prob)
 
     features, region_labels, excluded = obj.mask_regions(
-        reg_key, batch["features"], batch["region_target_mask"], batch["boxes"], ocfg.region_prob,
-        ocfg.region_zero_prob, ocfg.overlap_threshold, ocfg.overlap_kind, ocfg.volta_compat)
+        reg_key, batch["features"], batch["region_target_mask"], batch["boxes"], region_prob,
+        ocfg.region_zero_prob, overlap_threshold, ocfg.overlap_kind, ocfg.volta_compat)
     layout = _global_rows(add_global)
     if layout is not None:
         g, rows = layout
@@ -104,19 +119,39 @@ def mask_batch(rng: jax.Array, batch: Batch, ocfg: ObjectiveConfig, vocab_size: 
 
 
 def pretraining_loss(model: VLBertForPreTraining, params: Any, batch: Batch, rng: jax.Array, ocfg: ObjectiveConfig,
-                     deterministic: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+                     deterministic: bool = False, *, token_prob: float | jax.Array | None = None,
+                     region_prob: float | jax.Array | None = None,
+                     overlap_threshold: float | jax.Array | None = None,
+                     visual_weights: Mapping[str, float | jax.Array] | None = None,
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Total loss (nats) and its parts: ``mlm``, one entry per visual target (``mrc_kl``, ``mrc_xe``,
-    ``mrfr``), ``itm``. ``batch`` holds the pipeline's fields (``jaxvl.data.pipeline``)."""
+    ``mrfr``), ``itm``. ``batch`` holds the pipeline's fields (``jaxvl.data.pipeline``).
+
+    Without overrides the settings are static: ``ocfg``'s, and the model's ``visual_target_weights``
+    (heads with weight <= 0 do not exist and add nothing). ``token_prob``, ``region_prob`` and
+    ``overlap_threshold`` override ``ocfg`` (see ``mask_batch``). ``visual_weights`` {head key: weight}
+    overrides the weights of the model's heads (others keep the model's): every head of the model is
+    then computed, reported in the parts and added as ``weight * loss``, so a (traced) weight of 0
+    switches a head off without changing the program.
+    """
     cfg = model.cfg
+    heads = cfg.visual_targets
+    if visual_weights is None:
+        weights = {key: w for key, w in cfg.visual_target_weights if w > 0}
+    else:
+        missing = sorted(set(visual_weights) - set(heads))
+        if missing:
+            raise ValueError(f"visual_weights for heads {missing} the model does not have (its heads: "
+                             f"{sorted(heads)}); give the model a positive visual_target_weights entry for each")
+        weights = {key: visual_weights.get(key, w) for key, w in cfg.visual_target_weights if key in heads}
     mask_key, drop_key = jax.random.split(rng)
-    inputs, targets = mask_batch(mask_key, batch, ocfg, cfg.vocab_size, cfg.add_global_imgfeat)
+    inputs, targets = mask_batch(mask_key, batch, ocfg, cfg.vocab_size, cfg.add_global_imgfeat, token_prob=token_prob,
+                                 region_prob=region_prob, overlap_threshold=overlap_threshold)
     out = model.apply({"params": params}, **inputs, deterministic=deterministic, rngs={"dropout": drop_key})
     parts = {"mlm": obj.mlm_loss(out.mlm_logits, targets["token_labels"])}
     labels = targets["region_labels"]
     total = parts["mlm"]
-    for key, weight in cfg.visual_target_weights:
-        if weight <= 0:
-            continue
+    for key, weight in weights.items():
         logits = out.visual_logits[key]
         if key == "0":
             name, value = "mrc_kl", obj.mrc_kl_loss(logits, targets["cls_prob"], labels)

@@ -9,6 +9,14 @@ The update is ``torch.optim.AdamW``'s (and ``optax.adamw``'s): ``p -= lr * (m_ha
 to the bias-uncorrected ``sqrt(v)`` (an effective ``eps / sqrt(1 - b2^t)``) and it decays the already
 updated weight (an ``O(lr^2 wd)`` term). The schedule matches ``WarmupLinearSchedule`` as torch steps
 it: update ``k`` (0-based) uses ``lr * k / warmup`` during warmup, so the very first update has lr 0.
+
+Sweeps (``jaxvl.train.sweep``) need the peak learning rate as data, one per member: with
+``make_optimizer(cfg, injected_peak=True)`` the last transformation injects two hyper-parameters, the
+numeric ``peak_learning_rate`` (in the state, so it can be stacked, vmapped and changed with
+``set_peak_learning_rate``) and the schedule ``schedule_factor(count)`` (the warmup/decay shape at peak
+1), and scales by ``-peak_learning_rate * schedule_factor``. That product is the same float32
+multiplication as the static schedule's ``peak * shape(count)`` (``1.0 * shape`` is exact), so the
+updates are bitwise those of ``make_optimizer(replace(cfg, learning_rate=peak))``.
 """
 
 from __future__ import annotations
@@ -79,10 +87,20 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(cfg: OptimizerConfig = OptimizerConfig()) -> optax.GradientTransformation:
+def _scale_by_peak_times_factor(peak_learning_rate: jax.Array, schedule_factor: jax.Array,
+                                ) -> optax.GradientTransformation:
+    """``-peak_learning_rate * schedule_factor`` times the updates (the inner factory of the injected peak)."""
+    return optax.scale_by_learning_rate(peak_learning_rate * schedule_factor)
+
+
+def make_optimizer(cfg: OptimizerConfig = OptimizerConfig(), injected_peak: bool = False,
+                   ) -> optax.GradientTransformation:
     """Clip by global norm -> Adam moments -> masked decoupled weight decay -> ``-lr(count)``.
 
     The learning rate of the latest update sits in the optimizer state (``current_learning_rate``).
+    ``injected_peak``: keep the peak (``cfg.learning_rate`` at init) in the state as the
+    ``peak_learning_rate`` hyper-parameter, for per-member learning rates in a sweep (module docstring);
+    same updates, a different state tree.
     """
     parts = []
     if cfg.clip_norm is not None and cfg.clip_norm > 0:
@@ -90,15 +108,51 @@ def make_optimizer(cfg: OptimizerConfig = OptimizerConfig()) -> optax.GradientTr
     parts += [
         optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
         optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
-        optax.inject_hyperparams(optax.scale_by_learning_rate)(learning_rate=learning_rate_schedule(cfg)),
     ]
+    if injected_peak:
+        factor = learning_rate_schedule(dataclasses.replace(cfg, learning_rate=1.0))
+        parts.append(optax.inject_hyperparams(_scale_by_peak_times_factor)(peak_learning_rate=cfg.learning_rate,
+                                                                          schedule_factor=factor))
+    else:
+        parts.append(optax.inject_hyperparams(optax.scale_by_learning_rate)(learning_rate=learning_rate_schedule(cfg)))
     return optax.chain(*parts)
 
 
+_INJECTED = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
+
+
+def _is_injected(x: Any) -> bool:
+    return isinstance(x, _INJECTED)
+
+
 def current_learning_rate(opt_state: Any) -> jax.Array:
-    """The learning rate the latest update used (0-d float32), read from a ``make_optimizer`` state."""
-    kinds = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
-    for state in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, kinds)):
-        if isinstance(state, kinds):
-            return jnp.asarray(state.hyperparams["learning_rate"], jnp.float32)
+    """The learning rate the latest update used (0-d float32), read from a ``make_optimizer`` state
+    (either form: ``learning_rate``, or ``peak_learning_rate * schedule_factor``)."""
+    for state in jax.tree.leaves(opt_state, is_leaf=_is_injected):
+        if _is_injected(state):
+            hp = state.hyperparams
+            if "learning_rate" in hp:
+                return jnp.asarray(hp["learning_rate"], jnp.float32)
+            if "peak_learning_rate" in hp:
+                return jnp.asarray(hp["peak_learning_rate"] * hp["schedule_factor"], jnp.float32)
     raise ValueError("no injected learning rate in this optimizer state; was it built by make_optimizer?")
+
+
+def set_peak_learning_rate(opt_state: Any, peak: float | jax.Array) -> Any:
+    """``opt_state`` of ``make_optimizer(cfg, injected_peak=True)`` with its peak learning rate set to ``peak``
+    (a python float or a float32 [] array; traceable, e.g. a sweep member's value under ``vmap``)."""
+    found = []
+
+    def replace(state: Any) -> Any:
+        if _is_injected(state) and "peak_learning_rate" in state.hyperparams:
+            found.append(True)
+            old = state.hyperparams["peak_learning_rate"]
+            return state._replace(hyperparams={**state.hyperparams,
+                                               "peak_learning_rate": jnp.asarray(peak, old.dtype).reshape(old.shape)})
+        return state
+
+    out = jax.tree.map(replace, opt_state, is_leaf=_is_injected)
+    if not found:
+        raise ValueError("no peak_learning_rate in this optimizer state; build it with "
+                         "make_optimizer(cfg, injected_peak=True)")
+    return out
