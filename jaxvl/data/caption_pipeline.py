@@ -36,6 +36,13 @@ Batch fields (B = per-host images, R regions, D features, T = the dataset's ``ma
 - ``caption_lengths`` [B, C] int32 (L <= T; 0 on padded rows), ``caption_mask`` [B, C] int32 (1 on
   real captions);
 - ``image_id`` [B] numpy str (host side only: drop it before sending a batch to devices).
+
+With ``analysis_fields=True`` (for ``jaxvl.diagnostics.caption_attention``) a batch also carries what
+the dataset stores of: ``objects_id`` [B, R] int32 (detector class in K-space, -1 on padding) and
+``objects_conf`` [B, R] float32 (datasets with detector classes); ``phrase_spans`` [B, C, P, 2] int32
+(each noun phrase's word span ``[start, end)``: word ``j`` is ``captions[..., j + 1]``; ``[0, 0]``
+pads) and ``phrase_regions`` [B, C, P, R] bool (its linked regions), windowed like the captions
+(datasets with noun-phrase links: the synthetic captioning world).
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ class CaptionPipelineConfig:
 
     ``batch_size`` is the global number of images: each of the P processes yields ``batch_size // P``.
     ``num_regions`` is R of the model input (None: the dataset's stored R; fewer cut, more zero-pad).
+    ``analysis_fields`` adds the detector classes and noun-phrase links the dataset stores (module doc).
     """
 
     batch_size: int = 16
@@ -73,6 +81,7 @@ class CaptionPipelineConfig:
     num_epochs: int | None = None
     num_threads: int = 4
     prefetch_buffer_size: int = 16
+    analysis_fields: bool = False
 
     def __post_init__(self):
         if self.batch_size < 1 or self.captions_per_image < 1:
@@ -106,10 +115,12 @@ def _fit_rows(values: np.ndarray, rows: int) -> np.ndarray:
 class CaptionTransform(grain.transforms.RandomMap):
     """One stored image -> its fixed-shape model inputs (fields in the module doc, without B)."""
 
-    def __init__(self, captions_per_image: int = 5, num_regions: int | None = None, caption_window: str = "random"):
+    def __init__(self, captions_per_image: int = 5, num_regions: int | None = None, caption_window: str = "random",
+                 analysis_fields: bool = False):
         self.captions_per_image = captions_per_image
         self.num_regions = num_regions
         self.caption_window = caption_window
+        self.analysis_fields = analysis_fields
 
     def random_map(self, element: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         c = self.captions_per_image
@@ -124,7 +135,7 @@ class CaptionTransform(grain.transforms.RandomMap):
         cap_lengths = np.zeros((c,), np.int32)
         cap_lengths[:min(n, c)] = lengths[take]
         num_boxes = min(int(element["num_boxes"]), r)
-        return {
+        out = {
             "features": _fit_rows(np.asarray(element["features"], np.float32), r),
             "boxes": _fit_rows(np.asarray(element["boxes"], np.float32), r),
             "region_mask": _fit_rows(np.asarray(element["region_mask"], np.int32), r),
@@ -135,6 +146,27 @@ class CaptionTransform(grain.transforms.RandomMap):
             "caption_mask": (np.arange(c) < n).astype(np.int32),
             "image_id": np.asarray(as_str(element["image_id"])),
         }
+        if self.analysis_fields:
+            out.update(_analysis_fields(element, take, c, r))
+        return out
+
+
+def _analysis_fields(element: Mapping[str, Any], take: slice, captions: int, regions: int) -> dict[str, np.ndarray]:
+    """The stored detector classes and noun-phrase links of one image, windowed to ``take`` / cut to R."""
+    out = {}
+    if "objects_id" in element:
+        ids = np.full((regions,), -1, np.int32)
+        stored = np.asarray(element["objects_id"], np.int32)[:regions]
+        ids[:len(stored)] = stored
+        out["objects_id"] = ids
+        out["objects_conf"] = _fit_rows(np.asarray(element["objects_conf"], np.float32), regions)
+    if "phrase_spans" in element:
+        spans = np.asarray(element["phrase_spans"], np.int32)[take]  # [n, P, 2]
+        linked = np.asarray(element["phrase_regions"], bool)[take]  # [n, P, R_stored]
+        out["phrase_spans"] = _fit_rows(spans, captions)
+        out["phrase_regions"] = _fit_rows(np.moveaxis(_fit_rows(np.moveaxis(linked, -1, 0), regions), 0, -1),
+                                          captions)
+    return out
 
 
 def caption_dataset(source: Sequence[Mapping[str, Any]], cfg: CaptionPipelineConfig,
@@ -154,7 +186,8 @@ def caption_dataset(source: Sequence[Mapping[str, Any]], cfg: CaptionPipelineCon
         ds = ds.shuffle(seed=cfg.seed)
     ds = ds.repeat(cfg.num_epochs)
     # before the host split: an image's caption window depends on its global position, not on P
-    ds = ds.random_map(CaptionTransform(cfg.captions_per_image, cfg.num_regions, cfg.caption_window), seed=cfg.seed)
+    ds = ds.random_map(CaptionTransform(cfg.captions_per_image, cfg.num_regions, cfg.caption_window,
+                                        cfg.analysis_fields), seed=cfg.seed)
     if cfg.num_epochs is not None:
         ds = ds[: len(ds) // shard.shard_count * shard.shard_count]
     ds = ds[shard.shard_index::shard.shard_count]

@@ -13,6 +13,13 @@ Caption forms (NP = ``a ATTRIBUTE CLASS``, or ``a CLASS`` without the attribute)
 - single: ``there is NP``, ``the picture shows NP``, ``we see NP``, ``this is NP``, ``an image of NP``;
 - conjunction: ``NP(a) and NP(b)``.
 
+Every caption knows its noun phrases: ``CaptionImage.spans[c]`` gives each NP's word span
+``[start, end)`` in ``captions[c].split(" ")`` (the whole ``a ATTRIBUTE CLASS``), in the order of
+``mentions[c]``, and ``CaptionImage.linked_regions(c)`` the detector regions of the gold object each NP
+names (the regions whose ``region_objects`` is that object; none for an NP of a random object). These
+are the links of the attention analyses (``jaxvl.diagnostics.caption_attention``); a caption has at
+most ``MAX_PHRASES`` NPs.
+
 Relations are computed from the two gold boxes (pixels x1y1x2y2, y grows downwards), subject a,
 landmark b, checked in this order:
 
@@ -56,6 +63,7 @@ RELATIONS = ("left of", "right of", "above", "below", "next to", "on")
 _SINGLE = ("there is {}", "the picture shows {}", "we see {}", "this is {}", "an image of {}")
 _FUNCTION_WORDS = ("a", "an", "and", "there", "is", "the", "picture", "shows", "we", "see", "this", "image", "of")
 _MAX_TRIES = 1000
+MAX_PHRASES = 2  # noun phrases per caption: relation and conjunction captions have two
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +99,8 @@ class CaptionImage:
 
     ``region_objects`` [R]: the gold object each region detects (-1 clutter). Per caption ``c``:
     ``mentions[c]`` the objects its noun phrases name, in order (-1: a random object not in the
-    image), and ``relations[c]`` its relation word (None for single / conjunction captions).
+    image), ``spans[c]`` those noun phrases' word spans ``(start, end)`` in ``captions[c].split(" ")``,
+    and ``relations[c]`` its relation word (None for single / conjunction captions).
     """
 
     image_id: str
@@ -101,6 +110,13 @@ class CaptionImage:
     captions: list[str]
     mentions: list[tuple[int, ...]]
     relations: list[str | None]
+    spans: list[tuple[tuple[int, int], ...]]
+
+    def linked_regions(self, caption: int) -> list[np.ndarray]:
+        """Per noun phrase of caption ``caption``: the int64 indices of the regions detecting its object
+        (empty for a mention of an object not in the image)."""
+        return [np.flatnonzero(self.region_objects == o) if o >= 0 else np.zeros((0,), np.int64)
+                for o in self.mentions[caption]]
 
 
 def relation(a: np.ndarray, b: np.ndarray, next_to_radius: float = 0.5, on_band: float = 0.25) -> str:
@@ -143,19 +159,21 @@ class CaptionWorld:
         captions: list[str] = []
         mentions: list[tuple[int, ...]] = []
         relations: list[str | None] = []
+        spans: list[tuple[tuple[int, int], ...]] = []
         for attempt in range(_MAX_TRIES):
             if len(captions) == self.cfg.captions_per_image:
                 break
             # relations of identical or symmetric objects may repeat: the second half of the tries goes without
-            text, mentioned, rel = self._caption(rng, image.objects, with_relations=attempt < _MAX_TRIES // 2)
+            text, mentioned, rel, where = self._caption(rng, image.objects, with_relations=attempt < _MAX_TRIES // 2)
             if text not in captions:
                 captions.append(text)
                 mentions.append(mentioned)
                 relations.append(rel)
+                spans.append(where)
         else:
             raise RuntimeError(f"image {image.image_id}: found only {len(captions)} distinct captions")
         return CaptionImage(image.image_id, image.objects, image.regions, image.region_objects, captions, mentions,
-                            relations)
+                            relations, spans)
 
     def _noun_phrase(self, rng: np.random.Generator, label: int, attribute: int) -> str:
         name = self.world.class_names[label]
@@ -163,9 +181,10 @@ class CaptionWorld:
             return f"a {self.world.attribute_names[attribute]} {name}"
         return f"a {name}"
 
-    def _caption(self, rng: np.random.Generator, objects: list[SyntheticObject],
-                 with_relations: bool = True) -> tuple[str, tuple[int, ...], str | None]:
-        """One caption: its text, the objects its noun phrases name (-1: not in the image), its relation."""
+    def _caption(self, rng: np.random.Generator, objects: list[SyntheticObject], with_relations: bool = True
+                 ) -> tuple[str, tuple[int, ...], str | None, tuple[tuple[int, int], ...]]:
+        """One caption: its text, the objects its noun phrases name (-1: not in the image), its relation and
+        the noun phrases' word spans."""
         c, w = self.cfg, self.cfg.world
         grounded = rng.random() < c.grounding
         two = len(objects) >= 2 or not grounded
@@ -182,11 +201,22 @@ class CaptionWorld:
             nps = [self._noun_phrase(rng, int(rng.integers(w.num_classes)), int(rng.integers(w.num_attributes)))
                    for _ in range(n)]
         if kind == "single":
-            return _SINGLE[int(rng.integers(len(_SINGLE)))].format(nps[0]), tuple(picked), None
+            template = _SINGLE[int(rng.integers(len(_SINGLE)))]
+            return template.format(nps[0]), tuple(picked), None, _spans(template.split("{}")[0], nps[:1])
         if kind == "conj":
-            return f"{nps[0]} and {nps[1]}", tuple(picked), None
+            return f"{nps[0]} and {nps[1]}", tuple(picked), None, _spans("", nps, "and")
         if grounded:
             rel = relation(objects[picked[0]].box, objects[picked[1]].box, c.next_to_radius, c.on_band)
         else:
             rel = RELATIONS[int(rng.integers(len(RELATIONS)))]
-        return f"{nps[0]} {rel} {nps[1]}", tuple(picked), rel
+        return f"{nps[0]} {rel} {nps[1]}", tuple(picked), rel, _spans("", nps, rel)
+
+
+def _spans(prefix: str, nps: list[str], between: str = "") -> tuple[tuple[int, int], ...]:
+    """Word spans ``[start, end)`` of the noun phrases of ``prefix NP(0) [between NP(1)]``."""
+    start = len(prefix.split())
+    out = []
+    for np_text in nps:
+        out.append((start, start + len(np_text.split())))
+        start = out[-1][1] + len(between.split())
+    return tuple(out)

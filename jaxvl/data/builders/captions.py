@@ -15,7 +15,11 @@ Stored fields (R regions, T = ``max_length`` words, N captions of this image):
   truncated to T and padded with 0 (the end id); ``caption_lengths`` [N] int32, the words kept
   (<= T); ``num_captions`` int32;
 - ``references`` (text): the N captions as written (untruncated, no UNK), one per line, for metrics;
-- ``image_id`` (text).
+- ``image_id`` (text);
+- with ``max_phrases`` P > 0 (the synthetic world: P = 2), the noun-phrase links of the attention
+  analyses: ``phrase_spans`` [N, P, 2] int32, each noun phrase's word span ``[start, end)`` in its
+  caption (cut to T; ``[0, 0]`` pads and marks phrases cut away), and ``phrase_regions`` [N, P, R]
+  bool, the regions linked to it (the detections of the object it names).
 
 The dataset's metadata carries ``vocab`` (``CaptionVocab.to_json``), ``max_length``, ``regions`` and
 ``caption_stats`` per split (images, captions, histogram of captions per image, captions truncated,
@@ -36,7 +40,7 @@ import tensorflow_datasets as tfds
 from jaxvl.data.builders.common import RegionSpec, encode_regions
 from jaxvl.data.builders.synthetic import DEFAULT_VAL_IMAGES, parse_knobs
 from jaxvl.data.caption_vocab import ORT_MAX_LENGTH, CaptionVocab
-from jaxvl.data.caption_world import CaptionWorld, CaptionWorldConfig
+from jaxvl.data.caption_world import MAX_PHRASES, CaptionWorld, CaptionWorldConfig
 from jaxvl.data.records import BadRecord, RegionFeatures
 from jaxvl.data.synthetic import WorldConfig
 
@@ -47,12 +51,23 @@ SYNTHETIC_CAPTIONS_NAME = "jaxvl_synthetic_captions"
 DEFAULT_TEST_IMAGES = 16
 
 
+@dataclasses.dataclass(frozen=True)
+class PhraseLink:
+    """A noun phrase of a caption: word span ``[start, end)`` and the indices of the regions it is linked to."""
+
+    start: int
+    end: int
+    regions: tuple[int, ...] = ()
+
+
 @dataclasses.dataclass
 class CaptionExample:
-    """One image to store: its regions and its captions as token lists (``image_id`` = ``regions.image_id``)."""
+    """One image to store: its regions and its captions as token lists (``image_id`` = ``regions.image_id``);
+    optionally ``phrases[c]``, the noun phrases of caption ``c`` (stored by builders with ``max_phrases`` > 0)."""
 
     regions: RegionFeatures
     captions: list[list[str]]
+    phrases: list[list[PhraseLink]] | None = None
 
 
 CaptionSource = Callable[[], Iterable[CaptionExample]]
@@ -67,6 +82,38 @@ def encode_captions(captions: list[list[str]], vocab: CaptionVocab, max_length: 
         ids[j, :len(row)] = row
         lengths[j] = len(row)
     return ids, lengths
+
+
+def encode_phrases(ex: CaptionExample, max_phrases: int, num_regions: int, max_length: int,
+                   where: str) -> tuple[np.ndarray, np.ndarray]:
+    """``ex.phrases`` -> ``phrase_spans`` [N, P, 2] int32 and ``phrase_regions`` [N, P, R] bool (module doc);
+    zeros when ``ex.phrases`` is None. Spans are cut to T = ``max_length`` words (a phrase starting past T is
+    dropped) and links to regions past R dropped. Raises ``BadRecord`` on more than P phrases, a span outside
+    its caption, or a region index outside ``[0, num_boxes)``."""
+    n, image_id = len(ex.captions), ex.regions.image_id
+    spans = np.zeros((n, max_phrases, 2), np.int32)
+    regions = np.zeros((n, max_phrases, num_regions), bool)
+    if ex.phrases is None:
+        return spans, regions
+    if len(ex.phrases) != n:
+        raise BadRecord(f"{where}: image {image_id!r} has {n} captions but noun phrases for {len(ex.phrases)}")
+    for c, (tokens, phrases) in enumerate(zip(ex.captions, ex.phrases, strict=True)):
+        if len(phrases) > max_phrases:
+            raise BadRecord(f"{where}: image {image_id!r} caption {c} has {len(phrases)} noun phrases, more than "
+                            f"max_phrases={max_phrases}")
+        for j, ph in enumerate(phrases):
+            if not 0 <= ph.start < ph.end <= len(tokens):
+                raise BadRecord(f"{where}: image {image_id!r} caption {c} noun phrase {j}: span [{ph.start}, "
+                                f"{ph.end}) outside its {len(tokens)} words")
+            bad = [r for r in ph.regions if not 0 <= r < ex.regions.num_boxes]
+            if bad:
+                raise BadRecord(f"{where}: image {image_id!r} caption {c} noun phrase {j}: region {bad[0]} outside "
+                                f"[0, {ex.regions.num_boxes})")
+            if ph.start >= max_length:
+                continue
+            spans[c, j] = ph.start, min(ph.end, max_length)
+            regions[c, j, [r for r in ph.regions if r < num_regions]] = True
+    return spans, regions
 
 
 def region_mask(num_regions: int, rec: RegionFeatures) -> np.ndarray:
@@ -88,11 +135,13 @@ class CaptionConfig(tfds.core.BuilderConfig):
     """A captioning dataset: region sizes, vocabulary, caption length T, a source per split, metadata.
 
     ``stats`` is filled while the splits are written and saved as ``caption_stats`` in ``metadata.json``.
+    ``max_phrases`` > 0 stores the sources' noun-phrase links (module doc).
     """
 
     regions: RegionSpec = dataclasses.field(default_factory=RegionSpec)
     vocab: CaptionVocab | None = None
     max_length: int = ORT_MAX_LENGTH
+    max_phrases: int = 0
     splits: Mapping[str, CaptionSource] = dataclasses.field(default_factory=dict)
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     stats: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -101,7 +150,7 @@ class CaptionConfig(tfds.core.BuilderConfig):
 class CaptionImages(tfds.core.GeneratorBasedBuilder):
     """Images with their regions and captions (module doc), written as ArrayRecord.
 
-    Subclasses override ``region_spec``, ``caption_vocab``, ``max_length``, ``caption_splits``,
+    Subclasses override ``region_spec``, ``caption_vocab``, ``max_length``, ``max_phrases``, ``caption_splits``,
     ``dataset_metadata`` and ``split_stats`` instead of passing them through a ``CaptionConfig``.
     """
 
@@ -121,6 +170,9 @@ class CaptionImages(tfds.core.GeneratorBasedBuilder):
     def max_length(self) -> int:
         return self._config().max_length
 
+    def max_phrases(self) -> int:
+        return self._config().max_phrases
+
     def caption_splits(self) -> Mapping[str, CaptionSource]:
         return self._config().splits
 
@@ -137,9 +189,13 @@ class CaptionImages(tfds.core.GeneratorBasedBuilder):
         return cfg
 
     def _info(self) -> tfds.core.DatasetInfo:
-        spec, t = self.region_spec(), self.max_length()
-        if t < 1:
-            raise ValueError(f"{self.name}/{self.builder_config.name}: max_length={t} must be >= 1")
+        spec, t, p = self.region_spec(), self.max_length(), self.max_phrases()
+        if t < 1 or p < 0:
+            raise ValueError(f"{self.name}/{self.builder_config.name}: max_length={t} must be >= 1 and "
+                             f"max_phrases={p} >= 0")
+        phrases = {} if not p else {
+            "phrase_spans": tfds.features.Tensor(shape=(None, p, 2), dtype=np.int32),
+            "phrase_regions": tfds.features.Tensor(shape=(None, p, spec.num_regions), dtype=np.bool_)}
         return self.dataset_info_from_configs(
             description=f"jaxvl captioning images: regions padded to R={spec.num_regions} and every caption "
                         f"encoded to T={t} word ids.",
@@ -149,7 +205,7 @@ class CaptionImages(tfds.core.GeneratorBasedBuilder):
                 "caption_lengths": tfds.features.Tensor(shape=(None,), dtype=np.int32),
                 "num_captions": tfds.features.Scalar(dtype=np.int32),
                 "region_mask": tfds.features.Tensor(shape=(spec.num_regions,), dtype=np.int32),
-                **spec.features(),
+                **spec.features(), **phrases,
             }),
             metadata=tfds.core.MetadataDict(regions=spec.to_dict(), vocab=self.caption_vocab().to_json(),
                                             max_length=t, caption_stats=self.split_stats(),
@@ -163,7 +219,7 @@ class CaptionImages(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(split, source) for split, source in splits.items()}
 
     def _generate_examples(self, split: str, source: CaptionSource) -> Iterator[tuple[int, dict[str, Any]]]:
-        spec, vocab, t = self.region_spec(), self.caption_vocab(), self.max_length()
+        spec, vocab, t, p = self.region_spec(), self.caption_vocab(), self.max_length(), self.max_phrases()
         where = f"{self.name}/{self.builder_config.name} split {split!r}"
         stats = self.split_stats().setdefault(split, new_stats())
         stats.update(new_stats())  # a rebuild counts afresh
@@ -172,6 +228,13 @@ class CaptionImages(tfds.core.GeneratorBasedBuilder):
             if not ex.captions or any(not c for c in ex.captions):
                 raise BadRecord(f"{where}: image {image_id!r} has no captions or an empty caption")
             ids, lengths = encode_captions(ex.captions, vocab, t)
+            phrases = {}
+            if p:
+                spans, linked = encode_phrases(ex, p, spec.num_regions, t, where)
+                phrases = {"phrase_spans": spans, "phrase_regions": linked}
+            elif ex.phrases is not None:
+                raise ValueError(f"{where}: image {image_id!r} carries noun phrases but the builder stores none "
+                                 "(max_phrases=0)")
             n = len(ex.captions)
             stats["images"] += 1
             stats["captions"] += n
@@ -183,7 +246,7 @@ class CaptionImages(tfds.core.GeneratorBasedBuilder):
             yield i, {"image_id": image_id, "references": "\n".join(" ".join(c) for c in ex.captions),
                       "captions": ids, "caption_lengths": lengths, "num_captions": n,
                       "region_mask": region_mask(spec.num_regions, ex.regions),
-                      **encode_regions(ex.regions, spec, where)}
+                      **encode_regions(ex.regions, spec, where), **phrases}
         if not stats["images"]:  # TFDS cannot write an empty split
             raise BadRecord(f"{where}: no usable images (every image was skipped or the source is empty)")
         stats["captions_per_image"] = dict(sorted(stats["captions_per_image"].items(), key=lambda kv: int(kv[0])))
@@ -283,7 +346,8 @@ def parse_caption_knobs(spec: str) -> dict[str, Any]:
 
 
 class SyntheticCaptions(CaptionImages):
-    """The synthetic captioning world's images, each with its ``captions_per_image`` generated captions."""
+    """The synthetic captioning world's images, each with its ``captions_per_image`` generated captions and their
+    noun phrases linked to the detections of the objects they name (``max_phrases`` = ``MAX_PHRASES``)."""
 
     name = SYNTHETIC_CAPTIONS_NAME
     BUILDER_CONFIGS = [synthetic_caption_config()]
@@ -312,6 +376,9 @@ class SyntheticCaptions(CaptionImages):
     def max_length(self) -> int:
         return self._synthetic().max_length
 
+    def max_phrases(self) -> int:
+        return MAX_PHRASES
+
     def split_stats(self) -> dict[str, dict[str, Any]]:
         return self._synthetic().stats
 
@@ -326,7 +393,11 @@ class SyntheticCaptions(CaptionImages):
         def examples(split: str) -> Iterator[CaptionExample]:
             for i in range(*self._synthetic().split_ranges[split]):
                 image = self.world[i]
-                yield CaptionExample(regions=image.regions, captions=[c.split(" ") for c in image.captions])
+                phrases = [[PhraseLink(start, end, tuple(int(r) for r in regions))
+                            for (start, end), regions in zip(image.spans[c], image.linked_regions(c), strict=True)]
+                           for c in range(len(image.captions))]
+                yield CaptionExample(regions=image.regions, captions=[c.split(" ") for c in image.captions],
+                                     phrases=phrases)
 
         return {split: functools.partial(examples, split) for split in self._synthetic().split_ranges}
 
