@@ -13,9 +13,10 @@ The model encodes each image once and broadcasts it to its C captions (ORT repli
 times instead). Order of operations, all index-based like ``jaxvl.data.pipeline``: global shuffle of
 the images (each epoch reshuffled), ``repeat(num_epochs)``, the per-image transform (a ``random_map``
 whose generator derives from ``seed`` and the element's global position, so caption windows are
-reproducible, resumable and independent of the number of hosts), per-host split (host ``p`` of ``P``
-takes images ``p, p + P, ...``; a finite stream is cut to a multiple of P), batches of
-``batch_size // P`` images with ``drop_remainder``, and ``to_iter_dataset`` with threads and prefetch.
+reproducible, resumable and independent of the number of hosts), chunks of ``batch_size // P``
+consecutive images with ``drop_remainder``, the per-host split (host ``p`` of ``P`` takes chunks ``p,
+p + P, ...``, so global batch ``k`` is the same images whatever P is, as in ``jaxvl.data.pipeline``; a
+finite stream is cut to a multiple of P chunks), and ``to_iter_dataset`` with threads and prefetch.
 
 Captions per image (C = ``captions_per_image``, default 5 = ORT's ``seq_per_img``): an image with
 N >= C captions gives a window of C consecutive captions, starting at a random index (ORT's
@@ -188,9 +189,9 @@ def caption_dataset(source: Sequence[Mapping[str, Any]], cfg: CaptionPipelineCon
     # before the host split: an image's caption window depends on its global position, not on P
     ds = ds.random_map(CaptionTransform(cfg.captions_per_image, cfg.num_regions, cfg.caption_window,
                                         cfg.analysis_fields), seed=cfg.seed)
+    ds = ds.batch(per_host, drop_remainder=True)
     if cfg.num_epochs is not None:
         ds = ds[: len(ds) // shard.shard_count * shard.shard_count]
-    ds = ds[shard.shard_index::shard.shard_count]
-    ds = ds.batch(per_host, drop_remainder=True)
+    ds = ds[shard.shard_index::shard.shard_count]  # host p: chunks p, p + P, ... = slice p of each global batch
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.num_threads,
                                                 prefetch_buffer_size=cfg.prefetch_buffer_size))
