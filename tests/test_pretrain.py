@@ -281,3 +281,28 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
             assert b.sharding.is_equivalent_to(s, b.ndim)
         assert any(not b.sharding.is_fully_replicated for b in jax.tree.leaves(restored.params))
     ckpt.close()
+
+
+# ------------------------------------------------------------------------------------------- sweeps
+
+
+@pytest.mark.slow
+def test_sweep_members_equal_their_single_runs(dataset, tmp_path):
+    """`sweep=objectives` trains MRC-KL and MRC-XE members as one program; each member's per-step losses equal
+    the single run with its settings (uniter,tiny and uniter,xent,tiny), and each member is exported as its
+    own checkpoint beside a summary table."""
+    common = ("steps=3", "eval_every=3", "checkpoint.every=3")
+    (sweep_result,) = pretrain(config(dataset, "uniter,tiny,sweep=objectives", *common), str(tmp_path / "sweep"))
+    assert sweep_result.status == "done" and len(sweep_result.last_metrics) == 2
+    for name, arg in (("mrc-kl", "uniter,tiny"), ("mrc-xe", "uniter,xent,tiny")):
+        pretrain(config(dataset, arg, *common), str(tmp_path / name))
+        single = read_metrics(tmp_path / name, "train")
+        member = read_metrics(tmp_path / "sweep", "train", name)
+        np.testing.assert_allclose([r["loss"] for r in member], [r["loss"] for r in single], rtol=1e-5)
+        np.testing.assert_allclose([r["mlm"] for r in member], [r["mlm"] for r in single], rtol=1e-5)
+        part = "mrc_kl" if name == "mrc-kl" else "mrc_xe"
+        np.testing.assert_allclose([r[part] for r in member], [r[part] for r in single], rtol=1e-5)
+        assert [r["step"] for r in read_metrics(tmp_path / "sweep", "eval", name)] == [3]
+        assert (tmp_path / "sweep" / "members" / name / "checkpoints" / "3").is_dir()
+    summary = (tmp_path / "sweep" / "summary.md").read_text()
+    assert "mrc-kl" in summary and "mrc-xe" in summary and "final loss" in summary

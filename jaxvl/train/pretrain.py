@@ -42,6 +42,7 @@ from jaxvl.data.pipeline import PipelineConfig, open_split, pretrain_dataset, to
 from jaxvl.data.tokenizer import Tokenizer
 from jaxvl.models import get_model
 from jaxvl.models.vlbert import VLBertForPreTraining
+from jaxvl.train import sweep
 from jaxvl.train.checkpoint import Checkpointer
 from jaxvl.train.datasets import resolve_dataset
 from jaxvl.train.loop import LoopConfig, StageResult, log, train_loop
@@ -134,14 +135,18 @@ def params_from_workdir(path: str, state: TrainState, shardings: TrainState) -> 
 # ===================================================================================== the loop
 
 
-def _eval_loss(eval_fn: Callable, params: Any, batches: list[dict[str, jax.Array]], seed: int) -> dict[str, float]:
-    """Mean loss parts over the fixed evaluation batches, masking drawn from a fixed key per batch."""
-    totals: dict[str, float] = {}
+def _eval_loss(eval_fn: Callable, params: Any, batches: list[dict[str, jax.Array]], seed: int, extra: tuple = (),
+               members: list[str] | None = None) -> dict[str, float] | list[dict[str, float]]:
+    """Mean loss parts over the fixed evaluation batches, masking drawn from a fixed key per batch (the same
+    for every member); one dict, or one per sweep member."""
+    totals: dict[str, np.ndarray] = {}
     for i, batch in enumerate(batches):
-        loss, parts = eval_fn(params, batch, jax.random.fold_in(jax.random.key(seed), i))
+        loss, parts = eval_fn(params, batch, jax.random.fold_in(jax.random.key(seed), i), *extra)
         for k, v in jax.device_get({"loss": loss, **parts}).items():
-            totals[k] = totals.get(k, 0.0) + float(v) / len(batches)
-    return totals
+            totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64) / len(batches)
+    if members is None:
+        return {k: float(v) for k, v in totals.items()}
+    return [{k: float(v[i]) for k, v in totals.items()} for i in range(len(members))]
 
 
 def run_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, init_from: str | None = None,
@@ -164,11 +169,16 @@ def run_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, init_fro
                       visual_target_weights=dict(cfg.model.visual_target_weights), **fitted)
     stage_cfg = cfg.vision_stage if vision_only else cfg
     steps = int(stage_cfg.steps) or math.ceil(stage_cfg.epochs * len(source) / cfg.data.batch_size)
-    tx = make_optimizer(OptimizerConfig(total_steps=steps, **cfg.optimizer.to_dict()))
+    opt_cfg = OptimizerConfig(total_steps=steps, **cfg.optimizer.to_dict())
     objective = cfg.objective.to_dict()
     if vision_only:
         objective.update(objective=2, token_prob=0.0)
     ocfg = ObjectiveConfig(mask_id=tokenizer.mask_id, cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, **objective)
+    members = sweep.members_from_config(cfg.sweep, model.cfg, ocfg, opt_cfg, seed=cfg.seed) if cfg.sweep else None
+    if members:  # one model with every head a member weighs; the members' peak learning rates injected
+        weights = sweep.shared_visual_target_weights(members, model.cfg)
+        model = VLBertForPreTraining(model.cfg.replace(visual_target_weights=weights))
+    tx = make_optimizer(opt_cfg, injected_peak=bool(members))
     mesh = make_mesh(**cfg.mesh.to_dict())
 
     pipeline = PipelineConfig(batch_size=cfg.data.batch_size, max_seq_length=cfg.data.max_seq_length,
@@ -183,21 +193,35 @@ def run_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, init_fro
     example = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_to_global(next(iter(train_ds))))
 
     # ------------------------------------------------------------------------------ the state
-    shardings = make_state_shardings(model, tx, example, mesh)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep,
                         async_save=cfg.checkpoint.async_save)
     data_iter = iter(train_ds)
-    state = init_state(model, tx, jax.random.key(cfg.seed), example, mesh, compiler_options=compiler_options)
+    if members:
+        shardings = sweep.sweep_state_shardings(model, tx, example, mesh, len(members))
+        state = sweep.init_sweep_state(model, tx, members, example, mesh, compiler_options=compiler_options)
+    else:
+        shardings = make_state_shardings(model, tx, example, mesh)
+        state = init_state(model, tx, jax.random.key(cfg.seed), example, mesh, compiler_options=compiler_options)
     resumed = ckpt.latest_step()
     if resumed is not None:
         state, _ = ckpt.restore(state, shardings, data_iterator=data_iter)
         init_desc = f"resumed from {ckpt.directory} step {resumed}"
     elif init_from or (cfg.init.checkpoint and not os.path.isfile(cfg.init.checkpoint)):
+        if members:
+            raise ValueError("a sweep starts from random or BERT weights (init.checkpoint / vision stages are "
+                             "single-run features)")
         source = init_from or cfg.init.checkpoint
         state = state.replace(params=params_from_workdir(source, state, shardings))
         init_desc = f"parameters of {source}"
     else:
-        params, init_desc = initial_params(cfg, model, jax.device_get(state.params))
+        params = jax.device_get(state.params)
+        if members:  # each member's own random draw, then the same BERT text stream (if any) in every member
+            per_member = [initial_params(cfg, model, jax.tree.map(lambda x, k=k: x[k], params))
+                          for k in range(len(members))]
+            params = jax.tree.map(lambda *xs: np.stack(xs), *[p for p, _ in per_member])
+            init_desc = per_member[0][1]
+        else:
+            params, init_desc = initial_params(cfg, model, params)
         state = state.replace(params=jax.device_put(params, shardings.params))
     start = int(jax.device_get(state.step))
     log(f"{workdir}: {cfg.model.name} ({'vision-only' if vision_only else 'V&L'} stage), {steps} steps of "
@@ -209,29 +233,60 @@ def run_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, init_fro
         return StageResult(workdir, "done", start, {}, ckpt.latest_step())
 
     # ---------------------------------------------------------------------------- compile
-    jitted = jit_train_step(model, ocfg, tx, mesh, shardings, batch_sharding(mesh), compiler_options=compiler_options)
+    if members:
+        jitted = sweep.jit_sweep_step(model, ocfg, tx, mesh, shardings, batch_sharding(mesh), compiler_options)
+    else:
+        jitted = jit_train_step(model, ocfg, tx, mesh, shardings, batch_sharding(mesh), compiler_options)
     t0 = time.perf_counter()
     step_fn = compile_step(jitted, state, example, mesh)
     log(f"compiled the train step in {time.perf_counter() - t0:.1f} s\n{memory_summary(step_fn)}")
     eval_fn, eval_batches = _evaluation(cfg, model, ocfg, dataset, tokenizer, pipeline, mesh, host_to_global,
-                                        shardings, compiler_options)
+                                        shardings, compiler_options, members)
 
     _write_run_info(workdir, cfg, model, steps, init_desc, dataset, vision_only)
     metrics_log = MetricsLog(workdir, resume_step=start)
+    names = None if not members else [m.name for m in members]
     loop = LoopConfig(steps=steps, checkpoint_every=cfg.checkpoint.every, eval_every=cfg.eval_every,
-                      log_every=cfg.log_every, progress=cfg.progress)
-    evaluate = None if eval_fn is None else (lambda s: _eval_loss(eval_fn, s.params, eval_batches, cfg.seed + 1))
+                      log_every=cfg.log_every, progress=cfg.progress, members=names)
+    evaluate = None
+    if eval_fn is not None:
+        def evaluate(s):
+            extra = (s.hparams,) if members else ()
+            return _eval_loss(eval_fn, s.params, eval_batches, cfg.seed + 1, extra, names)
     try:
-        _, result = train_loop(loop, step_fn, state, data_iter, host_to_global, ckpt, metrics_log, start, workdir,
-                               evaluate)
+        state, result = train_loop(loop, step_fn, state, data_iter, host_to_global, ckpt, metrics_log, start,
+                                   workdir, evaluate)
     finally:
         metrics_log.close()
         ckpt.close()
+    if members and result.status == "done":
+        _finish_sweep(workdir, state, members)
     return result
 
 
-def _evaluation(cfg, model, ocfg, dataset, tokenizer, pipeline, mesh, host_to_global, shardings, compiler_options):
-    """The jitted deterministic loss and the fixed held-out batches (None, [] without an eval split)."""
+def _finish_sweep(workdir: str, state: Any, members: list) -> None:
+    """Each member's final state as its own checkpoint (``<workdir>/members/<name>``, a single-run layout
+    that ``init.checkpoint`` and the ablation read), and the summary table (``summary.md``, printed)."""
+    from jaxvl.train.metrics_log import read_metrics
+
+    for k, member in enumerate(members):
+        target = Checkpointer(os.path.join(workdir, "members", member.name, "checkpoints"), keep=1, async_save=False)
+        target.save(sweep.unstack_member(state, k), meta={"member": member.name, **dataclasses.asdict(member)})
+        target.close()
+    last_step = max(r["step"] for r in read_metrics(workdir, "train"))
+    rows = {m.name: next(r for r in read_metrics(workdir, "train", m.name) if r["step"] == last_step) for m in members}
+    keys = [k for k in rows[members[0].name] if isinstance(rows[members[0].name][k], float)]
+    table = sweep.summary_table([{k: [rows[m.name][k] for m in members] for k in keys}], members)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.md"), "w") as f:
+            f.write(table + "\n")
+    log(f"sweep of {len(members)} members at step {last_step}:\n{table}")
+
+
+def _evaluation(cfg, model, ocfg, dataset, tokenizer, pipeline, mesh, host_to_global, shardings, compiler_options,
+                members=None):
+    """The jitted deterministic loss and the fixed held-out batches (None, [] without an eval split); for a
+    sweep, vmapped over the members with each member's own masking and head weights."""
     if not cfg.eval_every or not cfg.eval_batches:
         return None, []
     try:
@@ -247,10 +302,20 @@ def _evaluation(cfg, model, ocfg, dataset, tokenizer, pipeline, mesh, host_to_gl
         if len(batches) == cfg.eval_batches:
             break
 
-    def loss(params, batch, rng):
-        return pretraining_loss(model, params, batch, rng, ocfg, deterministic=True)
+    if not members:
+        def loss(params, batch, rng):
+            return pretraining_loss(model, params, batch, rng, ocfg, deterministic=True)
 
-    return jax.jit(loss, in_shardings=(shardings.params, batch_sharding(mesh), None),
+        return jax.jit(loss, in_shardings=(shardings.params, batch_sharding(mesh), None),
+                       compiler_options=compiler_options), batches
+
+    def member_loss(params, batch, rng, hp):
+        return pretraining_loss(model, params, batch, rng, ocfg, deterministic=True, token_prob=hp.token_prob,
+                                region_prob=hp.region_prob, overlap_threshold=hp.overlap_threshold,
+                                visual_weights=sweep.visual_weights(model.cfg, hp))
+
+    fn = jax.vmap(member_loss, in_axes=(0, None, None, 0))
+    return jax.jit(fn, in_shardings=(shardings.params, batch_sharding(mesh), None, shardings.hparams),
                    compiler_options=compiler_options), batches
 
 
@@ -274,10 +339,8 @@ def _write_run_info(workdir: str, cfg: ConfigDict, model: VLBertForPreTraining, 
 def pretrain(cfg: ConfigDict, workdir: str) -> list[StageResult]:
     """Runs the config's stages (module doc). Returns one ``StageResult`` per stage run; a preempted
     stage ends the run (the next call resumes it)."""
-    if cfg.sweep:
-        from jaxvl.train.sweep_trainer import pretrain_sweep
-
-        return [pretrain_sweep(cfg, workdir)]
+    if cfg.sweep and cfg.vision_stage.enabled:
+        raise ValueError("a sweep cannot have a vision-only stage (run the stages' sweeps separately)")
     if not cfg.vision_stage.enabled:
         return [run_stage(cfg, workdir)]
     vision_dir, vl_dir = os.path.join(workdir, "vision"), os.path.join(workdir, "vl")
