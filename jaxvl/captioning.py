@@ -77,6 +77,32 @@ def split_references(dataset: str, split: str) -> dict[str, list[str]]:
     return refs
 
 
+def analyze_split(cfg: ConfigDict, workdir: str, split: str = "val", out: str | None = None,
+                  max_batches: int | None = None) -> str:
+    """The attention analyses (``jaxvl.diagnostics.caption_attention``) of the trained captioner, teacher-forced
+    on ``split``'s reference captions; writes the tidy results and plots under ``out`` (default
+    ``<workdir>/analysis_<split>``) and returns that directory."""
+    import grain
+
+    from jaxvl.diagnostics.caption_attention import analyze
+    from jaxvl.train.caption_trainer import load_captioner
+
+    model, params, data, _ = load_captioner(cfg, workdir)
+    source, _ = open_split(data.dataset, split)
+    batch_size = min(cfg.decode.batch_size, len(source))
+    pipeline = CaptionPipelineConfig(batch_size=batch_size, shuffle=False, num_epochs=1, caption_window="first",
+                                     captions_per_image=cfg.data.captions_per_image, num_threads=1,
+                                     analysis_fields=True)
+    batches = []
+    for batch in caption_dataset(source, pipeline, shard=grain.sharding.NoSharding()):
+        batches.append(batch)
+        if max_batches is not None and len(batches) == max_batches:
+            break
+    directory = out or os.path.join(workdir, f"analysis_{split}")
+    analyze(model, params, batches, directory)
+    return directory
+
+
 def _id_key(image_id: Any) -> str:
     """COCO results store digit-only ids as integers ("000064" -> 64): compare ids in that form."""
     text = str(image_id)

@@ -103,7 +103,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    """``jaxvl caption train | decode | evaluate``."""
+    """``jaxvl caption train | decode | evaluate | analyze``."""
     from jaxvl.configs import load_config
 
     cfg = load_config(args.config, args.config_overrides)
@@ -120,8 +120,11 @@ def cmd_caption(args: argparse.Namespace) -> int:
             parts = ", ".join(f"{k} {v:.4f}" for k, v in r.last_metrics.items() if k not in ("seconds", "lr"))
             print(f"{r.workdir}: {r.status} at step {r.step} (checkpoint {r.checkpoint_step}); {parts}")
         return PREEMPTED_EXIT_CODE if results[-1].status == "preempted" else 0
-    from jaxvl.captioning import decode_split, evaluate_split
+    from jaxvl.captioning import analyze_split, decode_split, evaluate_split
 
+    if args.caption == "analyze":
+        print(f"wrote the attention analyses to {analyze_split(cfg, args.workdir, args.split, args.out)}")
+        return 0
     if args.caption == "decode":
         path = decode_split(cfg, args.workdir, split=args.split, method=args.method, beam_size=args.beam,
                             out=args.out)
@@ -182,16 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     cap_sub = cap.add_subparsers(dest="caption", required=True)
     for name, text in (("train", "XE then self-critical training from a config"),
                        ("decode", "caption a split, write COCO-style JSON"),
-                       ("evaluate", "BLEU / METEOR / ROUGE-L / CIDEr-D of a split, as the ORT paper reports")):
+                       ("evaluate", "BLEU / METEOR / ROUGE-L / CIDEr-D of a split, as the ORT paper reports"),
+                       ("analyze", "attention entropy, grounding and geometry correlations, teacher-forced")):
         p = cap_sub.add_parser(name, help=text)
         p.add_argument("--config", required=True, help="e.g. configs/caption.py:ort,tiny")
         p.add_argument("--workdir", required=True)
         if name != "train":
-            p.add_argument("--split", default="test")
+            p.add_argument("--split", default="val" if name == "analyze" else "test")
+        if name in ("decode", "evaluate"):
             p.add_argument("--method", choices=("beam", "greedy", "sample"), default="beam")
             p.add_argument("--beam", type=int, default=None, help="beam size (default: the config's decode.beam_size)")
-        if name == "decode":
-            p.add_argument("--out", default=None, help="default <workdir>/captions_<split>.json")
+        if name in ("decode", "analyze"):
+            p.add_argument("--out", default=None, help="default: under the workdir")
         if name == "evaluate":
             p.add_argument("--captions", default=None, help="score this COCO-style JSON instead of decoding")
         p.set_defaults(func=cmd_caption)
