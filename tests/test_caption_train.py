@@ -154,6 +154,19 @@ def test_scst_loss_and_mask(tiny):
     assert float(loss) == pytest.approx(-num / den, rel=1e-5)
 
 
+def test_images_without_valid_boxes_stay_finite(tiny):
+    """An image whose regions are all padding, zero-width boxes and a caption of one word: the loss and
+    every gradient are finite (the geometry logs and the all-masked attention never give NaN)."""
+    model, params, batch = tiny
+    batch = {k: np.array(v) for k, v in batch.items()}
+    batch["region_mask"][0] = 0
+    batch["boxes"][1, :, 2] = batch["boxes"][1, :, 0]  # zero width
+    batch["caption_lengths"][1, 0] = 1
+    (loss, _), grads = jax.value_and_grad(lambda p: xe_loss(model, p, batch, jax.random.key(2)), has_aux=True)(params)
+    assert np.isfinite(float(loss))
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
 def test_reward_strings_keep_the_end_token():
     assert token_strings(np.array([[[4, 5, 0, 0], [7, 8, 9, 3]]])) == ["4 5 0", "7 8 9 3"]
     caps = np.array([[[0, 4, 5, 0, 0], [0, 6, 0, 0, 0]]])
@@ -204,3 +217,32 @@ def test_caption_train_decode_evaluate(tmp_path, capsys):
     rows = (tmp_path / "analysis_val" / "caption_attention.csv").read_text().splitlines()
     assert {"entropy", "grounding"} <= {r.split(",")[0] for r in rows[1:]}
     assert (tmp_path / "analysis_val" / "entropy.png").stat().st_size > 0
+
+    # A checkpoint whose vocabulary differs from the data's is refused before anything compiles.
+    from jaxvl.data.caption_vocab import CaptionVocab, VocabMismatch
+
+    saved = tmp_path / "scst" / "vocab.json"
+    words = CaptionVocab.load(saved).words
+    CaptionVocab([words[1], words[0], *words[2:]]).save(saved)
+    with pytest.raises(VocabMismatch, match="id 1 is"):
+        main(_args("decode", tmp_path, "--split", "test"))
+
+
+@pytest.mark.slow
+def test_tiny_captioner_beats_shuffled_captions(tmp_path):
+    """A tiny captioner trained with XE for 300 steps on the synthetic captioning world: its greedy captions
+    of held-out images reach a CIDEr-D several times that of the references of *other* images (a model that
+    ignores the image cannot do better than such a shuffle). Measured here: 1.6-1.8 vs 0.24."""
+    from jaxvl.captioning import split_references
+    from jaxvl.metrics import cider_d
+    from jaxvl.train.caption_trainer import open_caption_data
+
+    overrides = ["fast_compile=True", "progress=False", "xe.steps=300", "eval_every=300", "checkpoint.every=300"]
+    assert main(["caption", "train", "--config", f"{CAPTION}:ort,tiny,xe_only", "--workdir", str(tmp_path),
+                 *[f"--config.{o}" for o in overrides]]) == 0
+    trained = read_metrics(tmp_path / "xe", "eval")[-1]["cider_greedy"]
+    dataset = open_caption_data(load_config(f"{CAPTION}:ort,tiny"), str(tmp_path)).dataset
+    refs = split_references(dataset, "val")
+    ids = sorted(refs)
+    shuffled = cider_d([refs[ids[(i + 1) % len(ids)]][0] for i in range(len(ids))], [refs[i] for i in ids])[0]
+    assert trained > 3 * shuffled and trained > shuffled + 0.5, (trained, shuffled)
