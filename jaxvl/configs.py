@@ -86,6 +86,10 @@ def _set(cfg: ConfigDict, dotted: str, value: Any, spec: str) -> None:
     current = node[leaf]
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(current, tuple) and not isinstance(value, tuple):  # "--config.thresholds=0.5": one item
+        value = (value,)
+    if isinstance(current, tuple) and current and isinstance(current[0], float):
+        value = tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value)
     if current is not None and value is not None and type(current) is not type(value):
         raise TypeError(f"{spec}: override {dotted}={value!r} has type {type(value).__name__}, "
                         f"the config holds {type(current).__name__}")

@@ -40,3 +40,15 @@ def test_parse_arg_fills_variant_slots_in_order():
     assert (args.model, args.variant, args.tiny) == ("lxmert", "xent", True)
     with pytest.raises(ValueError, match="no free variant slot"):
         parse_arg("lxmert,xent,extra", model="uniter", variant="ctrl")
+
+
+def test_tuple_overrides_take_one_item_and_widen_ints():
+    from ml_collections import ConfigDict
+
+    from jaxvl.configs import _set
+
+    cfg = ConfigDict(dict(thresholds=(0.1, 0.5)))
+    _set(cfg, "thresholds", 0.3, "x")
+    assert cfg.thresholds == (0.3,)
+    _set(cfg, "thresholds", (0, 1), "x")
+    assert cfg.thresholds == (0.0, 1.0) and isinstance(cfg.thresholds[0], float)

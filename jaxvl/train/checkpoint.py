@@ -23,6 +23,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxvl.train.step import TrainState
@@ -111,3 +112,18 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return _typed_rng(restored["state"], abstract_state.rng.dtype), dict(restored["meta"])
+
+
+def restore_params(directory: str | os.PathLike, step: int | None = None) -> tuple[Any, int]:
+    """The parameter tree (host numpy) of a checkpoint directory's ``step`` (default the latest), whatever
+    the optimizer and mesh it was saved with, and that step. For evaluation (e.g. the ablation)."""
+    directory = os.path.abspath(os.fspath(directory))
+    manager = ocp.CheckpointManager(directory, item_handlers={"state": ocp.StandardCheckpointHandler()})
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{directory}: no checkpoint")
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    finally:
+        manager.close()
+    return jax.tree.map(lambda x: np.asarray(x), restored["state"]["params"]), step

@@ -1,0 +1,81 @@
+"""`jaxvl ablate` on jaxvl checkpoints: the report files, and bad input refused before any compilation."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from jaxvl.configs import load_config
+from jaxvl.main import main
+
+REPO = Path(__file__).resolve().parents[1]
+WORLD = "synthetic:num_images=32,val_images=8"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny UNITER pretrained for 2 steps on a small world (the checkpoint the ablation reads)."""
+    root = tmp_path_factory.mktemp("ablate")
+    args = ["pretrain", "--config", f"{REPO / 'configs' / 'pretrain.py'}:uniter,tiny", "--workdir", str(root / "run"),
+            f"--config.data.dataset={WORLD}", f"--config.data.prepare_dir={root / 'data'}", "--config.steps=2",
+            "--config.eval_every=0", "--config.fast_compile=True", "--config.progress=False",
+            "--config.data.batch_size=8", "--config.data.max_seq_length=12"]
+    assert main(args) == 0
+    return root / "run", root / "data"
+
+
+def _ablate(run, data, out, *overrides: str) -> list[str]:
+    return ["ablate", "--config", f"{REPO / 'configs' / 'ablate.py'}:tiny", "--workdir", str(out),
+            f"--config.checkpoints={run},{run}", "--config.names=a,b", f"--config.data.dataset={WORLD}",
+            f"--config.data.prepare_dir={data}", "--config.fast_compile=True", "--config.progress=False",
+            "--config.data.max_seq_length=12", *[f"--config.{o}" for o in overrides]]
+
+
+def test_ablate_writes_the_report(run, tmp_path, capsys):
+    """Two checkpoints of one model (stacked, one program), 3 + 3 conditions at two thresholds: tidy results per
+    model, condition and threshold with intervals and counts, the paper-style table, per-example losses,
+    LabelMatch, attention rows and the plots."""
+    assert main(_ablate(*run, tmp_path, "thresholds=(0.3,0.5)", "n_boot=200")) == 0
+    out = capsys.readouterr().out
+    assert "| model | MLM None |" in out and "| a |" in out and "| b |" in out
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    keys = {(r["model"], r["task"], r["condition"], r["threshold"]) for r in rows}
+    assert ("a", "vis4lang", "object", "0.3") in keys and ("b", "lang4vis", "phrase", "0.5") in keys
+    assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) for r in rows if r["mean"])
+    # the same parameters twice: the two stacked members give identical numbers
+    a = {(r["task"], r["condition"], r["threshold"], r["metric"], r["subset"]): r["mean"] for r in rows
+         if r["model"] == "a"}
+    b = {(r["task"], r["condition"], r["threshold"], r["metric"], r["subset"]): r["mean"] for r in rows
+         if r["model"] == "b"}
+    assert a == b and a
+    group = tmp_path / "a+b"
+    for name in ("results.csv", "table.md", "conditions.png", "thresholds.png", "attention.csv", "detector.csv"):
+        assert (group / name).stat().st_size > 0, name
+    assert any(p.name.startswith("per_example") for p in group.iterdir())
+    assert (tmp_path / "thresholds.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("vis4lang='none,obj'", "unknown vis4lang condition"),
+    ("thresholds=(0.5,1.5)", r"outside \[0, 1\]"),
+    ("data.split='nope'", "no split 'nope'"),
+])
+def test_bad_spec_or_split_is_refused(run, tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        main(_ablate(*run, tmp_path, override))
+
+
+def test_checkpoint_that_does_not_fit_the_data(run, tmp_path):
+    """A world with 16-d features and other words: named before anything compiles."""
+    other = "synthetic:num_images=16,val_images=4,feature_dim=16,num_classes=12"
+    args = _ablate(*run, tmp_path) + [f"--config.data.dataset={other}"]
+    with pytest.raises(ValueError, match=r"feature size: data 16, model 24.*detector classes: data 12, model 20"):
+        main(args)
+
+
+def test_configs_parse():
+    cfg = load_config(f"{REPO / 'configs' / 'ablate.py'}")
+    assert cfg.thresholds == tuple(round(0.1 * i, 1) for i in range(10)) and cfg.quirks.missing_target_as_zero
