@@ -205,8 +205,11 @@ def ablate(cfg: ConfigDict, workdir: str) -> str:
     # ------------------------------------------------------------------------ combined report
     write_rows(all_rows, os.path.join(workdir, "results.csv"))
     write_rows(all_rows, os.path.join(workdir, "results.jsonl"))
-    metric = "mrc_kl" if any(r["metric"] == "mrc_kl" for r in all_rows) else "mrc_xe"
-    combined = markdown_table(all_rows, cfg.report_threshold, metric)
+    metrics = [m for m in ("mrc_kl", "mrc_xe") if any(r["metric"] == m for r in all_rows)]
+    metric = metrics[0]
+    # One table per region metric: MRC-KL for the models trained with it, MRC-XE for the MRC-XE ones (a
+    # sweep's members carry both heads, one of them untrained).
+    combined = "\n\n".join(markdown_table(all_rows, cfg.report_threshold, m) for m in metrics)
     plot_conditions(all_rows, os.path.join(workdir, "conditions.png"), cfg.report_threshold, metric)
     plot_thresholds(all_rows, os.path.join(workdir, "thresholds.png"), metric)
     text = combined + "\n\n" + "\n\n".join(tables) + "\n"

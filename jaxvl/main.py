@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dem = sub.add_parser("demo", help="the main job: pretrain tiny models on the synthetic world, run the ablation")
     dem.add_argument("--out", default="runs/demo", help="where the runs and the report go (default runs/demo)")
-    dem.add_argument("--steps", type=int, default=300, help="pretraining steps per model")
+    dem.add_argument("--steps", type=int, default=600, help="pretraining steps per model")
     dem.add_argument("--no-progress", action="store_true", help="no progress bars")
     dem.set_defaults(func=cmd_demo)
 

@@ -79,3 +79,16 @@ def test_checkpoint_that_does_not_fit_the_data(run, tmp_path):
 def test_configs_parse():
     cfg = load_config(f"{REPO / 'configs' / 'ablate.py'}")
     assert cfg.thresholds == tuple(round(0.1 * i, 1) for i in range(10)) and cfg.quirks.missing_target_as_zero
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    """`jaxvl demo` (the README's main job) at a few steps: two sweeps pretrained, four checkpoints ablated,
+    the table printed and the report written where it says."""
+    assert main(["demo", "--out", str(tmp_path), "--steps", "20", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    for name in ("uniter-mrc-kl", "uniter-mrc-xe", "lxmert-mrc-kl", "lxmert-mrc-xe"):
+        assert f"| {name} |" in out
+    assert "MRC-XE None" in out and f"report, per-example losses and plots: {tmp_path / 'ablation'}" in out
+    for name in ("table.md", "results.csv", "conditions.png", "thresholds.png"):
+        assert (tmp_path / "ablation" / name).stat().st_size > 0
