@@ -27,7 +27,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     cfg = ConfigDict()
     cfg.checkpoints = ""
     cfg.names = ""
-    cfg.model = ConfigDict(dict(name="", volta_config=""))  # only for VOLTA .bin checkpoints
+    # Only for VOLTA .bin checkpoints: the preset (ctrl size) or a VOLTA config JSON, and the detector's class
+    # count when it is not Visual Genome's 1600 (VOLTA's configs cannot say it).
+    cfg.model = ConfigDict(dict(name="", volta_config="", num_object_classes=0))
     cfg.data = ConfigDict(dict(
         dataset="synthetic:num_images=256" if args.tiny else "",  # an ablation dataset dir, or a source string
         prepare_dir="",

@@ -67,6 +67,8 @@ def load_checkpoint(path: str, name: str, cfg: ConfigDict) -> Checkpoint:
             model_cfg, preset = get_config(cfg.model.name), cfg.model.name
         else:
             raise ValueError(f"{path}: a VOLTA checkpoint needs model.name (a preset) or model.volta_config")
+        if cfg.model.num_object_classes:
+            model_cfg = model_cfg.replace(num_object_classes=cfg.model.num_object_classes)
         return Checkpoint(name, path, model_cfg, load_volta_checkpoint(path, model_cfg), preset)
     if not os.path.isdir(os.path.join(path, "checkpoints")) and os.path.isdir(os.path.join(path, "vl")):
         path = os.path.join(path, "vl")  # a vision-first run: its V&L stage

@@ -92,3 +92,37 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "MRC-XE None" in out and f"report, per-example losses and plots: {tmp_path / 'ablation'}" in out
     for name in ("table.md", "results.csv", "conditions.png", "thresholds.png"):
         assert (tmp_path / "ablation" / name).stat().st_size > 0
+
+
+def test_volta_checkpoint_gives_the_same_numbers(run, tmp_path):
+    """The jaxvl checkpoint written as a VOLTA state dict (``jaxvl.convert.volta``) with its VOLTA config JSON:
+    `jaxvl ablate` reads it through the converter and reports the jaxvl checkpoint's results (to float32
+    rounding)."""
+    import json
+
+    import torch
+
+    from jaxvl.ablation import model_config_from_run
+    from jaxvl.convert.volta import to_volta
+    from jaxvl.models.config import to_volta_dict
+    from jaxvl.train.checkpoint import restore_params
+
+    workdir, data = run
+    model_cfg, _ = model_config_from_run(str(workdir / "run.json"))
+    params, _ = restore_params(workdir / "checkpoints")
+    torch.save({k: torch.from_numpy(v.copy()) for k, v in to_volta(params, model_cfg).items()}, tmp_path / "m.bin")
+    (tmp_path / "m.json").write_text(json.dumps(to_volta_dict(model_cfg)))
+    common = ["thresholds=0.5", "n_boot=10", "attention=False"]
+    assert main(_ablate(workdir, data, tmp_path / "jaxvl", *common)) == 0
+    args = _ablate(workdir, data, tmp_path / "volta", *common, f"checkpoints={tmp_path / 'm.bin'}", "names=v",
+                   f"model.volta_config={tmp_path / 'm.json'}", "model.num_object_classes=20")
+    assert main(args) == 0
+    with open(tmp_path / "jaxvl" / "results.csv", newline="") as f:
+        ours = {(r["task"], r["condition"], r["metric"], r["subset"]): r["mean"] for r in csv.DictReader(f)
+                if r["model"] == "a"}
+    with open(tmp_path / "volta" / "results.csv", newline="") as f:
+        theirs = {(r["task"], r["condition"], r["metric"], r["subset"]): r["mean"] for r in csv.DictReader(f)}
+    assert ours.keys() == theirs.keys() and ours
+    # float32 sums of a program compiled for 2 stacked checkpoints vs 1: equal to ~1e-7 relative
+    for key, value in ours.items():
+        assert (value == theirs[key] == "") or float(theirs[key]) == pytest.approx(float(value), rel=1e-5), key
