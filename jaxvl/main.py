@@ -87,14 +87,19 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     initialize(from_environment(args.coordinator, args.num_processes, args.process_id))
     from jaxvl.configs import load_config
-    from jaxvl.train.loop import PREEMPTED_EXIT_CODE, TrainingDiverged
     from jaxvl.train.pretrain import pretrain
 
-    cfg = load_config(args.config, args.config_overrides)
+    return _run_stages("jaxvl pretrain", pretrain, load_config(args.config, args.config_overrides), args.workdir)
+
+
+def _run_stages(command: str, train, cfg, workdir: str) -> int:
+    """Runs a trainer's stages; prints how each ended. Exit 1 on divergence, 143 when stopped by SIGTERM."""
+    from jaxvl.train.loop import PREEMPTED_EXIT_CODE, TrainingDiverged
+
     try:
-        results = pretrain(cfg, args.workdir)
+        results = train(cfg, workdir)
     except TrainingDiverged as e:
-        print(f"jaxvl pretrain: {e}", file=sys.stderr)
+        print(f"{command}: {e}", file=sys.stderr)
         return 1
     for r in results:
         rows = r.last_metrics if isinstance(r.last_metrics, list) else [r.last_metrics]
@@ -111,17 +116,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.config_overrides)
     if args.caption == "train":
         from jaxvl.train.caption_trainer import train_captioner
-        from jaxvl.train.loop import PREEMPTED_EXIT_CODE, TrainingDiverged
 
-        try:
-            results = train_captioner(cfg, args.workdir)
-        except TrainingDiverged as e:
-            print(f"jaxvl caption train: {e}", file=sys.stderr)
-            return 1
-        for r in results:
-            parts = ", ".join(f"{k} {v:.4f}" for k, v in r.last_metrics.items() if k not in ("seconds", "lr"))
-            print(f"{r.workdir}: {r.status} at step {r.step} (checkpoint {r.checkpoint_step}); {parts}")
-        return PREEMPTED_EXIT_CODE if results[-1].status == "preempted" else 0
+        return _run_stages("jaxvl caption train", train_captioner, cfg, args.workdir)
     from jaxvl.captioning import analyze_split, decode_split, evaluate_split
 
     if args.caption == "analyze":
