@@ -4,6 +4,7 @@
     jaxvl prepare --source synthetic[:key=value,...] --out DIR  write TFDS ArrayRecord datasets
     jaxvl bench models [...]                                    forward / backward / compile benchmarks
     jaxvl bench data [...]                                      input pipeline records/s beside a train step
+    jaxvl bench pretrain | caption | ablate [...]               train step MFU, sweeps; decoding; the ablation sweep
     jaxvl pretrain --config configs/pretrain.py:uniter,tiny --workdir DIR [--config.key=value ...]
 
     jaxvl caption train | decode | evaluate | analyze --config configs/caption.py:ort,tiny --workdir DIR
@@ -160,6 +161,14 @@ def cmd_bench_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``jaxvl bench pretrain | caption | ablate``: the module's ``run(args)``."""
+    import importlib
+
+    importlib.import_module(f"jaxvl.benchmarks.{args.bench}").run(args)
+    return 0
+
+
 def cmd_bench_data(args: argparse.Namespace) -> int:
     from jaxvl.benchmarks import data as bench_data
 
@@ -241,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_data_parser = bench_sub.add_parser("data", help="records/s through prepare and the Grain pipeline")
     bench_data.add_arguments(bench_data_parser)
     bench_data_parser.set_defaults(func=cmd_bench_data)
+    from jaxvl.benchmarks import pretrain as bench_pretrain
+
+    bench_pretrain_parser = bench_sub.add_parser("pretrain", help="pretraining step speed, MFU and compile time; "
+                                                                  "a K-member sweep vs K runs")
+    bench_pretrain.add_arguments(bench_pretrain_parser)
+    bench_pretrain_parser.set_defaults(func=cmd_bench)
     return parser
 
 
