@@ -26,8 +26,11 @@ where one float32 ulp is ~2e-6. Two float32 implementations of the same math (di
 orders, fused vs. unfused softmax) therefore differ by more than one ulp: jaxvl vs. BertModel in float32
 measured up to 1.6e-5 (sub-layer 8, a padded query row) -- 1e-5 is not reachable between the two
 float32 models. Against the exact value, ``BertModel`` run in float64 on the same weights, jaxvl's
-float32 states are within 7e-6 everywhere (BertModel's own float32 states are up to 1.5e-5 away), so
-the test asserts ``<= 1e-5`` against float64 BERT and ``<= 2e-5`` against float32 BERT, at every state.
+float32 states were within 7e-6 everywhere on an AVX2 VM (BertModel's own float32 states up to 1.5e-5
+away); on an AVX-512 VM (2026-12-01, XLA:CPU picks other kernels and summation orders) jaxvl's states
+were up to 1.96e-5 from float64 BERT, i.e. 10 ulps of the largest |x| ~ 30 features, relative 7e-7.
+So the test asserts ``<= 3e-5`` against float64 BERT and ``<= 4e-5`` against float32 BERT, at every
+state: still far below any real discrepancy (a wrong weight or mask moves states by 1e-2 or more).
 """
 
 from __future__ import annotations
@@ -54,8 +57,8 @@ transformers = pytest.importorskip("transformers", reason="needs transformers: p
 tokenizers = pytest.importorskip("tokenizers", reason="needs tokenizers: pip install -e '.[test]'")
 safetensors_numpy = pytest.importorskip("safetensors.numpy", reason="needs safetensors")
 
-TOL = 1e-5  # jaxvl (float32) against BertModel run in float64
-TOL_F32 = 2e-5  # jaxvl (float32) against BertModel run in float32: two float32 roundings of O(30) values
+TOL = 3e-5  # jaxvl (float32) against BertModel run in float64 (10 float32 ulps of the |x| ~ 30 outliers)
+TOL_F32 = 4e-5  # jaxvl (float32) against BertModel run in float32: two float32 roundings of O(30) values
 SENTENCES = [
     "A man in a red shirt is riding a brown horse along the beach.",
     "Two dogs play in the snow.",

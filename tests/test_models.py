@@ -70,7 +70,7 @@ def test_tiny_forward_shapes_and_scan_equivalence(name):
     assert jax.tree.map(np.shape, scanned) == jax.tree.map(np.shape, init_scanned)
     out_s = run(scanned_model, {"params": scanned}, batch, output_hidden_states=True)
     for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(out_s), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)  # float32: scan reorders nothing but codegen
     back = unscan_params(scanned, cfg)
     assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, b), back, params))
 
