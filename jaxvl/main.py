@@ -256,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "a K-member sweep vs K runs")
     bench_pretrain.add_arguments(bench_pretrain_parser)
     bench_pretrain_parser.set_defaults(func=cmd_bench)
+    from jaxvl.benchmarks import caption as bench_caption
+
+    bench_caption_parser = bench_sub.add_parser("caption", help="captioner decoding captions/s (batched vs a "
+                                                                "per-image beam loop) and XE / SCST steps/s")
+    bench_caption.add_arguments(bench_caption_parser)
+    bench_caption_parser.set_defaults(func=cmd_bench)
     return parser
 
 
