@@ -262,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "per-image beam loop) and XE / SCST steps/s")
     bench_caption.add_arguments(bench_caption_parser)
     bench_caption_parser.set_defaults(func=cmd_bench)
+    from jaxvl.benchmarks import ablate as bench_ablate
+
+    bench_ablate_parser = bench_sub.add_parser("ablate", help="the ablation as one compiled sweep vs a per-condition "
+                                                              "loop: examples x conditions per second")
+    bench_ablate.add_arguments(bench_ablate_parser)
+    bench_ablate_parser.set_defaults(func=cmd_bench)
     return parser
 
 
