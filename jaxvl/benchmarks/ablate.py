@@ -48,6 +48,7 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxvl.benchmarks.common import csv_choices
 from jaxvl.benchmarks.data import Probe
 from jaxvl.benchmarks.models import _jax_device, _log, _no_persistent_compile_cache, format_machine, machine_info
 from jaxvl.diagnostics.ablate import (
@@ -83,19 +84,6 @@ Arrays = dict[str, Any]
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def _csv(choices: Sequence[str]) -> Callable[[str], list[str]]:
-    """An argparse ``type``: ``"a,b"`` -> ``["a", "b"]``, every item one of ``choices``."""
-
-    def parse(text: str) -> list[str]:
-        items = [x for x in text.split(",") if x]
-        bad = [x for x in items if x not in choices]
-        if bad or not items:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of {', '.join(choices)}")
-        return items
-
-    return parse
-
-
 def _csv_numbers(kind: type) -> Callable[[str], list]:
     """An argparse ``type``: ``"1,4"`` -> ``[1, 4]`` (``kind`` int or float)."""
 
@@ -125,15 +113,16 @@ def _member_batches(text: str) -> list[int | None]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``bench ablate`` options to ``parser``."""
-    parser.add_argument("--sizes", type=_csv(SIZES), default=list(SIZES), metavar="SIZE[,SIZE]",
+    parser.add_argument("--sizes", type=csv_choices(SIZES), default=list(SIZES), metavar="SIZE[,SIZE]",
                         help="tiny (test sizes) and/or ctrl (VOLTA's controlled sizes); default tiny,ctrl")
-    parser.add_argument("--presets", type=_csv(PRESETS), default=list(DEFAULT_PRESETS), metavar="NAME[,NAME]",
+    parser.add_argument("--presets", type=csv_choices(PRESETS), default=list(DEFAULT_PRESETS), metavar="NAME[,NAME]",
                         help=f"presets (default {','.join(DEFAULT_PRESETS)}; any of {', '.join(PRESETS)})")
     parser.add_argument("--batch", type=int, default=BATCH, help=f"examples per batch, B (default {BATCH}, VOLTA's)")
     parser.add_argument("--models", type=_csv_numbers(int), default=[1, 4], metavar="K[,K]",
                         help="numbers of stacked checkpoints to time (default 1,4)")
     for task in TASKS:
-        parser.add_argument(f"--{task}", type=_csv(LEVELS[task]), default=list(LEVELS[task]), metavar="COND[,COND]",
+        parser.add_argument(f"--{task}", type=csv_choices(LEVELS[task]), default=list(LEVELS[task]),
+                            metavar="COND[,COND]",
                             help=f"{task} conditions of the spec (default {','.join(LEVELS[task])})")
     parser.add_argument("--thresholds", type=_csv_numbers(float), default=list(DEFAULT_THRESHOLDS), metavar="T[,T]",
                         help="IoT thresholds of the spec (default 0.0,0.1,...,0.9: 42 members)")

@@ -66,6 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from jaxvl.benchmarks.common import csv_choices
 from jaxvl.benchmarks.data import Probe
 from jaxvl.benchmarks.models import (
     _jax_device,
@@ -100,24 +101,11 @@ Arrays = dict[str, Any]
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def _csv(choices: Sequence[str]) -> Callable[[str], list[str]]:
-    """An argparse ``type``: ``"a,b"`` -> ``["a", "b"]``, every item one of ``choices``."""
-
-    def parse(text: str) -> list[str]:
-        items = [x for x in text.split(",") if x]
-        bad = [x for x in items if x not in choices]
-        if bad or not items:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of {', '.join(choices)}")
-        return items
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``bench caption`` options to ``parser``."""
-    parser.add_argument("--sizes", type=_csv(SIZES), default=list(SIZES), metavar="SIZE[,SIZE]",
+    parser.add_argument("--sizes", type=csv_choices(SIZES), default=list(SIZES), metavar="SIZE[,SIZE]",
                         help="tiny (CaptionerConfig.tiny()) and/or ort (ORT's sizes); default tiny,ort")
-    parser.add_argument("--parts", type=_csv(PARTS), default=list(PARTS), metavar="PART[,PART]",
+    parser.add_argument("--parts", type=csv_choices(PARTS), default=list(PARTS), metavar="PART[,PART]",
                         help="decode and/or train (default both)")
     parser.add_argument("--batch", type=int, default=None,
                         help="images per decoding batch (default: 32 for tiny; for ort 8 on CPU, 64 on an accelerator)")

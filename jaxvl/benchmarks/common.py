@@ -1,0 +1,19 @@
+"""Pieces every ``jaxvl bench`` command shares."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+
+def csv_choices(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argparse ``type``: ``"a,b"`` -> ``["a", "b"]``, every item one of ``choices``."""
+
+    def parse(text: str) -> list[str]:
+        items = [x for x in text.split(",") if x]
+        bad = [x for x in items if x not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of {', '.join(choices)}")
+        return items
+
+    return parse
