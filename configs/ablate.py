@@ -43,6 +43,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     cfg.lang4vis = "none,phrase,all"
     cfg.thresholds = tuple(round(0.1 * i, 1) for i in range(10))  # IoT thresholds, each in [0, 1]
     cfg.report_threshold = 0.5
+    # None: vmap every member (one batched program); 1: members one at a time inside the one program (faster and
+    # leaner on CPU, BENCHMARKS.md "Cross-modal ablation"); n: chunks of n. The same for stacked checkpoints.
+    cfg.member_batch_size = None
+    cfg.model_batch_size = None
     cfg.quirks = ConfigDict(dict(  # jaxvl.diagnostics.conditions.Quirks; True = VOLTA's behaviour
         missing_target_as_zero=True,  # lang4vis: an example with no aligned region adds loss 0 to the mean
         lang4vis_stale_global=True,  # lang4vis: [IMG] keeps the mean of the un-ablated features

@@ -141,7 +141,8 @@ def ablate(cfg: ConfigDict, workdir: str) -> str:
 
     # ------------------------------------------------------------------- spec and checkpoints
     spec_args = dict(vis4lang=_words(cfg.vis4lang), lang4vis=_words(cfg.lang4vis),
-                     thresholds=_floats(cfg.thresholds, "thresholds"), quirks=Quirks(**cfg.quirks.to_dict()))
+                     thresholds=_floats(cfg.thresholds, "thresholds"), quirks=Quirks(**cfg.quirks.to_dict()),
+                     member_batch_size=cfg.member_batch_size, model_batch_size=cfg.model_batch_size)
     AblationSpec(0, **spec_args)  # bad condition names / thresholds fail here, before any loading
     paths = [p for p in str(cfg.checkpoints).split(",") if p]
     if not paths:
