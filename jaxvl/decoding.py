@@ -58,6 +58,7 @@ from flax import struct
 
 from jaxvl.data.caption_vocab import CaptionVocab, VocabMismatch
 from jaxvl.models.captioner import Captioner, DecodeCache
+from jaxvl.models.geometry import relative_boxes
 
 EOS = 0  # also BOS and padding
 METHODS = ("greedy", "sample", "beam")
@@ -326,9 +327,7 @@ def caption_model_inputs(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
     if np.any(size <= 0):
         raise ValueError(f"caption batch: image_size must be positive (height, width); got rows "
                          f"{np.flatnonzero(np.any(size <= 0, axis=1)).tolist()}")
-    h, w = size[:, 0].astype(np.float32), size[:, 1].astype(np.float32)
-    scale = np.stack([w, h, w, h], axis=-1)[:, None, :]
-    return dict(features=np.asarray(batch["features"], np.float32), boxes=np.clip(boxes / scale, 0.0, 1.0),
+    return dict(features=np.asarray(batch["features"], np.float32), boxes=np.asarray(relative_boxes(boxes, size)),
                 mask=np.asarray(batch["region_mask"], np.int32))
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
 import math
 import statistics
 import sys
@@ -48,7 +47,7 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxvl.benchmarks.common import csv_choices
+from jaxvl.benchmarks.common import csv_choices, save_json
 from jaxvl.benchmarks.data import Probe
 from jaxvl.benchmarks.models import _jax_device, _log, _no_persistent_compile_cache, format_machine, machine_info
 from jaxvl.diagnostics.ablate import (
@@ -184,20 +183,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with _no_persistent_compile_cache(), jax.default_device(device):
         for size in args.sizes:
             for name in args.presets:
-                bench_model(name, size, args, device, mesh, result, lambda: _save(result, args.out))
+                bench_model(name, size, args, device, mesh, result, lambda: save_json(result, args.out))
                 gc.collect()
-    _save(result, args.out)
+    save_json(result, args.out)
     if args.out:
         _log(f"wrote {args.out}")
     print(format_markdown(result), flush=True)
     return result
-
-
-def _save(result: dict[str, Any], path: str | None) -> None:
-    """Writes ``result`` as JSON to ``path`` (after every row, so a run cut short keeps what it measured)."""
-    if path:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
 
 
 # ------------------------------------------------------------------------------------ model and inputs

@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import json
 import statistics
 import sys
 import time
@@ -66,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxvl.benchmarks.common import csv_choices
+from jaxvl.benchmarks.common import csv_choices, save_json
 from jaxvl.benchmarks.data import Probe
 from jaxvl.benchmarks.models import (
     _jax_device,
@@ -169,24 +168,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["models"][size] = {"config": _config_summary(model.cfg), "params": count_params(params),
                                       "init_s": time.perf_counter() - start}
             if "decode" in args.parts:
-                bench_decoding(size, model, params, args, device, result, lambda: _save(result, args.out))
+                bench_decoding(size, model, params, args, device, result, lambda: save_json(result, args.out))
                 gc.collect()
             if "train" in args.parts:
-                bench_training(size, model, params, args, device, result, lambda: _save(result, args.out))
+                bench_training(size, model, params, args, device, result, lambda: save_json(result, args.out))
                 gc.collect()
             del params
-    _save(result, args.out)
+    save_json(result, args.out)
     if args.out:
         _log(f"wrote {args.out}")
     print(format_markdown(result), flush=True)
     return result
-
-
-def _save(result: dict[str, Any], path: str | None) -> None:
-    """Writes ``result`` as JSON to ``path`` (after every row, so a run cut short keeps what it measured)."""
-    if path:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
 
 
 # ------------------------------------------------------------------------------------ model and inputs

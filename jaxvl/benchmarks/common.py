@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def csv_choices(choices: Sequence[str]) -> Callable[[str], list[str]]:
@@ -17,3 +19,10 @@ def csv_choices(choices: Sequence[str]) -> Callable[[str], list[str]]:
         return items
 
     return parse
+
+
+def save_json(result: dict[str, Any], path: str | None) -> None:
+    """Writes ``result`` as JSON to ``path`` (after every row, so a run cut short keeps what it measured)."""
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)

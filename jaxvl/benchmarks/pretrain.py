@@ -36,13 +36,14 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvl.benchmarks.common import csv_choices
 from jaxvl.benchmarks.data import Probe
 from jaxvl.benchmarks.models import (
     _jax_device,
@@ -77,19 +78,6 @@ Batch = dict[str, np.ndarray]
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def _list_of(choices: Sequence[str]) -> Callable[[str], list[str]]:
-    """An argparse ``type``: ``"a,b"`` -> ``["a", "b"]``, every item one of ``choices``."""
-
-    def parse(text: str) -> list[str]:
-        items = [x for x in text.split(",") if x]
-        bad = [x for x in items if x not in choices]
-        if bad or not items:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of {', '.join(choices)}")
-        return items
-
-    return parse
-
-
 class _Flatten(argparse.Action):
     """``--x a,b c``: the lists of every value joined (replacing the default)."""
 
@@ -100,9 +88,9 @@ class _Flatten(argparse.Action):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``bench pretrain`` options to ``parser``."""
     lists = dict(nargs="+", action=_Flatten)
-    parser.add_argument("--presets", type=_list_of(PRESETS), default=list(PRESETS), metavar="NAME[,NAME]", **lists,
+    parser.add_argument("--presets", type=csv_choices(PRESETS), default=list(PRESETS), metavar="NAME[,NAME]", **lists,
                         help=f"presets to run (default: all of {','.join(PRESETS)})")
-    parser.add_argument("--sizes", type=_list_of(SIZES), default=list(SIZES), metavar="SIZE[,SIZE]", **lists,
+    parser.add_argument("--sizes", type=csv_choices(SIZES), default=list(SIZES), metavar="SIZE[,SIZE]", **lists,
                         help="tiny (test sizes) and/or ctrl (VOLTA's controlled sizes); default tiny,ctrl")
     parser.add_argument("--batch", type=int, default=None,
                         help="global batch size (default: 8 for tiny; for ctrl 8 on CPU, 256 on an accelerator)")
@@ -117,9 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                         help="auto: jax.devices()[0]")
     parser.add_argument("--sweep-k", type=int, default=4, help="sweep members (default 4; 0 skips the sweep)")
-    parser.add_argument("--sweep-presets", type=_list_of(PRESETS), default=None, metavar="NAME[,NAME]", **lists,
+    parser.add_argument("--sweep-presets", type=csv_choices(PRESETS), default=None, metavar="NAME[,NAME]", **lists,
                         help="presets whose sweep is measured (default: every preset run)")
-    parser.add_argument("--sweep-sizes", type=_list_of(SIZES), default=["tiny"], metavar="SIZE[,SIZE]", **lists,
+    parser.add_argument("--sweep-sizes", type=csv_choices(SIZES), default=["tiny"], metavar="SIZE[,SIZE]", **lists,
                         help="sizes at which the sweep is measured (default: tiny)")
     parser.add_argument("--sweep-steps", type=int, default=None,
                         help="timed steps of the sweep and of each sequential run (default: --steps' value)")

@@ -65,6 +65,7 @@ from flax import linen as nn
 
 from jaxvl.data.caption_vocab import CaptionVocab
 from jaxvl.models.captioner import Captioner, collect_attention, ort_token_mask
+from jaxvl.models.geometry import relative_boxes
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +148,6 @@ def grounding_mass(cross: jax.Array, phrase_queries: jax.Array, phrase_regions: 
     share = linked.sum(-1) / jnp.maximum(key_mask.sum(-1), 1)[:, None]  # [B, P]
     return {"linked": linked_mass, "total": total_mass, "chance": jnp.einsum("bpt,bp->", q, share),
             "tokens": q.sum().astype(jnp.int32)}
-
-
-def relative_boxes(boxes: jax.Array, image_size: jax.Array) -> jax.Array:
-    """Pixel x1y1x2y2 [B, N, 4], (height, width) [B, 2] -> the captioner's boxes: / [W, H, W, H], clipped to [0, 1]."""
-    h, w = (image_size[:, i].astype(jnp.float32) for i in (0, 1))
-    return jnp.clip(boxes / jnp.stack([w, h, w, h], -1)[:, None, :], 0.0, 1.0)
 
 
 def box_proximity(boxes: jax.Array, image_size: jax.Array) -> jax.Array:

@@ -97,3 +97,11 @@ class GeometryBias(nn.Module):
         w = jnp.einsum("bmnd,dh->bhmn", embedding.astype(jnp.float32), kernel,
                        precision=jax.lax.Precision.HIGHEST) + bias[:, None, None]
         return jnp.log(jnp.maximum(jax.nn.relu(w), GEOMETRY_FLOOR))
+
+
+def relative_boxes(boxes: jax.Array, image_size: jax.Array) -> jax.Array:
+    """Pixel x1y1x2y2 [B, N, 4] and (height, width) [B, 2] -> the captioner's relative boxes in [0, 1]
+    (ORT's ``prepro_bbox_relative_coords.py``: divided by [W, H, W, H] and clipped)."""
+    h = jnp.asarray(image_size)[:, 0].astype(jnp.float32)
+    w = jnp.asarray(image_size)[:, 1].astype(jnp.float32)
+    return jnp.clip(jnp.asarray(boxes, jnp.float32) / jnp.stack([w, h, w, h], axis=-1)[:, None, :], 0.0, 1.0)

@@ -25,17 +25,9 @@ import jax.numpy as jnp
 import optax
 
 from jaxvl.models.captioner import Captioner, ort_token_mask
+from jaxvl.models.geometry import relative_boxes
 
 Batch = dict[str, jax.Array]
-
-
-def relative_boxes(boxes: jax.Array, image_size: jax.Array) -> jax.Array:
-    """Pixel x1y1x2y2 [B, R, 4] and (height, width) [B, 2] -> ORT's relative boxes in [0, 1]
-    (``prepro_bbox_relative_coords.py``: divided by [W, H, W, H] and clipped)."""
-    h = image_size[:, 0].astype(jnp.float32)
-    w = image_size[:, 1].astype(jnp.float32)
-    scale = jnp.stack([w, h, w, h], axis=-1)[:, None, :]
-    return jnp.clip(boxes / scale, 0.0, 1.0)
 
 
 def encode_images(model: Captioner, params: Any, batch: Batch, deterministic: bool, rng: jax.Array | None
