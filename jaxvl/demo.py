@@ -5,7 +5,7 @@
    share one visual prototype (only the caption tells them apart: language informs vision), and a
    detector that ranks the gold class first (a sharp region target);
 2. a tiny single-stream model (UNITER) and a tiny dual-stream model (LXMERT), each pretrained as ONE
-   compiled sweep of two members, MRC-KL and MRC-XE (``configs/pretrain.py:...,tiny,sweep=objectives``),
+   compiled sweep of two members, MRC-KL and MRC-XE (``--config pretrain:MODEL,tiny,sweep=objectives``),
    with more masking than VOLTA's 15% and no ITM negatives (``DEMO_OBJECTIVE``) so that they learn the
    world in a few hundred steps;
 3. the full cross-modal input ablation of the four checkpoints (every condition and IoT threshold,
@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 from jaxvl.configs import load_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 WORLD = ("synthetic:num_images=256,val_images=48,min_objects=1,max_objects=1,num_classes=12,num_regions=6,"
          "vision_to_language=1.0,ambiguous_fraction=1.0,detector_rank_probs=1/0/0/0/0,detector_temperature=0.5")
 DEMO_OBJECTIVE = ["objective.objective=2", "objective.token_prob=0.4", "objective.region_prob=0.3",
@@ -35,7 +33,7 @@ MODELS = ("uniter", "lxmert")
 def demo(out: str, steps: int = 600, fast_compile: bool = True, progress: bool = True) -> str:
     """Runs the demo (module doc) into ``out``; returns the ablation table (markdown)."""
     from jaxvl.ablation import ablate
-    from jaxvl.train.pretrain import pretrain
+    from jaxvl.pretrain.trainer import pretrain
 
     start = time.perf_counter()
     data_dir = os.path.join(out, "data")
@@ -45,14 +43,14 @@ def demo(out: str, steps: int = 600, fast_compile: bool = True, progress: bool =
     checkpoints, names = [], []
     for name in MODELS:
         print(f"\n== pretraining a tiny {name}: MRC-KL and MRC-XE members in one compiled sweep", flush=True)
-        cfg = load_config(f"{CONFIGS / 'pretrain.py'}:{name},tiny,sweep=objectives", common)
+        cfg = load_config(f"pretrain:{name},tiny,sweep=objectives", common)
         workdir = os.path.join(out, name)
         pretrain(cfg, workdir)
         for member in ("mrc-kl", "mrc-xe"):
             checkpoints.append(os.path.join(workdir, "members", member))
             names.append(f"{name}-{member}")
     print("\n== the cross-modal input ablation (every condition and IoT threshold, one sweep per model)", flush=True)
-    cfg = load_config(f"{CONFIGS / 'ablate.py'}:tiny", [
+    cfg = load_config("ablate:tiny", [
         f"checkpoints={','.join(checkpoints)!r}", f"names={','.join(names)!r}", f"data.dataset={WORLD!r}",
         f"data.prepare_dir={data_dir!r}", f"fast_compile={fast_compile}", f"progress={progress}",
         "data.max_seq_length=12", "data.batch_size=32"])

@@ -56,7 +56,7 @@ VARIANTS = {"default": {}, "legacy": {"legacy_extra_skip": True, "trigonometric_
 
 def golden_config(variant: str):
     """The jaxvl config of ``variant``: tiny sizes with ORT's 8 heads."""
-    from jaxvl.models.captioner import CaptionerConfig
+    from jaxvl.models.ort.captioner import CaptionerConfig
 
     return CaptionerConfig.tiny(num_heads=8, vocab_size=12, **VARIANTS[variant])
 
@@ -129,7 +129,7 @@ def make_one(variant: str, model_cls: Any, box_embedding: Any, out_dir: str) -> 
     import torch
 
     from jaxvl.convert.ort import PE_NAME
-    from jaxvl.models.captioner import CaptionerConfig
+    from jaxvl.models.ort.captioner import CaptionerConfig
 
     cfg = golden_config(variant)
     torch.manual_seed(SEED)

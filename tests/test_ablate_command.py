@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from jaxvl.cli import main
 from jaxvl.configs import load_config
-from jaxvl.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = "synthetic:num_images=32,val_images=8"
@@ -18,7 +18,7 @@ WORLD = "synthetic:num_images=32,val_images=8"
 def run(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny UNITER pretrained for 2 steps on a small world (the checkpoint the ablation reads)."""
     root = tmp_path_factory.mktemp("ablate")
-    args = ["pretrain", "--config", f"{REPO / 'configs' / 'pretrain.py'}:uniter,tiny", "--workdir", str(root / "run"),
+    args = ["pretrain", "--config", "pretrain:uniter,tiny", "--workdir", str(root / "run"),
             f"--config.data.dataset={WORLD}", f"--config.data.prepare_dir={root / 'data'}", "--config.steps=2",
             "--config.eval_every=0", "--config.fast_compile=True", "--config.progress=False",
             "--config.data.batch_size=8", "--config.data.max_seq_length=12"]
@@ -27,7 +27,7 @@ def run(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _ablate(run, data, out, *overrides: str) -> list[str]:
-    return ["ablate", "--config", f"{REPO / 'configs' / 'ablate.py'}:tiny", "--workdir", str(out),
+    return ["ablate", "--config", "ablate:tiny", "--workdir", str(out),
             f"--config.checkpoints={run},{run}", "--config.names=a,b", f"--config.data.dataset={WORLD}",
             f"--config.data.prepare_dir={data}", "--config.fast_compile=True", "--config.progress=False",
             "--config.data.max_seq_length=12", *[f"--config.{o}" for o in overrides]]
@@ -77,7 +77,7 @@ def test_checkpoint_that_does_not_fit_the_data(run, tmp_path):
 
 
 def test_configs_parse():
-    cfg = load_config(f"{REPO / 'configs' / 'ablate.py'}")
+    cfg = load_config("ablate")
     assert cfg.thresholds == tuple(round(0.1 * i, 1) for i in range(10)) and cfg.quirks.missing_target_as_zero
 
 
@@ -104,8 +104,8 @@ def test_volta_checkpoint_gives_the_same_numbers(run, tmp_path):
 
     from jaxvl.ablation import model_config_from_run
     from jaxvl.convert.volta import to_volta
-    from jaxvl.models.config import to_volta_dict
-    from jaxvl.train.checkpoint import restore_params
+    from jaxvl.models.volta.config import to_volta_dict
+    from jaxvl.runtime.checkpoint import restore_params
 
     workdir, data = run
     model_cfg, _ = model_config_from_run(str(workdir / "run.json"))

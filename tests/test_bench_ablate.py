@@ -14,8 +14,8 @@ import statistics
 
 import pytest
 
+from jaxvl.ablation.sweep import AblationSpec, Member
 from jaxvl.benchmarks import ablate
-from jaxvl.diagnostics.ablate import AblationSpec, Member
 
 SMOKE = ["--sizes", "tiny", "--presets", "uniter", "--models", "2", "--vis4lang", "object", "--lang4vis", "phrase",
          "--thresholds", "0.3", "--batch", "4", "--text-len", "16", "--regions", "6", "--warmup", "0", "--iters", "2",

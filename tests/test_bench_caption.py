@@ -16,7 +16,7 @@ import pytest
 from flax import linen as nn
 
 from jaxvl.benchmarks import caption
-from jaxvl.models.captioner import Captioner, CaptionerConfig
+from jaxvl.models.ort.captioner import Captioner, CaptionerConfig
 
 SMOKE = ["--sizes", "tiny", "--batch", "3", "--loop-images", "2", "--max-len", "3", "--xe-batch", "2",
          "--scst-batch", "2", "--captions", "2", "--df-images", "3", "--warmup", "0", "--iters", "2", "--fast-compile"]

@@ -187,7 +187,7 @@ def test_prepare_command(tmp_path, capsys):
 
 def test_cli_prepare_default_and_knobs(tmp_path):
     """``jaxvl prepare`` with the default world (named like the builders' own config) and with knobs."""
-    from jaxvl.main import main
+    from jaxvl.cli import main
 
     assert main(["prepare", "--out", str(tmp_path), "--quiet"]) == 0
     assert (tmp_path / "jaxvl_synthetic_pretrain" / "default" / "1.0.0").is_dir()

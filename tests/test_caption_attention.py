@@ -1,4 +1,4 @@
-"""Attention analyses of the captioner (``jaxvl.diagnostics.caption_attention``): the measures on constructed
+"""Attention analyses of the captioner (``jaxvl.caption.attention``): the measures on constructed
 weights against hand-computed values, Spearman against scipy, the label-matching rule, the noun-phrase links
 the synthetic world, builder and pipeline carry, and ``analyze`` end to end on a tiny captioner against a
 per-image numpy reference computed from an ORT-style forward pass (each image replicated per caption).
@@ -20,16 +20,16 @@ import tensorflow_datasets as tfds
 from flax import linen as nn
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from jaxvl.caption import attention as ca
+from jaxvl.caption.data import CaptionPipelineConfig, caption_dataset, caption_vocab_for
 from jaxvl.data import prepare
 from jaxvl.data.builders.captions import CaptionExample, PhraseLink, encode_phrases
-from jaxvl.data.caption_pipeline import CaptionPipelineConfig, caption_dataset, caption_vocab_for
 from jaxvl.data.caption_vocab import CaptionVocab
-from jaxvl.data.caption_world import CaptionWorld, CaptionWorldConfig
-from jaxvl.data.pipeline import open_split
+from jaxvl.data.grain import open_split
 from jaxvl.data.records import BadRecord, RegionFeatures
 from jaxvl.data.synthetic import WorldConfig
-from jaxvl.diagnostics import caption_attention as ca
-from jaxvl.models.captioner import Captioner, CaptionerConfig, collect_attention, ort_token_mask
+from jaxvl.data.synthetic.captions import CaptionWorld, CaptionWorldConfig
+from jaxvl.models.ort.captioner import Captioner, CaptionerConfig, collect_attention, ort_token_mask
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 tfds.disable_progress_bar()

@@ -20,6 +20,7 @@ import pytest
 import tensorflow_datasets as tfds
 from lmdb_fixtures import feature_entries, write_lmdb
 
+from jaxvl.caption.data import CaptionPipelineConfig, CaptionTransform, caption_dataset, caption_vocab_for
 from jaxvl.data import prepare
 from jaxvl.data.builders.captions import (
     CaptionConfig,
@@ -30,15 +31,14 @@ from jaxvl.data.builders.captions import (
     synthetic_caption_config,
 )
 from jaxvl.data.builders.common import RegionSpec, as_str
-from jaxvl.data.caption_pipeline import CaptionPipelineConfig, CaptionTransform, caption_dataset, caption_vocab_for
 from jaxvl.data.caption_vocab import CaptionVocab, VocabMismatch
-from jaxvl.data.caption_world import CaptionWorld, CaptionWorldConfig, relation
-from jaxvl.data.pipeline import open_split
+from jaxvl.data.grain import open_split
 from jaxvl.data.readers.coco_karpathy import KarpathyCaptions, RegionJoin, caption_stats
 from jaxvl.data.readers.tsv import FIELDS_LXMERT, format_row
 from jaxvl.data.records import BadRecord, RegionFeatures
 from jaxvl.data.sources import build_source
 from jaxvl.data.synthetic import WorldConfig
+from jaxvl.data.synthetic.captions import CaptionWorld, CaptionWorldConfig, relation
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 tfds.disable_progress_bar()

@@ -13,24 +13,17 @@ import numpy as np
 import optax
 import pytest
 
+from jaxvl.caption.loss import sample_mask, scst_loss, target_mask, xe_loss
+from jaxvl.caption.optimizers import noam_schedule, staircase_schedule, xe_optimizer
+from jaxvl.caption.rewards import reference_strings, token_strings
+from jaxvl.cli import main
 from jaxvl.configs import load_config
-from jaxvl.main import main
-from jaxvl.models.captioner import Captioner, CaptionerConfig
-from jaxvl.train.caption_objective import (
-    noam_schedule,
-    relative_boxes,
-    sample_mask,
-    scst_loss,
-    staircase_schedule,
-    target_mask,
-    xe_loss,
-    xe_optimizer,
-)
-from jaxvl.train.caption_trainer import reference_strings, token_strings
-from jaxvl.train.metrics_log import read_metrics
+from jaxvl.models.ort.captioner import Captioner, CaptionerConfig
+from jaxvl.models.ort.geometry import relative_boxes
+from jaxvl.runtime.metrics_log import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-CAPTION = str(REPO / "configs" / "caption.py")
+CAPTION = "caption"
 
 
 # ---------------------------------------------------------------------------------- schedules
@@ -201,8 +194,8 @@ def test_caption_train_decode_evaluate(tmp_path, capsys):
     assert main(_args("decode", tmp_path, "--split", "test", "--method", "beam", "--beam", "2",
                       "--config.decode.batch_size=6")) == 0
     results = json.loads((tmp_path / "captions_test_beam.json").read_text())
-    from jaxvl.data.pipeline import open_split
-    from jaxvl.train.caption_trainer import open_caption_data
+    from jaxvl.caption.trainer import open_caption_data
+    from jaxvl.data.grain import open_split
 
     dataset = open_caption_data(load_config(f"{CAPTION}:ort,tiny", TINY), str(tmp_path)).dataset
     assert str(tmp_path / "data") in dataset  # prepared once, for both stages and decoding
@@ -233,9 +226,9 @@ def test_tiny_captioner_beats_shuffled_captions(tmp_path):
     """A tiny captioner trained with XE for 300 steps on the synthetic captioning world: its greedy captions
     of held-out images reach a CIDEr-D several times that of the references of *other* images (a model that
     ignores the image cannot do better than such a shuffle). Measured here: 1.6-1.8 vs 0.24."""
-    from jaxvl.captioning import split_references
+    from jaxvl.caption.evaluate import split_references
+    from jaxvl.caption.trainer import open_caption_data
     from jaxvl.metrics import cider_d
-    from jaxvl.train.caption_trainer import open_caption_data
 
     overrides = ["fast_compile=True", "progress=False", "xe.steps=300", "eval_every=300", "checkpoint.every=300"]
     assert main(["caption", "train", "--config", f"{CAPTION}:ort,tiny,xe_only", "--workdir", str(tmp_path),

@@ -13,7 +13,7 @@ import pytest
 from flax import linen as nn
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from jaxvl.models.captioner import (
+from jaxvl.models.ort.captioner import (
     Captioner,
     CaptionerConfig,
     OrtLayerNorm,
@@ -22,7 +22,7 @@ from jaxvl.models.captioner import (
     ort_token_mask,
     sinusoid_positions,
 )
-from jaxvl.models.geometry import GeometryBias, box_relational_embedding, box_relative_coordinates
+from jaxvl.models.ort.geometry import GeometryBias, box_relational_embedding, box_relative_coordinates
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 PAPER = dict(legacy_plus_one=False, legacy_size_ratio=False)

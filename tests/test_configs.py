@@ -1,13 +1,12 @@
 """Config files: get_config(arg), overrides with type checks, and `jaxvl models --config`."""
 
-from pathlib import Path
 
 import pytest
 
-from jaxvl.configs import load_config, parse_arg
-from jaxvl.main import main
+from jaxvl.cli import main
+from jaxvl.configs import ConfigError, load_config, packaged_config_path, parse_arg
 
-MODELS = str(Path(__file__).resolve().parents[1] / "configs" / "models.py")
+MODELS = "models"
 
 
 def test_parse_arg_flags_and_values():
@@ -20,12 +19,15 @@ def test_parse_arg_flags_and_values():
 def test_load_config_with_overrides():
     cfg = load_config(MODELS + ":tiny", ["batch=4", "presets=lxmert"])
     assert (cfg.size, cfg.batch, cfg.presets) == ("tiny", 4, "lxmert")
-    with pytest.raises(KeyError, match="batchsize"):
+    with pytest.raises(ConfigError, match="batchsize"):
         load_config(MODELS, ["batchsize=4"])
-    with pytest.raises(TypeError, match="batch"):
+    with pytest.raises(ConfigError, match="batch"):
         load_config(MODELS, ["batch='four'"])
-    with pytest.raises(FileNotFoundError, match="nope.py"):
-        load_config(MODELS.replace("models.py", "nope.py"))
+    with pytest.raises(ConfigError, match="nope.py"):
+        load_config("configs/nope.py:tiny")
+    with pytest.raises(ConfigError, match="not a packaged config"):
+        load_config("pretrian:uniter")
+    assert load_config(str(packaged_config_path("models")) + ":tiny") == load_config("models:tiny")  # by path
 
 
 def test_models_command_from_config(capsys):

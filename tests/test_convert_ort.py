@@ -31,8 +31,8 @@ from jaxvl.convert.ort import (
     ort_state_dict_shapes,
     to_ort,
 )
-from jaxvl.models.captioner import Captioner, CaptionerConfig, ort_token_mask, sinusoid_positions
-from jaxvl.models.geometry import box_relational_embedding
+from jaxvl.models.ort.captioner import Captioner, CaptionerConfig, ort_token_mask, sinusoid_positions
+from jaxvl.models.ort.geometry import box_relational_embedding
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 VARIANTS = {"default": {}, "legacy": {"legacy_extra_skip": True, "trigonometric_embedding": False}}

@@ -1,4 +1,4 @@
-"""Compiled caption decoding (jaxvl.decoding) on tiny random captioners.
+"""Compiled caption decoding (jaxvl.caption.decoding) on tiny random captioners.
 
 References written here without the cache: teacher-forced log-probs of the decoded sequences, a
 plain-Python beam search in ORT's order (``CaptionModel.beam_search``: top k of the live beams'
@@ -19,9 +19,9 @@ import pytest
 from flax import linen as nn
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from jaxvl import decoding
+from jaxvl.caption import decoding
 from jaxvl.data.caption_vocab import CaptionVocab, VocabMismatch
-from jaxvl.models.captioner import Captioner, CaptionerConfig
+from jaxvl.models.ort.captioner import Captioner, CaptionerConfig
 
 CFG = CaptionerConfig.tiny()  # vocab 20: 0 = BOS/EOS, UNK = 19
 SMALL = CaptionerConfig.tiny(vocab_size=5)  # 0 = EOS, words 1..3, UNK = 4

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvl.diagnostics.alignment import aligned_regions, box_intersections, iot, iou, target_region
+from jaxvl.ablation.alignment import aligned_regions, box_intersections, iot, iou, target_region
 
 
 def volta_overlaps(anchors, gt, kind):

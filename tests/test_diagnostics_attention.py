@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from jaxvl.data.ablation_pipeline import AblationPipelineConfig, ablation_dataset, scan_ablation, world_ablation_source
+from jaxvl.ablation.alignment import aligned_regions
+from jaxvl.ablation.attention import attention_rows, attention_statistics, sown_attention
+from jaxvl.ablation.data import AblationPipelineConfig, ablation_dataset, scan_ablation, world_ablation_source
+from jaxvl.ablation.sweep import stack_params
 from jaxvl.data.synthetic import World, WorldConfig
 from jaxvl.data.tokenizer import Tokenizer
-from jaxvl.diagnostics.ablate import stack_params
-from jaxvl.diagnostics.alignment import aligned_regions
-from jaxvl.diagnostics.attention import attention_rows, attention_statistics, sown_attention
 from jaxvl.models import find_segments, get_config, get_model
-from jaxvl.train.sharding import make_mesh
-from jaxvl.train.step import FAST_COMPILE
+from jaxvl.runtime.compile import FAST_COMPILE
+from jaxvl.runtime.sharding import make_mesh
 
 
 def test_statistics_of_hand_made_attention_maps():

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvl.diagnostics.conditions import (
+from jaxvl.ablation.conditions import (
     Quirks,
     caption_positions,
     detector_rank,

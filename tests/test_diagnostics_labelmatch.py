@@ -6,13 +6,13 @@ import jax
 import numpy as np
 import pytest
 
-from jaxvl.data.ablation_pipeline import AblationPipelineConfig, ablation_dataset, scan_ablation, world_ablation_source
+from jaxvl.ablation.conditions import Quirks, detector_rank, lang4vis_inputs
+from jaxvl.ablation.data import AblationPipelineConfig, ablation_dataset, scan_ablation, world_ablation_source
+from jaxvl.ablation.labelmatch import LabelMatcher, detector_rows, rule_nouns
+from jaxvl.ablation.sweep import AblationResult, AblationSpec
 from jaxvl.data.readers.visual_genome import load_objects_vocab
 from jaxvl.data.synthetic import REAL_DETECTOR_RANK_PROBS, World, WorldConfig
 from jaxvl.data.tokenizer import Tokenizer
-from jaxvl.diagnostics.ablate import AblationResult, AblationSpec
-from jaxvl.diagnostics.conditions import Quirks, detector_rank, lang4vis_inputs
-from jaxvl.diagnostics.labelmatch import LabelMatcher, detector_rows, rule_nouns
 
 VOCAB = ["man", "hat", "hard hat", "shirt,t-shirt,t shirt", "vest", "dog,puppy", "puppy", "tennis racket", "top"]
 

@@ -7,19 +7,19 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxvl.data.ablation_pipeline import (
+from jaxvl.ablation.data import (
     AblationPipelineConfig,
     ablation_dataset,
     scan_ablation,
     stored_ablation_example,
     world_ablation_source,
 )
+from jaxvl.ablation.labelmatch import LabelMatcher
 from jaxvl.data.builders import RegionSpec, synthetic_builders, synthetic_config
-from jaxvl.data.pipeline import open_split, tokenizer_for
+from jaxvl.data.grain import open_split, tokenizer_for
 from jaxvl.data.records import AblationExample, BadRecord
 from jaxvl.data.synthetic import World, WorldConfig
 from jaxvl.data.tokenizer import Tokenizer
-from jaxvl.diagnostics.labelmatch import LabelMatcher
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 tfds.disable_progress_bar()

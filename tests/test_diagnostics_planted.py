@@ -12,7 +12,7 @@ detector that ranks the gold class first (a sharp MRC target):
   layer writes no phrase for such mentions (they have no gold box), so the test grounds each mention to
   the image's object itself: the phrase and its "gold" box are then unrelated.
 
-Both models train in one compiled program (``jaxvl.train.step.train_step`` under ``lax.scan``, vmapped
+Both models train in one compiled program (``jaxvl.pretrain.step.train_step`` under ``lax.scan``, vmapped
 over the two worlds), 600 steps, and are evaluated by one compiled sweep on held-out images.
 """
 
@@ -25,24 +25,26 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from jaxvl.data.ablation_pipeline import (
+from jaxvl.ablation.data import (
     AblationPipelineConfig,
     ablation_dataset,
     scan_ablation,
     stored_ablation_example,
 )
+from jaxvl.ablation.report import tidy_rows
+from jaxvl.ablation.sweep import AblationSpec, run_ablation
 from jaxvl.data.builders.common import RegionSpec, encode_regions
-from jaxvl.data.pipeline import PretrainTransform
+from jaxvl.data.grain import PretrainTransform
 from jaxvl.data.records import AblationExample
 from jaxvl.data.synthetic import World, WorldConfig
 from jaxvl.data.tokenizer import Tokenizer
-from jaxvl.diagnostics.ablate import AblationSpec, run_ablation
-from jaxvl.diagnostics.report import tidy_rows
 from jaxvl.models import get_model
-from jaxvl.train.objective import ObjectiveConfig
-from jaxvl.train.optimizer import OptimizerConfig, make_optimizer
-from jaxvl.train.sharding import make_mesh
-from jaxvl.train.step import FAST_COMPILE, TrainState, train_step
+from jaxvl.pretrain.loss import ObjectiveConfig
+from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
+from jaxvl.pretrain.step import train_step
+from jaxvl.runtime.compile import FAST_COMPILE
+from jaxvl.runtime.sharding import make_mesh
+from jaxvl.runtime.state import TrainState
 
 TRAIN, VAL, T, R, K = 256, 64, 12, 6, 12
 STEPS, CHUNK, BATCH = 600, 50, 32

@@ -9,9 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from jaxvl.diagnostics.ablate import AblationResult, AblationSpec
-from jaxvl.diagnostics.conditions import Quirks
-from jaxvl.diagnostics.report import (
+from jaxvl.ablation.conditions import Quirks
+from jaxvl.ablation.report import (
     TIDY_FIELDS,
     bootstrap_means,
     bootstrap_weights,
@@ -19,6 +18,7 @@ from jaxvl.diagnostics.report import (
     tidy_rows,
     write_report,
 )
+from jaxvl.ablation.sweep import AblationResult, AblationSpec
 
 N = 40
 

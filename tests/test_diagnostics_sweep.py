@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from jaxvl.data.ablation_pipeline import AblationPipelineConfig, ablation_dataset, scan_ablation, world_ablation_source
+from jaxvl.ablation.data import AblationPipelineConfig, ablation_dataset, scan_ablation, world_ablation_source
+from jaxvl.ablation.labelmatch import LabelMatcher
+from jaxvl.ablation.sweep import AblationSpec, AblationSweep, run_ablation, stack_params
 from jaxvl.data.synthetic import World, WorldConfig
 from jaxvl.data.tokenizer import Tokenizer
-from jaxvl.diagnostics.ablate import AblationSpec, AblationSweep, run_ablation, stack_params
-from jaxvl.diagnostics.labelmatch import LabelMatcher
 from jaxvl.models import BatchError, get_model
-from jaxvl.train.sharding import make_mesh
-from jaxvl.train.step import FAST_COMPILE
+from jaxvl.runtime.compile import FAST_COMPILE
+from jaxvl.runtime.sharding import make_mesh
 
 T, K = 20, 20
 THRESHOLDS = (0.0, 0.5, 0.9)

@@ -1,4 +1,4 @@
-"""Analytic model FLOPs (``jaxvl.train.flops``) against hand counts, the traced program and XLA's cost analysis."""
+"""Analytic model FLOPs (``jaxvl.pretrain.flops``) against hand counts, the traced program and XLA's cost analysis."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from flax import linen as nn
 
 from jaxvl.benchmarks.pretrain import CLS_ID, MASK_ID, SEP_ID, make_batch
 from jaxvl.models import get_model
-from jaxvl.models.plan import LIST_KEYS, MAP_KEYS
-from jaxvl.models.presets import PRESETS, _single_stream_plan, tiny_overrides
-from jaxvl.train.flops import (
+from jaxvl.models.volta.plan import LIST_KEYS, MAP_KEYS
+from jaxvl.models.volta.presets import PRESETS, _single_stream_plan, tiny_overrides
+from jaxvl.pretrain.flops import (
     dot_flops,
     embedding_flops,
     forward_breakdown,
@@ -20,9 +20,9 @@ from jaxvl.train.flops import (
     sublayer_flops,
     train_flops,
 )
-from jaxvl.train.objective import ObjectiveConfig
-from jaxvl.train.optimizer import OptimizerConfig, make_optimizer
-from jaxvl.train.step import _boxed_init_fn, train_step
+from jaxvl.pretrain.loss import ObjectiveConfig
+from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
+from jaxvl.pretrain.step import boxed_init, train_step
 
 TEXT_LEN, REGIONS = 38, 37  # VOLTA's shapes
 
@@ -94,7 +94,7 @@ def test_train_step_is_three_forwards(name):
     model = get_model(name, tiny=True)
     tx = make_optimizer(OptimizerConfig(total_steps=10))
     batch = make_batch(model.cfg, 4, 12, 7, seed=0)
-    state = jax.eval_shape(lambda: nn.meta.unbox(_boxed_init_fn(model, tx, batch)(jax.random.key(0))))
+    state = jax.eval_shape(lambda: nn.meta.unbox(boxed_init(model, tx, batch)(jax.random.key(0))))
     ocfg = ObjectiveConfig(mask_id=MASK_ID, cls_id=CLS_ID, sep_id=SEP_ID)
     traced = dot_flops(functools.partial(train_step, model=model, ocfg=ocfg, tx=tx), state, batch)
     analytic = 4 * train_flops(model.cfg, 12, 7)

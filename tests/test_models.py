@@ -8,8 +8,8 @@ from flax import linen as nn
 from flax.traverse_util import flatten_dict
 
 from jaxvl.models import PRESETS, attention_bias, count_params, get_config, get_model, scan_params, unscan_params
-from jaxvl.models.encoder import AttentionSublayer, FeedForwardSublayer
-from jaxvl.models.plan import Sublayer
+from jaxvl.models.volta.encoder import AttentionSublayer, FeedForwardSublayer
+from jaxvl.models.volta.plan import Sublayer
 
 VOLTA_COUNTS = {"visualbert": 114_882_941, "uniter": 114_497_405, "vl-bert": 116_066_941,
                 "lxmert": 211_369_853, "vilbert": 242_076_029}

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxvl.train.metrics_log import read_metrics
+from jaxvl.runtime.metrics_log import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-PRETRAIN = str(REPO / "configs" / "pretrain.py")
+PRETRAIN = "pretrain"
 OVERRIDES = ["fast_compile=True", "progress=False", "eval_every=0", "steps=4", "checkpoint.every=4",
              "data.batch_size=8", "data.max_seq_length=12", "data.num_threads=1"]
 
@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 
 def _command(workdir: Path, data_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "jaxvl.main", "pretrain", "--config", f"{PRETRAIN}:uniter,tiny",
+    return [sys.executable, "-m", "jaxvl.cli", "pretrain", "--config", f"{PRETRAIN}:uniter,tiny",
             "--workdir", str(workdir), "--config.data.dataset=synthetic:num_images=32",
             f"--config.data.prepare_dir={data_dir}", *[f"--config.{o}" for o in OVERRIDES], *extra]
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvl.objectives import (
+from jaxvl.models.volta.objectives import (
     apply_region_masking,
     box_overlaps,
     global_region_feature,

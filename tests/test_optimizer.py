@@ -8,14 +8,9 @@ import pytest
 from flax import linen as nn
 
 from jaxvl.models import get_model
-from jaxvl.models.presets import _single_stream_plan
-from jaxvl.train.optimizer import (
-    OptimizerConfig,
-    current_learning_rate,
-    decay_mask,
-    learning_rate_schedule,
-    make_optimizer,
-)
+from jaxvl.models.volta.presets import _single_stream_plan
+from jaxvl.pretrain.optimizer import OptimizerConfig, decay_mask, learning_rate_schedule, make_optimizer
+from jaxvl.runtime.state import current_learning_rate
 
 
 def abstract_params(name, **overrides):

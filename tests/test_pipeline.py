@@ -9,8 +9,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxvl.data.builders import synthetic_builders, synthetic_config
-from jaxvl.data.pipeline import PipelineConfig, PretrainTransform, open_split, pretrain_dataset, tokenizer_for
+from jaxvl.data.grain import PretrainTransform, open_split, tokenizer_for
 from jaxvl.models import get_config, get_model, validate_batch
+from jaxvl.pretrain.data import PipelineConfig, pretrain_dataset
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 tfds.disable_progress_bar()

@@ -22,7 +22,7 @@ from test_readers_files import ANN_100, ANN_200, SENTENCES_100, SENTENCES_200, r
 from jaxvl.data import prepare
 from jaxvl.data.builders import RegionSpec, decode_ablation, decode_regions
 from jaxvl.data.builders.common import as_str
-from jaxvl.data.pipeline import open_split
+from jaxvl.data.grain import open_split
 from jaxvl.data.readers.flickr30k_entities import load_examples
 from jaxvl.data.readers.npz import NpzFeatureReader
 from jaxvl.data.readers.tsv import FIELDS_LXMERT, TsvFeatureReader, format_row
@@ -356,7 +356,7 @@ def test_parse_source():
 
 def test_cli_entry_point(tmp_path):
     """``jaxvl prepare`` (the main entry point) takes the new sources and ``--skip-bad``."""
-    from jaxvl.main import main
+    from jaxvl.cli import main
 
     lmdb = cc_lmdb(tmp_path / "cc.lmdb", [2, 3])
     assert main(["prepare", "--source", f"volta-cc:{lmdb},name=mine", "--out", str(tmp_path / "d"), "--quiet",

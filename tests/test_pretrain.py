@@ -20,15 +20,15 @@ import jax
 import numpy as np
 import pytest
 
+from jaxvl.cli import main
 from jaxvl.configs import load_config
-from jaxvl.main import main
-from jaxvl.train.checkpoint import Checkpointer
-from jaxvl.train.loop import TrainingDiverged
-from jaxvl.train.metrics_log import read_metrics
-from jaxvl.train.pretrain import initial_params, pretrain, vision_only_batch
+from jaxvl.pretrain.trainer import initial_params, pretrain, vision_only_batch
+from jaxvl.runtime.checkpoint import Checkpointer
+from jaxvl.runtime.loop import TrainingDiverged
+from jaxvl.runtime.metrics_log import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-PRETRAIN = str(REPO / "configs" / "pretrain.py")
+PRETRAIN = "pretrain"
 FAST = ["fast_compile=True", "progress=False", "eval_batches=1", "data.batch_size=8", "data.max_seq_length=12"]
 
 
@@ -202,7 +202,7 @@ def _env(cache: Path) -> dict[str, str]:
 
 
 def _start(dataset: str, workdir: Path, cache: Path, *overrides: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "jaxvl.main", *_cli(dataset, workdir, "uniter,tiny", *overrides)]
+    cmd = [sys.executable, "-m", "jaxvl.cli", *_cli(dataset, workdir, "uniter,tiny", *overrides)]
     return subprocess.Popen(cmd, env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -256,9 +256,10 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
     """Saved from a data-parallel mesh of 8, restored under FSDP over 8 and under (2, 1, 4): same values,
     each leaf laid out by the new mesh's shardings."""
     from jaxvl.models import get_model
-    from jaxvl.train.optimizer import OptimizerConfig, make_optimizer
-    from jaxvl.train.sharding import make_mesh
-    from jaxvl.train.step import FAST_COMPILE, init_state, state_shardings
+    from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
+    from jaxvl.pretrain.step import init_state, state_shardings
+    from jaxvl.runtime.compile import FAST_COMPILE
+    from jaxvl.runtime.sharding import make_mesh
 
     model = get_model("uniter", tiny=True, hidden_size=64, v_hidden_size=64, intermediate_size=128,
                       v_intermediate_size=128)

@@ -8,8 +8,9 @@ from flax import linen as nn
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from jaxvl.models import get_model
-from jaxvl.train.optimizer import OptimizerConfig, make_optimizer
-from jaxvl.train.sharding import (
+from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
+from jaxvl.pretrain.step import state_shardings
+from jaxvl.runtime.sharding import (
     DEFAULT_RULES,
     batch_sharding,
     bytes_per_device,
@@ -18,7 +19,6 @@ from jaxvl.train.sharding import (
     param_shardings,
     rules_for_mesh,
 )
-from jaxvl.train.step import state_shardings
 
 P = PartitionSpec
 
@@ -84,7 +84,7 @@ def test_repeated_names_and_indivisible_dims():
 def test_param_shardings_of_a_tiny_model(caplog):
     boxed = abstract_params()  # hidden 32, FFN 37, vocab 99, 1601 object classes
     mesh = make_mesh(1, 2, 4)
-    with caplog.at_level(logging.INFO, logger="jaxvl.train.sharding"):
+    with caplog.at_level(logging.INFO, logger="jaxvl.runtime.sharding"):
         shardings = param_shardings(boxed, mesh)
     flat = {jax.tree_util.keystr(k, simple=True, separator="/"): s
             for k, s in jax.tree_util.tree_flatten_with_path(shardings)[0]}

@@ -20,21 +20,14 @@ import numpy as np
 import optax
 import pytest
 
-from jaxvl.data.global_batch import to_global
 from jaxvl.models import get_model
-from jaxvl.models.presets import _single_stream_plan
-from jaxvl.models.vlbert import VLBertForPreTraining, get_config
-from jaxvl.objectives import NO_OVERLAP
-from jaxvl.train.objective import ObjectiveConfig, mask_batch
-from jaxvl.train.optimizer import (
-    OptimizerConfig,
-    current_learning_rate,
-    make_optimizer,
-    set_peak_learning_rate,
-)
-from jaxvl.train.sharding import batch_sharding, make_mesh
-from jaxvl.train.step import FAST_COMPILE, compile_step, init_state, jit_train_step, state_shardings
-from jaxvl.train.sweep import (
+from jaxvl.models.volta.model import VLBertForPreTraining, get_config
+from jaxvl.models.volta.objectives import NO_OVERLAP
+from jaxvl.models.volta.presets import _single_stream_plan
+from jaxvl.pretrain.loss import ObjectiveConfig, mask_batch
+from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer, set_peak_learning_rate
+from jaxvl.pretrain.step import init_state, jit_train_step, state_shardings
+from jaxvl.pretrain.sweep import (
     SweepMember,
     check_members,
     init_sweep_state,
@@ -47,6 +40,9 @@ from jaxvl.train.sweep import (
     sweep_state_shardings,
     unstack_member,
 )
+from jaxvl.runtime.compile import FAST_COMPILE, compile_step
+from jaxvl.runtime.sharding import batch_sharding, make_mesh, to_global
+from jaxvl.runtime.state import current_learning_rate
 
 STEPS = 3
 MASK, CLS, SEP = 3, 1, 2

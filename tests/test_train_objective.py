@@ -9,7 +9,7 @@ from jaxvl.data.regions import region_inputs
 from jaxvl.data.synthetic import World, WorldConfig
 from jaxvl.data.tokenizer import Tokenizer
 from jaxvl.models import get_model
-from jaxvl.train.objective import ObjectiveConfig, make_negatives, mask_batch, pretraining_loss
+from jaxvl.pretrain.loss import ObjectiveConfig, make_negatives, mask_batch, pretraining_loss
 
 
 @pytest.fixture(scope="module")

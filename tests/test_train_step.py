@@ -17,26 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvl.data.global_batch import to_global
 from jaxvl.data.regions import region_inputs
 from jaxvl.data.synthetic import World, WorldConfig
 from jaxvl.data.tokenizer import Tokenizer
 from jaxvl.models import get_model
-from jaxvl.models.presets import _lxmert_plan, _single_stream_plan
-from jaxvl.train.objective import ObjectiveConfig, pretraining_loss
-from jaxvl.train.optimizer import OptimizerConfig, make_optimizer
-from jaxvl.train.sharding import batch_sharding, bytes_per_device, make_mesh
-from jaxvl.train.step import (
-    FAST_COMPILE,
-    TrainState,
-    compile_step,
-    init_state,
-    jit_train_step,
-    memory_stats,
-    memory_summary,
-    state_shardings,
-    train_step,
-)
+from jaxvl.models.volta.presets import _lxmert_plan, _single_stream_plan
+from jaxvl.pretrain.loss import ObjectiveConfig, pretraining_loss
+from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
+from jaxvl.pretrain.step import init_state, jit_train_step, state_shardings, train_step
+from jaxvl.runtime.compile import FAST_COMPILE, compile_step, memory_stats, memory_summary
+from jaxvl.runtime.sharding import batch_sharding, bytes_per_device, make_mesh, to_global
+from jaxvl.runtime.state import TrainState
 
 STEPS = 3
 # Meshes (data, fsdp, tensor); "single" is one device.

@@ -47,10 +47,8 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxvl.benchmarks.common import csv_choices, save_json
-from jaxvl.benchmarks.data import Probe
-from jaxvl.benchmarks.models import _jax_device, _log, _no_persistent_compile_cache, format_machine, machine_info
-from jaxvl.diagnostics.ablate import (
+from jaxvl.ablation.conditions import LEVELS, TASKS
+from jaxvl.ablation.sweep import (
     DEFAULT_THRESHOLDS,
     AblationSpec,
     AblationSweep,
@@ -59,12 +57,14 @@ from jaxvl.diagnostics.ablate import (
     gather_to_host,
     stack_params,
 )
-from jaxvl.diagnostics.conditions import LEVELS, TASKS
+from jaxvl.benchmarks.common import csv_choices, save_json
+from jaxvl.benchmarks.data import Probe
+from jaxvl.benchmarks.models import _jax_device, _log, _no_persistent_compile_cache, format_machine, machine_info
 from jaxvl.models.params import count_params
-from jaxvl.models.presets import PRESETS
-from jaxvl.models.vlbert import VLBertForPreTraining, get_model
-from jaxvl.train.sharding import make_mesh
-from jaxvl.train.step import FAST_COMPILE, memory_stats
+from jaxvl.models.volta.model import VLBertForPreTraining, get_model
+from jaxvl.models.volta.presets import PRESETS
+from jaxvl.runtime.compile import FAST_COMPILE, memory_stats
+from jaxvl.runtime.sharding import make_mesh
 
 if TYPE_CHECKING:
     from jaxvl.data.tokenizer import Tokenizer
@@ -143,7 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="timed sweep calls and loop passes, median reported (default 5; 1 for ctrl on CPU)")
     parser.add_argument("--no-loop", action="store_true", help="time the sweep only")
     parser.add_argument("--fast-compile", action="store_true",
-                        help="compile with jaxvl.train.step.FAST_COMPILE (faster CPU compiles, slower programs: smoke "
+                        help="compile with jaxvl.pretrain.step.FAST_COMPILE (faster CPU compiles, slower programs: smoke "
                              "runs only, not for the numbers)")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="auto: jax.devices()[0]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world and the weights (default 0)")
@@ -202,15 +202,15 @@ def ablation_inputs(size: str, feature_dim: int, num_classes: int, batch: int, t
     ``regions`` detector regions of ``feature_dim`` features and ``num_classes`` classes."""
     import grain  # the data side is imported here: main.py imports this module for every jaxvl command
 
-    from jaxvl.data.ablation_pipeline import (
+    from jaxvl.ablation.data import (
         AblationPipelineConfig,
         ablation_dataset,
         scan_ablation,
         world_ablation_source,
     )
+    from jaxvl.ablation.labelmatch import LabelMatcher
     from jaxvl.data.synthetic import World, WorldConfig
     from jaxvl.data.tokenizer import Tokenizer
-    from jaxvl.diagnostics.labelmatch import LabelMatcher
 
     world = World(WorldConfig(num_images=max(batch, 2), num_regions=regions, feature_dim=feature_dim,
                               num_classes=num_classes, min_objects=min(2, regions), max_objects=min(5, regions),

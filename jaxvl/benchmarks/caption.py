@@ -7,7 +7,7 @@ captions of at most ``--max-len`` (ORT's 16) tokens, on one device:
 - **decoding**, greedy and beam search (``--beam``, default 5), in captions per second (one caption
   per image: the best beam), three ways in the same run:
 
-  - ``batched``: jaxvl's fixed-shape decoding (``jaxvl.decoding.greedy`` / ``beam_search``) of a batch
+  - ``batched``: jaxvl's fixed-shape decoding (``jaxvl.caption.decoding.greedy`` / ``beam_search``) of a batch
     of B images, one compiled program per batch;
   - ``per-image``: the same functions at batch 1 in a Python loop over images (the way ORT decodes
     with beam search: ``_sample_beam`` loops over the images), one compiled program called per image,
@@ -26,7 +26,7 @@ captions of at most ``--max-len`` (ORT's 16) tokens, on one device:
   the batched one (a check that the baselines decode the same thing). Compile time (AOT ``lower`` +
   ``compile``, the persistent cache off; for ``ort-style`` the encoder and every prefix length) is
   reported apart from run time.
-- **training**, steps per second of the trainer's steps (``jaxvl.train.caption_trainer``) on a random
+- **training**, steps per second of the trainer's steps (``jaxvl.caption.trainer``) on a random
   caption batch with ORT's optimisers (dropout on):
 
   - ``xe``: ``xe_step`` (images encoded once, broadcast to their captions; Noam Adam, clamp 0.1), jitted
@@ -75,13 +75,15 @@ from jaxvl.benchmarks.models import (
     machine_info,
     time_calls,
 )
-from jaxvl.decoding import EOS, beam_search, greedy, sample_and_greedy
+from jaxvl.caption.decoding import EOS, beam_search, greedy, sample_and_greedy
+from jaxvl.caption.optimizers import scst_optimizer, xe_optimizer
 from jaxvl.metrics import CiderD
-from jaxvl.models.captioner import NEG_INF, Captioner, CaptionerConfig
+from jaxvl.models.ort.captioner import NEG_INF, Captioner, CaptionerConfig
+from jaxvl.models.ort.geometry import relative_boxes
 from jaxvl.models.params import count_params
-from jaxvl.train.caption_objective import relative_boxes, scst_optimizer, xe_optimizer
-from jaxvl.train.sharding import batch_sharding, make_mesh, param_shardings
-from jaxvl.train.step import FAST_COMPILE, TrainState, jit_step, memory_stats
+from jaxvl.runtime.compile import FAST_COMPILE, jit_step, memory_stats
+from jaxvl.runtime.sharding import batch_sharding, make_mesh, param_shardings
+from jaxvl.runtime.state import TrainState
 
 SIZES = ("tiny", "ort")
 PARTS = ("decode", "train")
@@ -127,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=int, default=None,
                         help="timed calls, median reported (default: 10; 5 for ort on CPU)")
     parser.add_argument("--fast-compile", action="store_true",
-                        help="compile with jaxvl.train.step.FAST_COMPILE (faster CPU compiles, slower programs: smoke "
+                        help="compile with jaxvl.pretrain.step.FAST_COMPILE (faster CPU compiles, slower programs: smoke "
                              "runs only, not for the numbers)")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="auto: jax.devices()[0]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default 0)")
@@ -219,7 +221,7 @@ def random_captions(cfg: CaptionerConfig, images: int, captions: int, max_len: i
 
 def random_train_batch(cfg: CaptionerConfig, images: int, captions: int, regions: int, max_len: int,
                        seed: int) -> dict[str, np.ndarray]:
-    """A ``jaxvl.data.caption_pipeline`` batch (the trainer's device fields): pixel boxes in a 640 x 480 image."""
+    """A ``jaxvl.caption.data`` batch (the trainer's device fields): pixel boxes in a 640 x 480 image."""
     x = random_regions(cfg, images, regions, seed)
     h, w = IMAGE_HW
     return {"features": x["features"], "boxes": (x["boxes"] * np.array([w, h, w, h], np.float32)),
@@ -350,7 +352,7 @@ class OrtStyleDecoder:
         return np.stack(best), steps
 
     def _beam_one(self, memory: jax.Array, mask: jax.Array, k: int) -> tuple[np.ndarray, int]:
-        """jaxvl's beam algorithm (``jaxvl.decoding`` module doc, length penalty 0) in numpy for one image."""
+        """jaxvl's beam algorithm (``jaxvl.caption.decoding`` module doc, length penalty 0) in numpy for one image."""
         t_max = self.max_len
         live = np.zeros((k, t_max), np.int32)
         live_lp = np.full(k, -np.inf, np.float32)
@@ -489,7 +491,7 @@ def _train_state(model: Captioner, tx: Any, params: Any, batch: Arrays, mesh: An
                  seed: int) -> tuple[TrainState, Any]:
     """A trainer state at update 0 holding a copy of ``params`` (the step donates its state) and a fresh ``tx``
     state, placed with the shardings of ``caption_trainer``'s state (returned too)."""
-    from jaxvl.train.caption_trainer import _boxed_init
+    from jaxvl.caption.trainer import _boxed_init
 
     example = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), batch)
     shardings = param_shardings(jax.eval_shape(_boxed_init(model, tx, example), jax.random.key(0)), mesh)
@@ -517,7 +519,8 @@ def bench_training(size: str, model: Captioner, params: Any, args: argparse.Name
     """The XE and SCST step rows (module doc) of ``model`` (``size``) from ``params``, appended to
     ``result['train']`` as measured."""
     # imported here: the trainer pulls in the data pipeline (grain, tensorflow_datasets), which decoding does not need
-    from jaxvl.train.caption_trainer import reference_strings, scst_update, token_strings, xe_step
+    from jaxvl.caption.rewards import reference_strings, token_strings
+    from jaxvl.caption.trainer import scst_update, xe_step
 
     d = _defaults(size, device.platform != "cpu", args)
     warmup, iters, c = d["warmup"], d["iters"], args.captions

@@ -266,7 +266,8 @@ def bench_read(dataset_dir: str, args: argparse.Namespace) -> list[dict[str, Any
     """The data source alone, the transform alone, then the Grain pipeline per (workers, threads)."""
     import grain
 
-    from jaxvl.data.pipeline import PipelineConfig, PretrainTransform, open_split, pretrain_dataset, tokenizer_for
+    from jaxvl.data.grain import PretrainTransform, open_split, tokenizer_for
+    from jaxvl.pretrain.data import PipelineConfig, pretrain_dataset
 
     source, info = open_split(dataset_dir, "train")
     tokenizer = tokenizer_for(info)

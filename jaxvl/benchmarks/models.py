@@ -39,10 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxvl.models.config import VLConfig
 from jaxvl.models.params import count_params, scan_params
-from jaxvl.models.presets import PRESETS
-from jaxvl.models.vlbert import VLBertForPreTraining, get_model
+from jaxvl.models.volta.config import VLConfig
+from jaxvl.models.volta.model import VLBertForPreTraining, get_model
+from jaxvl.models.volta.presets import PRESETS
 
 SIZES = ("tiny", "ctrl")
 TORCH_ORIGINALS = {"lxmert": "transformers.LxmertModel", "visualbert": "transformers.VisualBertModel"}

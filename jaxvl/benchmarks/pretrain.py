@@ -4,21 +4,21 @@ For each preset and size (``tiny``: ``presets.tiny_overrides``; ``ctrl``: VOLTA'
 VOLTA's input sizes (38 tokens, 36 regions + the global ``[IMG]`` row, 2048-d features at ctrl,
 1601-way MRC-KL targets), on one device:
 
-- the trainer's step (``jaxvl.train.step``: ITM negatives, token and region masking with co-masking,
+- the trainer's step (``jaxvl.pretrain.step``: ITM negatives, token and region masking with co-masking,
   forward, backward, clipped AdamW; dropout on), jitted with the state donated, on a random batch
   with every field the data pipeline yields;
 - compile time: wall time of AOT ``lower`` plus ``compile`` (the persistent compilation cache is off),
   and the compiled step's per-device memory estimate (``step.memory_stats``);
 - steps/s and examples/s: the median of N timed steps after warm-up steps, each ended by
   ``block_until_ready``;
-- model FLOPs utilisation: analytic FLOPs of the step (``jaxvl.train.flops``, MaxText's convention)
+- model FLOPs utilisation: analytic FLOPs of the step (``jaxvl.pretrain.flops``, MaxText's convention)
   / step time / the machine's matmul peak, which this benchmark measures itself (a large square
   matmul in float32, and in bfloat16 on a GPU or when ``--dtype bfloat16``; the best of several
   calls, measured again before every row, since other processes on a shared CPU pull any single
   measurement down; the best of the whole run is the peak). MFU is taken against the peak of the
   step's matmul dtype. XLA's own FLOP count of the compiled step (``cost_analysis``: matmuls plus
   elementwise work, masking, RNG and the optimizer) is recorded beside it;
-- a K-member sweep (``jaxvl.train.sweep``, members differing in seed) against K sequential single
+- a K-member sweep (``jaxvl.pretrain.sweep``, members differing in seed) against K sequential single
   runs of the same model in the same process, which reuse the single step compiled above (timed
   interleaved with the sweep, ``bench_sweep``): each run's median step time and the sweep's, their
   throughput in member-steps/s, the ratio, and the sweep step's compile time and memory.
@@ -54,16 +54,17 @@ from jaxvl.benchmarks.models import (
     machine_info,
     time_calls,
 )
-from jaxvl.models.config import VLConfig
 from jaxvl.models.params import count_params
-from jaxvl.models.presets import PRESETS
-from jaxvl.models.vlbert import VLBertForPreTraining, get_model
-from jaxvl.train.flops import forward_flops, train_flops
-from jaxvl.train.objective import ObjectiveConfig
-from jaxvl.train.optimizer import OptimizerConfig, make_optimizer
-from jaxvl.train.sharding import batch_sharding, make_mesh
-from jaxvl.train.step import init_state, jit_train_step, memory_stats, state_shardings
-from jaxvl.train.sweep import init_sweep_state, jit_sweep_step, members_from_config, sweep_state_shardings
+from jaxvl.models.volta.config import VLConfig
+from jaxvl.models.volta.model import VLBertForPreTraining, get_model
+from jaxvl.models.volta.presets import PRESETS
+from jaxvl.pretrain.flops import forward_flops, train_flops
+from jaxvl.pretrain.loss import ObjectiveConfig
+from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
+from jaxvl.pretrain.step import init_state, jit_train_step, state_shardings
+from jaxvl.pretrain.sweep import init_sweep_state, jit_sweep_step, members_from_config, sweep_state_shardings
+from jaxvl.runtime.compile import memory_stats
+from jaxvl.runtime.sharding import batch_sharding, make_mesh
 
 SIZES = ("tiny", "ctrl")
 DTYPES = ("float32", "bfloat16")
@@ -193,7 +194,7 @@ def update_peak(result: dict[str, Any], peak: dict[str, Any]) -> None:
 
 
 def make_batch(cfg: VLConfig, batch: int, text_len: int, regions: int, seed: int) -> Batch:
-    """A random pretraining batch with every field of ``jaxvl.data.pipeline`` (``num_boxes`` aside).
+    """A random pretraining batch with every field of ``jaxvl.data.grain`` (``num_boxes`` aside).
 
     Text: ``[CLS] words [SEP]`` of random lengths, padded. Regions: the ``[IMG]`` row first (the mean of
     the others), then ``regions - 1`` real boxes (VOLTA's fixed 36) in a square image, random features,

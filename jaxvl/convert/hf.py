@@ -44,8 +44,8 @@ from flax import linen as nn
 from flax import traverse_util
 
 from jaxvl.convert.common import StateDict, StateDictError, check_state_dict, linear_to_kernel, to_numpy_state_dict
-from jaxvl.models.config import VLConfig
 from jaxvl.models.params import scan_params, unscan_params
+from jaxvl.models.volta.config import VLConfig
 
 Params = dict[str, Any]
 Path = tuple[str, ...]

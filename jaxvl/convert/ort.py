@@ -43,7 +43,7 @@ from jaxvl.convert.common import (
     load_state_dict,
     to_numpy_state_dict,
 )
-from jaxvl.models.captioner import CaptionerConfig
+from jaxvl.models.ort.captioner import CaptionerConfig
 
 Params = dict[str, Any]
 Path = tuple[str, ...]

@@ -50,7 +50,7 @@ from jaxvl.convert.common import (
     linear_to_kernel,
     load_state_dict,
 )
-from jaxvl.models.config import VLConfig
+from jaxvl.models.volta.config import VLConfig
 
 Params = dict[str, Any]
 Path = tuple[str, ...]

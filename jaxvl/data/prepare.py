@@ -23,7 +23,7 @@ Sources (``jaxvl.data.sources``, which documents each one and the region options
   TSV and VOLTA's caption json -> ``jaxvl_pretrain_pairs``.
 - ``flickr30k-entities:ROOT,features=FEATURE_LMDB|TSV|NPZ_DIR[,split=val]``: Flickr30k Entities phrases
   with their images' regions -> ``jaxvl_ablation_phrases`` (split named after ``split``).
-- ``synthetic-captions[:key=value,...]``: the synthetic captioning world (``jaxvl.data.caption_world``:
+- ``synthetic-captions[:key=value,...]``: the synthetic captioning world (``jaxvl.data.synthetic.captions``:
   5 captions per image generated from its objects and their spatial relations) ->
   ``jaxvl_synthetic_captions`` (``train``, ``val``, ``test``); knobs as for ``synthetic`` plus the
   caption knobs (``grounding``, ``relation_prob``, ...), ``test_images`` and ``max_length``.

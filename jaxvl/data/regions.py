@@ -4,7 +4,7 @@ VOLTA's visual input per image: ``num_regions`` detected regions, each a feature
 location ``[x1/W, y1/H, x2/W, y2/H, area/(W*H)]``, plus a global ``[IMG]`` row prepended (``"first"``)
 or appended (``"last"``) whose feature is the mean of the region features and whose location is
 ``[0, 0, 1, 1, 1]``. Regions beyond ``num_regions`` are dropped; fewer are zero-padded with mask 0.
-(Masking for pretraining recomputes the ``[IMG]`` mean inside the compiled step, jaxvl.objectives.)
+(Masking for pretraining recomputes the ``[IMG]`` mean inside the compiled step, jaxvl.models.volta.objectives.)
 """
 
 from __future__ import annotations

@@ -4,14 +4,14 @@ Models never import data or training code.
 """
 
 from jaxvl.models.attention import DotProductAttention, attention_bias
-from jaxvl.models.captioner import Captioner, CaptionerConfig, DecodeCache, collect_attention, ort_token_mask
-from jaxvl.models.config import VLConfig, config_from_volta_dict, config_from_volta_json, to_volta_dict
-from jaxvl.models.geometry import GeometryBias, box_relational_embedding
+from jaxvl.models.ort.captioner import Captioner, CaptionerConfig, DecodeCache, collect_attention, ort_token_mask
+from jaxvl.models.ort.geometry import GeometryBias, box_relational_embedding
 from jaxvl.models.params import count_params, scan_params, unscan_params
-from jaxvl.models.plan import Sublayer, SublayerPlan, find_segments
-from jaxvl.models.presets import PRESETS
 from jaxvl.models.validate import BatchError, validate_batch
-from jaxvl.models.vlbert import VLBertForPreTraining, VLBertModel, VLOutput, get_config, get_model
+from jaxvl.models.volta.config import VLConfig, config_from_volta_dict, config_from_volta_json, to_volta_dict
+from jaxvl.models.volta.model import VLBertForPreTraining, VLBertModel, VLOutput, get_config, get_model
+from jaxvl.models.volta.plan import Sublayer, SublayerPlan, find_segments
+from jaxvl.models.volta.presets import PRESETS
 
 __all__ = [
     "PRESETS", "BatchError", "Captioner", "CaptionerConfig", "DecodeCache", "DotProductAttention", "GeometryBias",

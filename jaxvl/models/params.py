@@ -12,8 +12,8 @@ import jax
 import numpy as np
 from flax import linen as nn
 
-from jaxvl.models.config import VLConfig
-from jaxvl.models.plan import find_segments
+from jaxvl.models.volta.config import VLConfig
+from jaxvl.models.volta.plan import find_segments
 
 Params = dict[str, Any]
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from jaxvl.models.config import VLConfig
+from jaxvl.models.volta.config import VLConfig
 
 REQUIRED = ("input_ids", "features", "locations")
 

@@ -3,7 +3,7 @@
 - ``CaptionImages`` (``jaxvl_caption_images``): any ``CaptionExample`` source per split (the COCO
   Karpathy reader joined with region features, or a test's list) and a ``CaptionVocab``;
 - ``SyntheticCaptions`` (``jaxvl_synthetic_captions``): the synthetic captioning world
-  (``jaxvl.data.caption_world``) with ``train``, ``val`` and ``test`` splits of one world.
+  (``jaxvl.data.synthetic.captions``) with ``train``, ``val`` and ``test`` splits of one world.
 
 Stored fields (R regions, T = ``max_length`` words, N captions of this image):
 
@@ -40,9 +40,9 @@ import tensorflow_datasets as tfds
 from jaxvl.data.builders.common import RegionSpec, encode_regions
 from jaxvl.data.builders.synthetic import DEFAULT_VAL_IMAGES, parse_knobs
 from jaxvl.data.caption_vocab import ORT_MAX_LENGTH, CaptionVocab
-from jaxvl.data.caption_world import MAX_PHRASES, CaptionWorld, CaptionWorldConfig
 from jaxvl.data.records import BadRecord, RegionFeatures
 from jaxvl.data.synthetic import WorldConfig
+from jaxvl.data.synthetic.captions import MAX_PHRASES, CaptionWorld, CaptionWorldConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,225 @@
+"""``jaxvl ablate``: the cross-modal input ablation of trained checkpoints on a prepared ablation dataset.
+
+``ablate(cfg, workdir)`` runs ``jaxvl/configs/ablate.py``:
+
+1. checkpoints -> (model config, parameters): a jaxvl run / stage / sweep member (its ``run.json`` gives
+   the model config) or a VOLTA state dict (``jaxvl.convert.volta``); checkpoints whose model configs
+   are equal form one group, stacked on a leading axis;
+2. the ablation split (``AblationPhrases``; a source string is prepared first), its tokenizer and
+   LabelMatch labels, checked against every group's model (vocabulary, feature size, classes, regions)
+   before anything compiles;
+3. per group ONE compiled sweep of every condition x threshold x checkpoint (``run_ablation``), the
+   attention analyses from sown weights, and its report under ``<workdir>/<group>/``;
+4. the combined tidy results, paper-style table and plots under ``<workdir>``; the table is returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from jaxvl.models.volta.config import JAXVL_ONLY, VLConfig, config_from_volta_dict
+from jaxvl.models.volta.model import VLBertForPreTraining, get_config
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    name: str
+    path: str
+    model_cfg: VLConfig
+    params: Any
+    preset: str
+
+
+def _run_json(path: str) -> str | None:
+    for candidate in (os.path.join(path, "run.json"), os.path.join(path, "..", "..", "run.json")):
+        if os.path.isfile(candidate):
+            return os.path.normpath(candidate)
+    return None
+
+
+def model_config_from_run(run_json: str) -> tuple[VLConfig, str]:
+    """The model config a jaxvl run saved (VOLTA keys + jaxvl-only fields) and its preset name."""
+    with open(run_json, encoding="utf-8") as f:
+        info = json.load(f)
+    saved = dict(info["model_config"])
+    extra = {k: saved.pop(k) for k in list(saved) if k in JAXVL_ONLY}
+    cfg = config_from_volta_dict(saved, source=run_json).replace(**extra)
+    return cfg, info["config"]["model"]["name"]
+
+
+def load_checkpoint(path: str, name: str, cfg: ConfigDict) -> Checkpoint:
+    """A jaxvl checkpoint (run, stage ``vl``, sweep member) or a VOLTA ``.bin`` (``model.name`` / ``volta_config``)."""
+    from jaxvl.runtime.checkpoint import restore_params
+
+    if os.path.isfile(path):
+        from jaxvl.convert.volta import load_volta_checkpoint
+        from jaxvl.models.volta.config import config_from_volta_json
+
+        if cfg.model.volta_config:
+            model_cfg, preset = config_from_volta_json(cfg.model.volta_config), cfg.model.name or "volta"
+        elif cfg.model.name:
+            model_cfg, preset = get_config(cfg.model.name), cfg.model.name
+        else:
+            raise ValueError(f"{path}: a VOLTA checkpoint needs model.name (a preset) or model.volta_config")
+        if cfg.model.num_object_classes:
+            model_cfg = model_cfg.replace(num_object_classes=cfg.model.num_object_classes)
+        return Checkpoint(name, path, model_cfg, load_volta_checkpoint(path, model_cfg), preset)
+    if not os.path.isdir(os.path.join(path, "checkpoints")) and os.path.isdir(os.path.join(path, "vl")):
+        path = os.path.join(path, "vl")  # a vision-first run: its V&L stage
+    if not os.path.isdir(os.path.join(path, "checkpoints")):
+        raise FileNotFoundError(f"{path}: neither a jaxvl workdir (no checkpoints/) nor a VOLTA checkpoint file")
+    run_json = _run_json(path)
+    if run_json is None:
+        raise FileNotFoundError(f"{path}: no run.json beside its checkpoints (needed for the model config)")
+    model_cfg, preset = model_config_from_run(run_json)
+    params, _ = restore_params(os.path.join(path, "checkpoints"))
+    return Checkpoint(name, path, model_cfg, params, preset)
+
+
+def _names(cfg: ConfigDict, paths: Sequence[str]) -> list[str]:
+    names = [n for n in cfg.names.split(",") if n] if cfg.names else []
+    if names and len(names) != len(paths):
+        raise ValueError(f"config names lists {len(names)} names for {len(paths)} checkpoints")
+    if not names:
+        names = [os.path.basename(os.path.normpath(p)) or p for p in paths]
+    if len(set(names)) != len(names):
+        raise ValueError(f"checkpoint names {names} repeat; give config.names")
+    return names
+
+
+def _floats(values: Any, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in (values if isinstance(values, (tuple, list)) else (values,)))
+    except (TypeError, ValueError):
+        raise ValueError(f"config {what}={values!r}: expected numbers") from None
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in str(text).split(",") if x.strip())
+
+
+def check_fits(model_cfg: VLConfig, tokenizer: Any, info: Any, dataset: str, group: str) -> None:
+    """The data must be what the model was trained on: vocabulary size, feature size, detector classes."""
+    regions = (info.metadata or {}).get("regions", {})
+    problems = []
+    if tokenizer.vocab_size != model_cfg.vocab_size:
+        problems.append(f"vocabulary: the data's tokenizer has {tokenizer.vocab_size} ids, the model "
+                        f"{model_cfg.vocab_size}")
+    if regions.get("feature_dim") not in (None, model_cfg.v_feature_size):
+        problems.append(f"feature size: data {regions['feature_dim']}, model {model_cfg.v_feature_size}")
+    if regions.get("num_classes") not in (None, model_cfg.num_object_classes):
+        problems.append(f"detector classes: data {regions['num_classes']}, model {model_cfg.num_object_classes}")
+    if problems:
+        raise ValueError(f"checkpoint(s) {group} do not match the ablation data {dataset}: " + "; ".join(problems))
+
+
+def ablate(cfg: ConfigDict, workdir: str) -> str:
+    """Runs the ablation of the module doc; returns the combined markdown table."""
+    from tqdm import tqdm
+
+    from jaxvl.ablation import AblationSpec, LabelMatcher, Quirks, attention_rows, run_ablation, stack_params
+    from jaxvl.ablation.data import AblationPipelineConfig, ablation_dataset, scan_ablation
+    from jaxvl.ablation.report import (
+        markdown_table,
+        plot_conditions,
+        plot_thresholds,
+        tidy_rows,
+        write_report,
+        write_rows,
+    )
+    from jaxvl.data.builders.ablation import AblationPhrases
+    from jaxvl.data.grain import open_split, tokenizer_for
+    from jaxvl.data.resolve import resolve_dataset
+    from jaxvl.runtime.compile import FAST_COMPILE
+    from jaxvl.runtime.sharding import make_mesh
+
+    # ------------------------------------------------------------------- spec and checkpoints
+    spec_args = dict(vis4lang=_words(cfg.vis4lang), lang4vis=_words(cfg.lang4vis),
+                     thresholds=_floats(cfg.thresholds, "thresholds"), quirks=Quirks(**cfg.quirks.to_dict()),
+                     member_batch_size=cfg.member_batch_size, model_batch_size=cfg.model_batch_size)
+    AblationSpec(0, **spec_args)  # bad condition names / thresholds fail here, before any loading
+    paths = [p for p in str(cfg.checkpoints).split(",") if p]
+    if not paths:
+        raise ValueError("config checkpoints is empty: give one or more jaxvl workdirs or VOLTA .bin files")
+    checkpoints = [load_checkpoint(p, n, cfg) for p, n in zip(paths, _names(cfg, paths), strict=True)]
+    groups: dict[VLConfig, list[Checkpoint]] = {}
+    for ckpt in checkpoints:
+        groups.setdefault(ckpt.model_cfg, []).append(ckpt)
+
+    # ------------------------------------------------------------------------------- data
+    os.makedirs(workdir, exist_ok=True)
+    dataset = resolve_dataset(cfg.data.dataset, cfg.data.prepare_dir, workdir, AblationPhrases)
+    source, info = open_split(dataset, cfg.data.split)
+    if len(source) == 0:
+        raise ValueError(f"{dataset}: split {cfg.data.split!r} is empty")
+    tokenizer = tokenizer_for(info, cfg.data.vocab_file or None)
+    matcher = None
+    if cfg.labelmatch.enabled:
+        if cfg.labelmatch.objects_vocab:
+            from jaxvl.data.readers.visual_genome import load_objects_vocab
+
+            matcher = LabelMatcher.from_vocab(load_objects_vocab(cfg.labelmatch.objects_vocab))
+        elif (info.metadata or {}).get("label_list"):
+            matcher = LabelMatcher.from_label_list(info.metadata["label_list"])
+    mesh = make_mesh(**cfg.mesh.to_dict())
+    options = FAST_COMPILE if cfg.fast_compile else None
+
+    # --------------------------------------------------------------------- one sweep per group
+    all_rows, tables = [], []
+    for model_cfg, members in groups.items():
+        group = "+".join(c.name for c in members)
+        check_fits(model_cfg, tokenizer, info, dataset, group)
+        model = VLBertForPreTraining(model_cfg)
+        pcfg = AblationPipelineConfig(batch_size=cfg.data.batch_size, max_seq_length=cfg.data.max_seq_length,
+                                      add_global_imgfeat=model_cfg.add_global_imgfeat)
+        index = scan_ablation(source, tokenizer, pcfg, label_matcher=matcher, skip_bad=cfg.data.skip_bad,
+                              source_name=f"{dataset} split {cfg.data.split}")
+        batches = ablation_dataset(source, tokenizer, pcfg, index)
+        stacked = stack_params([c.params for c in members])
+        names = [c.name for c in members]
+        spec = AblationSpec(tokenizer.mask_id, **spec_args)
+        with tqdm(total=len(index), desc=f"ablate {group}", unit="ex", disable=not cfg.progress) as bar:
+            result = run_ablation(model, stacked, batches, spec, index.mean_feature, mesh, model_names=names,
+                                  progress=bar.update, compiler_options=options)
+        attention = None
+        if cfg.attention:
+            sowing = VLBertForPreTraining(model_cfg, sow_weights=True)
+            attention = attention_rows(sowing, stacked, ablation_dataset(source, tokenizer, pcfg, index), mesh,
+                                       cfg.report_threshold, names, compiler_options=options)
+        out = os.path.join(workdir, group)
+        write_report(result, out, cfg.report_threshold, cfg.n_boot, cfg.seed, phrases=index.phrases,
+                     image_ids=index.image_ids, attention=attention)
+        rows = tidy_rows(result, cfg.n_boot, cfg.seed)
+        for row in rows:
+            row["preset"] = members[0].preset
+        all_rows += rows
+        with open(os.path.join(out, "table.md"), encoding="utf-8") as f:
+            tables.append(f"### {group} ({members[0].preset})\n\n{f.read()}")
+        if index.truncated or index.skipped:
+            tables.append(f"{index.truncated} phrases truncated by max_seq_length, {len(index.skipped)} "
+                          f"examples skipped")
+
+    # ------------------------------------------------------------------------ combined report
+    write_rows(all_rows, os.path.join(workdir, "results.csv"))
+    write_rows(all_rows, os.path.join(workdir, "results.jsonl"))
+    metrics = [m for m in ("mrc_kl", "mrc_xe") if any(r["metric"] == m for r in all_rows)]
+    metric = metrics[0]
+    # One table per region metric: MRC-KL for the models trained with it, MRC-XE for the MRC-XE ones (a
+    # sweep's members carry both heads, one of them untrained).
+    combined = "\n\n".join(markdown_table(all_rows, cfg.report_threshold, m) for m in metrics)
+    plot_conditions(all_rows, os.path.join(workdir, "conditions.png"), cfg.report_threshold, metric)
+    plot_thresholds(all_rows, os.path.join(workdir, "thresholds.png"), metric)
+    text = combined + "\n\n" + "\n\n".join(tables) + "\n"
+    with open(os.path.join(workdir, "table.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    return combined
+
+
+__all__ = ["Checkpoint", "ablate", "check_fits", "load_checkpoint", "model_config_from_run"]
+

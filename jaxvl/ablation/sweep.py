@@ -1,0 +1,468 @@
+"""The cross-modal input ablation as one compiled sweep: every condition, threshold and checkpoint at once.
+
+``AblationSpec`` names the conditions (``vis4lang``: none / object / all; ``lang4vis``: none / phrase /
+all), the IoT thresholds (default 0.0, 0.1, ..., 0.9) and the ``Quirks``. It expands into *members*,
+one per (task, condition, threshold): vis4lang ``object`` and every lang4vis condition once per
+threshold, vis4lang ``none`` and ``all`` (which do not depend on the threshold) once. The members of a
+task stack into arrays (level, threshold) and ``vmap`` inside one ``jax.jit``; so do the checkpoints,
+whose parameter trees stack on a leading axis K (``stack_params``). One call of ``AblationSweep``
+evaluates a batch under every member of every checkpoint; it compiles once per model config and batch
+shape. The batch is sharded over the mesh's data axes (``('data', 'fsdp')``, as in training), the
+stacked parameters are replicated unless a sharding is given. ``member_batch_size`` /
+``model_batch_size`` switch from ``vmap`` to ``lax.map`` over chunks of that size, to bound memory
+(the vmapped MLM logits are [members, B, T, vocab]).
+
+``run_ablation`` is the entry point a command calls::
+
+    pcfg = AblationPipelineConfig(batch_size=16, add_global_imgfeat=model.cfg.add_global_imgfeat)
+    index = scan_ablation(source, tokenizer, pcfg, label_matcher=LabelMatcher.from_vocab(vg_objects))
+    batches = ablation_dataset(source, tokenizer, pcfg, index)   # jaxvl.ablation.data
+    stacked = stack_params([params_seed0, params_seed1])
+    result = run_ablation(model, stacked, batches, AblationSpec(tokenizer.mask_id), index.mean_feature, mesh,
+                          model_names=["s0", "s1"], progress=bar.update)
+    attention = attention_rows(model, stacked, batches, mesh)   # jaxvl.ablation.attention
+    write_report(result, workdir, phrases=index.phrases, image_ids=index.image_ids, attention=attention)
+
+It checks the first batch, the parameters and the spec against the model config before anything is
+compiled (``check_ablation``), then returns an ``AblationResult`` with per-example values in
+example order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxvl.ablation.conditions import (
+    LEVELS,
+    TASKS,
+    Quirks,
+    detector_rank,
+    lang4vis_inputs,
+    lang4vis_losses,
+    phrase_nll_bits,
+    vis4lang_ablated,
+    vis4lang_inputs,
+)
+from jaxvl.models.validate import BatchError, validate_batch
+from jaxvl.models.volta.model import VLBertForPreTraining
+from jaxvl.runtime.sharding import DEFAULT_DATA_AXES, to_global
+
+DEFAULT_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(10))
+# Fields the sweep reads (jaxvl.ablation.data makes them); ``vg_label`` is optional (LabelMatch).
+SWEEP_FIELDS = ("input_ids", "text_mask", "token_type_ids", "phrase_mask", "features", "locations", "region_mask",
+                "boxes", "region_target_mask", "ref_boxes", "ref_mask", "cls_prob", "objects_id", "objects_conf")
+HOST_FIELDS = ("valid", "example")  # per-row bookkeeping that never enters the compiled program
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One evaluated condition: ``task`` (``vis4lang``/``lang4vis``), ``condition`` and IoT ``threshold``
+    (None where the condition does not depend on it)."""
+
+    task: str
+    condition: str
+    threshold: float | None
+
+    @property
+    def level(self) -> int:
+        return LEVELS[self.task].index(self.condition)
+
+
+@dataclasses.dataclass(frozen=True)
+class AblationSpec:
+    """What the sweep evaluates. ``mask_id``: the tokenizer's ``[MASK]`` id. Conditions are given per task
+    by name; ``thresholds`` (each in [0, 1]) apply to vis4lang ``object`` and to every lang4vis condition.
+    An empty tuple skips a task."""
+
+    mask_id: int
+    vis4lang: tuple[str, ...] = LEVELS["vis4lang"]
+    lang4vis: tuple[str, ...] = LEVELS["lang4vis"]
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    quirks: Quirks = Quirks()
+    member_batch_size: int | None = None
+    model_batch_size: int | None = None
+
+    def __post_init__(self):
+        for task in TASKS:
+            names = tuple(getattr(self, task))
+            object.__setattr__(self, task, names)
+            unknown = [n for n in names if n not in LEVELS[task]]
+            if unknown:
+                raise ValueError(f"unknown {task} condition(s) {unknown}; known: {list(LEVELS[task])}")
+            if len(set(names)) != len(names):
+                raise ValueError(f"{task} conditions {list(names)} repeat a name")
+        if not self.vis4lang and not self.lang4vis:
+            raise ValueError("no condition to evaluate: vis4lang and lang4vis are both empty")
+        thresholds = tuple(float(t) for t in self.thresholds)
+        object.__setattr__(self, "thresholds", thresholds)
+        bad = [t for t in thresholds if not 0.0 <= t <= 1.0]  # NaN fails this too
+        if bad:
+            raise ValueError(f"IoT threshold(s) {bad} outside [0, 1]")
+        if len(set(thresholds)) != len(thresholds):
+            raise ValueError(f"IoT thresholds {list(thresholds)} repeat a value")
+        needs_threshold = "object" in self.vis4lang or bool(self.lang4vis)
+        if needs_threshold and not thresholds:
+            raise ValueError("no IoT threshold given, but vis4lang 'object' or lang4vis needs one")
+        if self.mask_id < 0:
+            raise ValueError(f"mask_id={self.mask_id} must be a token id >= 0")
+        for name in ("member_batch_size", "model_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value} must be >= 1 or None (vmap everything)")
+
+    def members(self, task: str) -> tuple[Member, ...]:
+        """The members of ``task`` in sweep order."""
+        out: list[Member] = []
+        for cond in getattr(self, task):
+            if task == "vis4lang" and cond != "object":
+                out.append(Member(task, cond, None))
+            else:
+                out.extend(Member(task, cond, t) for t in self.thresholds)
+        return tuple(out)
+
+    def member_arrays(self, task: str) -> tuple[np.ndarray, np.ndarray]:
+        """(levels int32 [M], thresholds float32 [M]) of ``task``'s members (an unused threshold is 0)."""
+        members = self.members(task)
+        return (np.array([m.level for m in members], np.int32),
+                np.array([0.0 if m.threshold is None else m.threshold for m in members], np.float32))
+
+
+def stack_params(trees: Sequence[Any]) -> Any:
+    """Parameter trees of one model config (checkpoints, seeds, variants) -> one tree with a leading axis K."""
+    if not trees:
+        raise ValueError("stack_params needs at least one parameter tree")
+    first = jax.tree.structure(trees[0])
+    for i, tree in enumerate(trees[1:], start=1):
+        if jax.tree.structure(tree) != first:
+            raise ValueError(f"parameter tree {i} differs in structure from tree 0: one model config per sweep")
+        for path, (a, b) in zip(_paths(trees[0]), zip(jax.tree.leaves(trees[0]), jax.tree.leaves(tree), strict=True),
+                                strict=True):
+            if np.shape(a) != np.shape(b):
+                raise ValueError(f"parameter tree {i}: {path} has shape {np.shape(b)}, tree 0 has {np.shape(a)}")
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _paths(tree: Any) -> list[str]:
+    return ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+            for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _map(fn: Callable, xs: Any, batch_size: int | None) -> Any:
+    """``vmap(fn)(xs)``, or ``lax.map`` over chunks of ``batch_size`` (vmapped inside each chunk)."""
+    if batch_size is None:
+        return jax.vmap(fn)(xs)
+    return jax.lax.map(fn, xs, batch_size=batch_size)
+
+
+def num_models(stacked_params: Any) -> int:
+    """K, the leading axis every leaf of a stacked parameter tree shares."""
+    sizes = {int(np.shape(x)[0]) if np.ndim(x) else -1 for x in jax.tree.leaves(stacked_params)}
+    if len(sizes) != 1 or -1 in sizes:
+        raise ValueError(f"stacked parameters need one leading axis K on every leaf; leading sizes {sorted(sizes)}")
+    return sizes.pop()
+
+
+# --------------------------------------------------------------------------------------- checks
+
+
+def check_model_batch(model: VLBertForPreTraining, stacked_params: Any, batch: Mapping[str, Any],
+                      mesh: Mesh | None = None, source: str = "ablation batch",
+                      expected_regions: int | None = None) -> None:
+    """Raises ``BatchError`` / ``ValueError`` naming the field when an ablation batch or the stacked
+    parameters do not fit the model config. Host-side (shape evaluation only), before anything compiles.
+
+    Checks: the sweep's fields are present; ``validate_batch`` (feature dim, token ids in the vocabulary,
+    normalised locations, VL-BERT's positions); detector classes = ``num_object_classes + 1``; the global
+    ``[IMG]`` row where the config puts it; ``expected_regions`` detector rows when given; the batch
+    divides over the mesh's data axes; every parameter leaf has the shape the config needs, with one
+    leading K axis (a checkpoint of another vocabulary, width or plan fails here).
+    """
+    cfg = model.cfg
+
+    def fail(field: str, msg: str):
+        raise BatchError(f"{source}: field '{field}' {msg}")
+
+    missing = [k for k in SWEEP_FIELDS if k not in batch]
+    if missing:
+        fail(missing[0], f"is missing (missing: {missing}); build batches with jaxvl.ablation.data")
+    arrays = {k: np.asarray(batch[k]) for k in SWEEP_FIELDS}
+    validate_batch({k: arrays[k] for k in ("input_ids", "features", "locations", "token_type_ids", "text_mask",
+                                            "region_mask")}, cfg, source)
+    size = arrays["features"].shape[0]
+    k1 = arrays["cls_prob"].shape[-1]
+    if k1 != cfg.num_object_classes + 1:
+        fail("cls_prob", f"has {k1} detector classes, but the model config has num_object_classes="
+                         f"{cfg.num_object_classes} (+1 background = {cfg.num_object_classes + 1})")
+    if arrays["objects_id"].size and arrays["objects_id"].max() >= cfg.num_object_classes:
+        fail("objects_id", f"holds class {int(arrays['objects_id'].max())} >= num_object_classes="
+                           f"{cfg.num_object_classes}")
+    target, real = arrays["region_target_mask"], arrays["region_mask"]
+    row = {"first": 0, "last": -1}.get(cfg.add_global_imgfeat)
+    if row is not None and (target[:, row].any() or not real[:, row].all()):
+        fail("region_target_mask", f"has no global [IMG] row {cfg.add_global_imgfeat} (the model config's "
+                                   f"add_global_imgfeat={cfg.add_global_imgfeat!r}); build the batches with it")
+    if row is None and ((target == 0) & (real == 1)).any():
+        fail("region_target_mask", "has a global [IMG] row, but the model config has add_global_imgfeat=None")
+    regions = target.shape[1] - (row is not None)
+    if expected_regions is not None and regions != expected_regions:
+        fail("features", f"has {regions} detector region rows; the model expects {expected_regions}")
+    if mesh is not None:
+        shards = int(np.prod([mesh.shape[a] for a in DEFAULT_DATA_AXES if a in mesh.axis_names]))
+        if (size * jax.process_count()) % shards:
+            fail("input_ids", f"holds a global batch of {size * jax.process_count()} rows, which does not divide "
+                              f"over the {shards} devices of the mesh's data axes")
+    _check_params(model, stacked_params, arrays)
+
+
+def check_ablation(model: VLBertForPreTraining, stacked_params: Any, batch: Mapping[str, Any], spec: AblationSpec,
+                   mean_feature: Any, mesh: Mesh | None = None, expected_regions: int | None = None,
+                   source: str = "ablation batch") -> None:
+    """What the spec needs (an MRC head for lang4vis, ``mask_id`` in the vocabulary, ``vg_label`` among the
+    detector classes, a finite ``mean_feature`` [D]), then ``check_model_batch``."""
+    cfg = model.cfg
+    if spec.lang4vis and not {"0", "3"} & set(cfg.visual_targets):
+        raise ValueError(f"{source}: lang4vis needs an MRC head ('0' MRC-KL or '3' MRC-XE); the model config "
+                         f"has visual targets {sorted(cfg.visual_targets)}")
+    if spec.mask_id >= cfg.vocab_size:
+        raise ValueError(f"mask_id={spec.mask_id} is outside the model's vocabulary (vocab_size={cfg.vocab_size})")
+    if "vg_label" in batch:
+        vg = np.asarray(batch["vg_label"])
+        k1 = cfg.num_object_classes + 1
+        if vg.size and vg.max() >= k1:
+            raise BatchError(f"{source}: field 'vg_label' holds label {int(vg.max())} outside the {k1} detector "
+                             "classes")
+    mean = np.asarray(mean_feature)
+    if mean.shape != (cfg.v_feature_size,) or not np.isfinite(mean).all():
+        raise ValueError(f"mean_feature must be a finite [{cfg.v_feature_size}] vector; got shape {mean.shape}")
+    check_model_batch(model, stacked_params, batch, mesh, source, expected_regions)
+
+
+def _check_params(model: VLBertForPreTraining, stacked_params: Any, arrays: Mapping[str, np.ndarray]) -> None:
+    inputs = {k: jax.ShapeDtypeStruct((1, *arrays[k].shape[1:]), arrays[k].dtype)
+              for k in ("input_ids", "features", "locations")}
+    abstract = nn.meta.unbox(jax.eval_shape(lambda kw: model.init(jax.random.key(0), **kw), inputs)["params"])
+    want = dict(zip(_paths(abstract), jax.tree.leaves(abstract), strict=True))
+    got = dict(zip(_paths(stacked_params), jax.tree.leaves(stacked_params), strict=True))
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing or extra:
+        raise ValueError(f"the parameters do not fit the model config: missing {missing[:5]}, unexpected "
+                         f"{extra[:5]} (a checkpoint of another preset or plan?)")
+    k = num_models(stacked_params)
+    for path, leaf in want.items():
+        shape = tuple(np.shape(got[path]))
+        if shape != (k, *leaf.shape):
+            raise ValueError(f"parameter {path} has shape {shape[1:]} per model, but the model config needs "
+                             f"{tuple(leaf.shape)} (stacked: [K={k}, ...]); does the checkpoint's config match?")
+
+
+# ---------------------------------------------------------------------------------------- sweep
+
+
+class AblationSweep:
+    """The compiled sweep of ``spec`` for ``model`` on ``mesh``: ``sweep(stacked_params, batch, mean_feature)``.
+
+    ``batch``: the fields ``SWEEP_FIELDS`` (+ ``vg_label``) [B, ...], global arrays or host arrays (one
+    process). Returns a dict of per-row arrays with the batch axis first, sharded like the batch:
+    ``vis4lang/mlm`` [B, K, Mv], ``lang4vis/<metric>`` [B, K, Ml] (``mrc_kl``, ``mrc_xe``, ``mrc_xe_vg``),
+    and model-independent ``phrase_tokens`` [B], ``vis4lang_ablated`` [B, Mv] (rows replaced),
+    ``num_aligned``, ``has_target``, ``target_index`` [B, Ml] and, with ``vg_label``, ``detector_rank`` /
+    ``detector_prob`` [B, Ml].
+    """
+
+    def __init__(self, model: VLBertForPreTraining, spec: AblationSpec, mesh: Mesh,
+                 param_sharding: Any | None = None, compiler_options: dict[str, Any] | None = None):
+        self.model, self.spec, self.mesh = model, spec, mesh
+        axes = tuple(a for a in DEFAULT_DATA_AXES if a in mesh.axis_names)
+        self.batch_sharding = NamedSharding(mesh, PartitionSpec(axes or None))
+        replicated = NamedSharding(mesh, PartitionSpec())
+        self.param_sharding = replicated if param_sharding is None else param_sharding
+        self.members = {task: spec.members(task) for task in TASKS}
+        self._arrays = {task: spec.member_arrays(task) for task in TASKS}
+        self._jitted = jax.jit(self._sweep, in_shardings=(self.param_sharding, self.batch_sharding, replicated),
+                               out_shardings=self.batch_sharding, compiler_options=compiler_options)
+
+    def _sweep(self, stacked_params: Any, batch: dict[str, jax.Array], mean_feature: jax.Array) -> dict[str, Any]:
+        spec, model = self.spec, self.model
+        add_global, quirks = model.cfg.add_global_imgfeat, spec.quirks
+        v_levels, v_thr = (jnp.asarray(a) for a in self._arrays["vis4lang"])
+        l_levels, l_thr = (jnp.asarray(a) for a in self._arrays["lang4vis"])
+
+        def forward(params, inputs):
+            return model.apply({"params": params}, **inputs, deterministic=True)
+
+        def per_model(params):
+            out = {}
+            if spec.vis4lang:
+                def v_member(x):
+                    inputs, labels = vis4lang_inputs(batch, x[0], x[1], mean_feature, spec.mask_id, add_global, quirks)
+                    return {"mlm": phrase_nll_bits(forward(params, inputs).mlm_logits, labels)}
+
+                out["vis4lang"] = _map(v_member, (v_levels, v_thr), spec.member_batch_size)
+            if spec.lang4vis:
+                def l_member(x):
+                    inputs, index, has, _ = lang4vis_inputs(batch, x[0], x[1], spec.mask_id, add_global, quirks)
+                    return lang4vis_losses(forward(params, inputs).visual_logits, batch, index, has, quirks)
+
+                out["lang4vis"] = _map(l_member, (l_levels, l_thr), spec.member_batch_size)
+            return out
+
+        per = _map(per_model, stacked_params, spec.model_batch_size)  # leaves [K, M, B]
+        out: dict[str, Any] = {task: {k: jnp.moveaxis(v, -1, 0) for k, v in d.items()} for task, d in per.items()}
+        out["phrase_tokens"] = batch["phrase_mask"].sum(-1).astype(jnp.int32)
+        if spec.vis4lang:
+            ablated = jax.vmap(lambda lv, t: vis4lang_ablated(batch, lv, t).sum(-1))(v_levels, v_thr)
+            out["vis4lang_ablated"] = ablated.T.astype(jnp.int32)
+        if spec.lang4vis:
+            def align(level, thr):
+                _, index, has, aligned = lang4vis_inputs(batch, level, thr, spec.mask_id, add_global, quirks)
+                stats = {"num_aligned": aligned.sum(-1).astype(jnp.int32), "has_target": has, "target_index": index}
+                if "vg_label" in batch:
+                    stats["detector_rank"], stats["detector_prob"] = detector_rank(batch, index, has)
+                return stats
+
+            out.update(jax.tree.map(lambda a: a.T, jax.vmap(align)(l_levels, l_thr)))
+        if "vg_label" in batch:
+            out["vg_label"] = batch["vg_label"]
+        return out
+
+    def device_batch(self, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
+        """The fields the sweep reads, as global arrays sharded over the data axes (``to_global``)."""
+        fields = {k: np.asarray(batch[k]) for k in (*SWEEP_FIELDS, "vg_label") if k in batch}
+        return to_global(fields, self.mesh)
+
+    def lower(self, stacked_params: Any, batch: Mapping[str, Any], mean_feature: Any) -> jax.stages.Lowered:
+        """``jax.jit(...).lower`` for ahead-of-time compilation and memory statistics (benchmarks)."""
+        with jax.set_mesh(self.mesh):
+            return self._jitted.lower(stacked_params, batch, jnp.asarray(mean_feature, jnp.float32))
+
+    def __call__(self, stacked_params: Any, batch: Mapping[str, Any], mean_feature: Any) -> dict[str, Any]:
+        with jax.set_mesh(self.mesh):
+            return self._jitted(stacked_params, batch, jnp.asarray(mean_feature, jnp.float32))
+
+
+# ---------------------------------------------------------------------------------------- result
+
+
+@dataclasses.dataclass
+class AblationResult:
+    """Per-example values of a sweep, examples in ``example`` order (the ablation index's ordinals).
+
+    ``values[task][metric]``: float [K, M, N] in bits; ``stats``: model-independent arrays [M, N]
+    (``num_aligned``, ``has_target``, ``target_index``, ``detector_rank``, ``detector_prob``,
+    ``vis4lang_ablated``) and [N] (``phrase_tokens``); ``vg_label`` [N] (-1: no LabelMatch label) when
+    the batches carried it. ``included(task, m)`` is the mask of the examples a member's mean is over.
+    """
+
+    model_names: tuple[str, ...]
+    members: dict[str, tuple[Member, ...]]
+    example: np.ndarray
+    values: dict[str, dict[str, np.ndarray]]
+    stats: dict[str, np.ndarray]
+    quirks: Quirks
+    vg_label: np.ndarray | None = None
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.example.shape[0])
+
+    def included(self, task: str, m: int) -> np.ndarray:
+        """bool [N]: the examples member ``m`` of ``task`` averages over.
+
+        vis4lang: examples with at least one phrase token left after truncation. lang4vis: every example
+        (VOLTA: those without an aligned region count as 0) or, with ``missing_target_as_zero`` off, the
+        examples with a target region.
+        """
+        if task == "vis4lang":
+            return self.stats["phrase_tokens"] > 0
+        if self.quirks.missing_target_as_zero:
+            return np.ones(self.num_examples, bool)
+        return self.stats["has_target"][m].astype(bool)
+
+    def without_target(self, m: int) -> int:
+        """How many examples lang4vis member ``m`` has no aligned region for."""
+        return int((~self.stats["has_target"][m].astype(bool)).sum())
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_sweep(model: VLBertForPreTraining, spec: AblationSpec, mesh: Mesh,
+                  options: tuple[tuple[str, Any], ...]) -> AblationSweep:
+    return AblationSweep(model, spec, mesh, None, dict(options) or None)
+
+
+def gather_to_host(tree: Any) -> Any:
+    """A tree of global arrays as numpy on this host (every process gets the whole arrays)."""
+    if jax.process_count() > 1:
+        tree = multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(np.asarray, tree)
+
+
+def run_ablation(model: VLBertForPreTraining, stacked_params: Any, batches: Iterable[Mapping[str, Any]],
+                 spec: AblationSpec, mean_feature: Any, mesh: Mesh, model_names: Sequence[str] | None = None,
+                 expected_regions: int | None = None, param_sharding: Any | None = None,
+                 progress: Callable[[int], Any] | None = None,
+                 compiler_options: dict[str, Any] | None = None) -> AblationResult:
+    """Evaluates every member of ``spec`` for every stacked checkpoint over ``batches`` (host batches from
+    ``jaxvl.ablation.data.ablation_dataset``, with ``valid`` and ``example``; this process's rows).
+
+    ``stacked_params``: [K, ...] leaves (``stack_params``); ``mean_feature`` [D]: the dataset-mean region
+    feature (``AblationIndex.mean_feature``); ``progress(n)`` is called with the real examples of each batch;
+    ``compiler_options``: XLA options of the sweep (e.g. ``jaxvl.pretrain.step.FAST_COMPILE`` for CPU smoke runs).
+    Raises before compiling when the first batch, the parameters or the spec do not fit (``check_ablation``)
+    or when there is no batch or no real example. Without ``param_sharding``, calls with the same model
+    config, spec, mesh and options share one compiled sweep (a few are kept).
+    """
+    iterator = iter(batches)
+    first = next(iterator, None)
+    if first is None:
+        raise ValueError("empty evaluation set: no ablation batch to evaluate")
+    for key in HOST_FIELDS:
+        if key not in first:
+            raise BatchError(f"ablation batch: field '{key}' is missing; build batches with "
+                             "jaxvl.ablation.data.ablation_dataset")
+    check_ablation(model, stacked_params, first, spec, mean_feature, mesh, expected_regions)
+    k = num_models(stacked_params)
+    names = tuple(model_names) if model_names is not None else tuple(f"model_{i}" for i in range(k))
+    if len(names) != k:
+        raise ValueError(f"{len(names)} model names for {k} stacked checkpoints")
+    if param_sharding is None:  # the same model, spec and mesh reuse one compiled sweep (other splits, datasets)
+        sweep = _cached_sweep(model, spec, mesh, tuple(sorted((compiler_options or {}).items())))
+    else:
+        sweep = AblationSweep(model, spec, mesh, param_sharding, compiler_options)
+    params = jax.device_put(stacked_params, sweep.param_sharding)
+    mean = jnp.asarray(mean_feature, jnp.float32)
+
+    chunks, total = [], 0
+    for batch in _chain(first, iterator):
+        out = gather_to_host(sweep(params, sweep.device_batch(batch), mean))
+        host = gather_to_host(to_global({key: np.asarray(batch[key]) for key in HOST_FIELDS}, mesh))
+        keep = host["valid"].astype(bool)
+        chunks.append((host["example"][keep], jax.tree.map(lambda a, keep=keep: a[keep], out)))
+        total += int(keep.sum())
+        if progress is not None:
+            progress(int(np.asarray(batch["valid"]).sum()))
+    if total == 0:
+        raise ValueError("empty evaluation set: the batches hold no real example (valid == 0 everywhere)")
+    example = np.concatenate([c[0] for c in chunks])
+    order = np.argsort(example, kind="stable")
+    merged = jax.tree.map(lambda *xs: np.concatenate(xs)[order], *[c[1] for c in chunks])
+    values = {task: {metric: np.moveaxis(v, 0, -1) for metric, v in merged[task].items()}
+              for task in TASKS if task in merged}
+    stats = {key: (np.moveaxis(v, 0, -1) if v.ndim == 2 else v) for key, v in merged.items() if key not in TASKS}
+    vg_label = stats.pop("vg_label", None)
+    return AblationResult(model_names=names, members=dict(sweep.members), example=example[order], values=values,
+                          stats=stats, quirks=spec.quirks, vg_label=vg_label)
+
+
+def _chain(first: Mapping[str, Any], rest: Iterable[Mapping[str, Any]]):
+    yield first
+    yield from rest

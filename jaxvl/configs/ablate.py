@@ -1,0 +1,63 @@
+"""The cross-modal input ablation (Frank, Bugliarello & Elliott 2021) of trained V&L BERTs.
+
+    jaxvl ablate --config ablate:tiny --workdir runs/ablate \\
+        --config.checkpoints=runs/uniter_tiny,runs/lxmert_tiny
+    jaxvl ablate --config ablate --workdir runs/ablate_f30k \\
+        --config.checkpoints=runs/uniter/vl,volta/ctrl_uniter/pytorch_model_9.bin --config.model.name=uniter \\
+        --config.data.dataset=data/jaxvl_ablation/flickr30k_val/1.0.0 --config.data.vocab_file=vocab.txt \\
+        --config.labelmatch.objects_vocab=data/genome/1600-400-20/objects_vocab.txt
+
+``checkpoints``: comma-separated jaxvl workdirs (a run, a stage such as ``<run>/vl``, or a sweep member
+``<run>/members/<name>``) or VOLTA ``pytorch_model_*.bin`` files (their model is ``model.name`` at ctrl
+size, or ``model.volta_config``, a VOLTA config JSON). ``names``: optional labels, same order.
+Checkpoints with the same model config are stacked and evaluated by one compiled program.
+
+Argument: ``[tiny]`` (the synthetic world's ablation phrases, no download). Every condition (vis4lang
+none / object / all; lang4vis none / phrase / all) and every IoT threshold run together as one vmapped
+sweep. VOLTA's quirks are on by default (reference section 7); ``quirks.*`` turn each off.
+"""
+
+from ml_collections import ConfigDict
+
+from jaxvl.configs import parse_arg
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+    args = parse_arg(arg, tiny=False)
+    cfg = ConfigDict()
+    cfg.checkpoints = ""
+    cfg.names = ""
+    # Only for VOLTA .bin checkpoints: the preset (ctrl size) or a VOLTA config JSON, and the detector's class
+    # count when it is not Visual Genome's 1600 (VOLTA's configs cannot say it).
+    cfg.model = ConfigDict(dict(name="", volta_config="", num_object_classes=0))
+    cfg.data = ConfigDict(dict(
+        dataset="synthetic:num_images=256" if args.tiny else "",  # an ablation dataset dir, or a source string
+        prepare_dir="",
+        split="val",
+        vocab_file="",
+        batch_size=16,
+        max_seq_length=16 if args.tiny else 38,
+        skip_bad=False,
+    ))
+    cfg.vis4lang = "none,object,all"
+    cfg.lang4vis = "none,phrase,all"
+    cfg.thresholds = tuple(round(0.1 * i, 1) for i in range(10))  # IoT thresholds, each in [0, 1]
+    cfg.report_threshold = 0.5
+    # None: vmap every member (one batched program); 1: members one at a time inside the one program (faster and
+    # leaner on CPU, BENCHMARKS.md "Cross-modal ablation"); n: chunks of n. The same for stacked checkpoints.
+    cfg.member_batch_size = None
+    cfg.model_batch_size = None
+    cfg.quirks = ConfigDict(dict(  # jaxvl.ablation.conditions.Quirks; True = VOLTA's behaviour
+        missing_target_as_zero=True,  # lang4vis: an example with no aligned region adds loss 0 to the mean
+        lang4vis_stale_global=True,  # lang4vis: [IMG] keeps the mean of the un-ablated features
+        xent_1601_off_by_one=True,  # lang4vis MRC-XE of KL-trained models against 1600-space ids
+        global_mean_over_padding=True,  # a recomputed [IMG] divides by every region row, padding included
+    ))
+    cfg.labelmatch = ConfigDict(dict(enabled=True, objects_vocab=""))  # VG objects_vocab.txt for real data
+    cfg.attention = True
+    cfg.n_boot = 1000
+    cfg.seed = 0
+    cfg.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    cfg.fast_compile = False
+    cfg.progress = True
+    return cfg

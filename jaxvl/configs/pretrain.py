@@ -1,0 +1,126 @@
+"""Pretraining of VOLTA's five controlled V&L BERTs and the variants of the cross-modal ablation paper.
+
+    jaxvl pretrain --config pretrain:uniter,tiny --workdir runs/uniter_tiny
+    jaxvl pretrain --config pretrain:lxmert,xent,tiny --workdir runs/lxmert_xent_tiny
+    jaxvl pretrain --config pretrain:uniter,bert-v-vl,tiny --workdir runs/uniter_bvvl_tiny
+    jaxvl pretrain --config pretrain:uniter,tiny,sweep=objectives --workdir runs/sweep
+    jaxvl pretrain --config pretrain:uniter --workdir runs/uniter \\
+        --config.data.dataset=data/jaxvl_volta_cc/default/1.0.0 --config.init.bert_checkpoint=bert/model.safetensors
+
+Argument: ``MODEL[,VARIANT][,tiny][,sweep=NAME]``.
+
+- MODEL: ``visualbert``, ``uniter``, ``vl-bert``, ``lxmert``, ``vilbert`` (VOLTA's ctrl plans).
+- VARIANT (several joined by ``+``): ``ctrl`` (default), ``xent`` (MRC-XE instead of MRC-KL),
+  ``rnd-vl`` (no BERT initialisation), ``bert-v-vl`` / ``rnd-v-vl`` (a vision-only stage, MRC-KL only
+  with one padding token as text, then the V&L stage from its parameters), ``thr02``/``thr04``/
+  ``thr06``/``thr10`` (co-masking IoU threshold 0.2 / 0.4 (VOLTA's default) / 0.6 / none) and
+  ``thr02iot``/``thr04iot``/``thr06iot`` (the same with IoT).
+- ``tiny``: test-size model on the embedded synthetic world (no download); the model's feature
+  size, class count and vocabulary are read off the data. A tiny run with ``init.kind=bert`` and no
+  ``init.bert_checkpoint`` starts from random weights (no BERT of the tiny text stream's shape ships
+  anywhere) and says so in its log and ``run.json``.
+- ``sweep=objectives`` (MRC-KL vs MRC-XE), ``sweep=seeds`` (3 seeds), ``sweep=comasking`` (thresholds):
+  members trained together as one compiled program (``jaxvl.pretrain.sweep``).
+
+At full size the data is a dataset prepared by ``jaxvl prepare`` (``data.dataset``: its version
+directory) and BERT initialisation needs ``init.bert_checkpoint`` (a HF ``BertModel`` /
+``BertForPreTraining`` ``.bin`` or ``.safetensors``: there is no model hub here).
+"""
+
+from ml_collections import ConfigDict
+
+from jaxvl.configs import parse_arg
+
+MODELS = ("visualbert", "uniter", "vl-bert", "lxmert", "vilbert")
+THRESHOLDS = {"thr02": 0.2, "thr04": 0.4, "thr06": 0.6, "thr10": None}
+
+
+def _sweep(name: str) -> list:
+    """Named sweeps: members share shapes, so they train as one vmapped program."""
+    if name == "":
+        return []
+    if name == "objectives":
+        return [dict(name="mrc-kl", mrc_kl_weight=1.0, mrc_xe_weight=0.0),
+                dict(name="mrc-xe", mrc_kl_weight=0.0, mrc_xe_weight=1.0)]
+    if name == "seeds":
+        return [dict(name=f"seed{s}", seed=s) for s in (0, 1, 2)]
+    if name == "comasking":
+        return [dict(name=f"thr{t}", overlap_threshold=t) for t in (0.2, 0.4, 0.6, 2.0)]
+    raise ValueError(f"sweep={name!r}; named sweeps are objectives, seeds, comasking")
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+    args = parse_arg(arg, model="uniter", variant="ctrl", tiny=False, sweep="")
+    if args.model not in MODELS:
+        raise ValueError(f"model {args.model!r}; expected one of {MODELS}")
+    variants = set(args.variant.split("+")) - {"ctrl"}
+    known = {"xent", "rnd-vl", "bert-v-vl", "rnd-v-vl"} | set(THRESHOLDS) | {t + "iot" for t in THRESHOLDS}
+    if variants - known:
+        raise ValueError(f"variant(s) {sorted(variants - known)}; known: ctrl, {', '.join(sorted(known))}")
+
+    cfg = ConfigDict()
+    cfg.seed = 42  # VOLTA's default seed
+    cfg.steps = 0  # optimizer updates; 0: derived from `epochs` and the train split's size
+    cfg.epochs = 10.0
+
+    cfg.model = ConfigDict(dict(
+        name=args.model,
+        tiny=args.tiny,
+        fit_data=args.tiny,  # take v_feature_size / num_object_classes / vocab_size from the data
+        dtype="float32",  # matmul dtype: "bfloat16" on accelerators; params stay float32
+        scan_layers=False,
+        visual_target_weights={"3": 1.0} if "xent" in variants else {"0": 1.0},
+    ))
+
+    cfg.data = ConfigDict(dict(
+        # A prepared dataset's version directory (`jaxvl prepare --out DIR` prints it), or a source string
+        # prepared on first use into `prepare_dir` (default <workdir>/data).
+        dataset="synthetic:num_images=256" if args.tiny else "",
+        prepare_dir="",
+        vocab_file="",  # bert-base-uncased vocab.txt for real data; empty: the dataset's word list
+        train_split="train",
+        eval_split="val",
+        batch_size=16 if args.tiny else 256,
+        max_seq_length=16 if args.tiny else 38,
+        num_threads=2 if args.tiny else 8,
+    ))
+
+    threshold, kind = 0.4, "iou"
+    for v in variants:
+        base = v.removesuffix("iot")
+        if base in THRESHOLDS:
+            threshold, kind = THRESHOLDS[base], ("iot" if v.endswith("iot") else "iou")
+    cfg.objective = ConfigDict(dict(
+        objective=1,  # VOLTA's mode 1: ITM, and no MLM / MRC targets on mismatched pairs
+        token_prob=0.15, region_prob=0.15, region_zero_prob=0.9,
+        overlap_threshold=2.0 if threshold is None else threshold,  # > 1: no co-masking ("thr10")
+        overlap_kind=kind,
+        volta_compat=True,  # VOLTA's released co-masking: the overlap only changes the [IMG] divisor
+        itm_prob=0.5,
+    ))
+
+    cfg.optimizer = ConfigDict(dict(learning_rate=1e-3 if args.tiny else 1e-4, warmup_fraction=0.1,
+                                    weight_decay=0.01, clip_norm=5.0, b1=0.9, b2=0.999, eps=1e-6))
+
+    cfg.init = ConfigDict(dict(
+        kind="random" if variants & {"rnd-vl", "rnd-v-vl"} else "bert",
+        bert_checkpoint="",  # required for kind=bert at full size; tiny runs without one start random
+        copy_visual_tables=False,
+        checkpoint="",  # start from a jaxvl workdir/checkpoint directory or a VOLTA .bin instead
+    ))
+
+    # The vision-only stage of bert-v-vl / rnd-v-vl: MRC-KL only, one padding token as text.
+    vision_first = bool(variants & {"bert-v-vl", "rnd-v-vl"})
+    cfg.vision_stage = ConfigDict(dict(enabled=vision_first, epochs=10.0, steps=0))
+
+    cfg.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    cfg.checkpoint = ConfigDict(dict(every=25 if args.tiny else 2000, keep=3, async_save=True))
+    cfg.log_every = 1
+    cfg.eval_every = 25 if args.tiny else 2000
+    cfg.eval_batches = 2 if args.tiny else 50
+    cfg.fast_compile = False  # XLA options that cut CPU compile time (tests, smoke runs)
+    cfg.progress = True
+    cfg.sweep = _sweep(args.sweep)
+    if args.tiny:
+        cfg.steps, cfg.vision_stage.steps = 60, 30
+    return cfg

@@ -1,0 +1,119 @@
+"""Grain helpers every task's input pipeline shares: open a prepared split, its tokenizer, the per-host
+batch size, and the transform of a stored image-caption record into fixed-shape model inputs.
+
+    source, info = open_split(out / "jaxvl_synthetic_pretrain/default/1.0.0", "train")
+    tokenizer = tokenizer_for(info)                   # the world's words, or from_vocab_file(...)
+    example = PretrainTransform(tokenizer, max_seq_length=16)(source[0])
+
+Fields of ``PretrainTransform`` (T = ``max_seq_length``, L = R + 1 with a global ``[IMG]`` row):
+``input_ids``, ``text_mask``, ``token_type_ids`` [T] int32 (``[CLS] caption [SEP]`` padded with the pad
+id, segment 0); ``features`` [L, D] float32, ``locations`` [L, 5] float32, ``region_mask`` [L] int32,
+``boxes`` [L, 4] float32 pixels (``jaxvl.data.regions``); ``region_target_mask`` [L] int32 (1 on detector
+regions, 0 on ``[IMG]`` and padding: the rows region objectives may mask and predict); ``num_boxes`` []
+int32; and when the dataset stores classes ``cls_prob`` [L, K+1] float32 (zeros on ``[IMG]``/padding),
+``objects_id`` [L] int32 (-1 there) and ``objects_conf`` [L] float32 (0 there). The pretraining
+pipeline (``jaxvl.pretrain.data``) and the ablation pipeline (``jaxvl.ablation.data``) batch them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxvl.data.builders.common import as_str, decode_regions
+from jaxvl.data.regions import region_inputs
+from jaxvl.data.tokenizer import VOLTA_MAX_SEQ_LENGTH, Tokenizer
+
+# --------------------------------------------------------------------------------------- sources
+
+
+def open_split(dataset: str | os.PathLike, split: str, data_dir: str | os.PathLike | None = None,
+               ) -> tuple[Sequence[dict[str, Any]], tfds.core.DatasetInfo]:
+    """A random-access source of one split of a prepared dataset, and the dataset's info.
+
+    ``dataset`` is either the dataset's version directory (``<out>/<name>/<config>/<version>``, read
+    with ``tfds.builder_from_directory``, no builder class needed) or a TFDS name such as
+    ``"jaxvl_synthetic_pretrain/default"`` found under ``data_dir``. Examples come back as dicts of
+    numpy arrays, Python ints and ``bytes`` (text).
+    """
+    path = os.fspath(dataset)
+    if os.path.isfile(os.path.join(path, "dataset_info.json")):
+        builder = tfds.builder_from_directory(path)
+    else:
+        import jaxvl.data.builders  # noqa: F401 -- registers the jaxvl builders by name
+
+        builder = tfds.builder(path, data_dir=None if data_dir is None else os.fspath(data_dir))
+    if split not in builder.info.splits:
+        raise ValueError(f"{path}: no split {split!r}; it has {sorted(builder.info.splits)}")
+    return builder.as_data_source(split=split), builder.info
+
+
+def tokenizer_for(info: tfds.core.DatasetInfo, vocab_file: str | os.PathLike | None = None) -> Tokenizer:
+    """The tokenizer of a dataset: from ``vocab_file`` when given (e.g. bert-base-uncased's ``vocab.txt``),
+    else from the word list the dataset's metadata carries (the synthetic world's vocabulary)."""
+    if vocab_file is not None:
+        return Tokenizer.from_vocab_file(vocab_file)
+    words = (info.metadata or {}).get("words")
+    if not words:
+        raise ValueError(f"dataset {info.full_name} carries no word list in its metadata; pass a vocabulary file")
+    return Tokenizer.from_words(words)
+
+
+# ------------------------------------------------------------------------------------- transform
+
+
+def _rows(values: np.ndarray, num_regions: int, fill: float | int, add_global: str | None,
+          dtype: np.dtype) -> np.ndarray:
+    """[n, ...] per-region values -> [L, ...]: cut or padded with ``fill`` to R rows, plus a ``fill`` row
+    for ``[IMG]`` first or last."""
+    out = np.full((num_regions, *values.shape[1:]), fill, dtype)
+    n = min(len(values), num_regions)
+    out[:n] = values[:n]
+    if add_global is None:
+        return out
+    row = np.full((1, *values.shape[1:]), fill, dtype)
+    return np.concatenate([row, out] if add_global == "first" else [out, row], axis=0)
+
+
+class PretrainTransform(grain.transforms.Map):
+    """One stored pretraining example -> fixed-shape model inputs (fields in the module doc, without B)."""
+
+    def __init__(self, tokenizer: Tokenizer, max_seq_length: int = VOLTA_MAX_SEQ_LENGTH,
+                 num_regions: int | None = None, add_global_imgfeat: str | None = "first"):
+        self.tokenizer = tokenizer
+        self.max_seq_length = max_seq_length
+        self.num_regions = num_regions
+        self.add_global = add_global_imgfeat
+
+    def map(self, element: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        regions = decode_regions(element)
+        r = self.num_regions or int(np.shape(element["features"])[0])
+        ids, mask = self.tokenizer.encode(as_str(element["caption"]), self.max_seq_length)
+        out = dict(input_ids=ids, text_mask=mask, token_type_ids=np.zeros_like(ids))
+        out.update(region_inputs(regions, r, self.add_global))
+        real = np.ones((regions.num_boxes,), np.int32)
+        out["region_target_mask"] = _rows(real, r, 0, self.add_global, np.int32)
+        out["num_boxes"] = np.int32(min(regions.num_boxes, r))
+        if regions.cls_prob is not None:
+            out["cls_prob"] = _rows(regions.cls_prob, r, 0.0, self.add_global, np.float32)
+            out["objects_id"] = _rows(regions.objects_id, r, -1, self.add_global, np.int32)
+            out["objects_conf"] = _rows(regions.objects_conf, r, 0.0, self.add_global, np.float32)
+        return out
+
+
+# -------------------------------------------------------------------------------------- pipeline
+
+
+def host_batch_size(global_batch_size: int, shard: grain.sharding.ShardOptions) -> int:
+    """Rows per host: the global batch split evenly over ``shard.shard_count`` processes."""
+    if global_batch_size % shard.shard_count:
+        raise ValueError(f"global batch_size={global_batch_size} is not divisible by the "
+                         f"{shard.shard_count} JAX processes")
+    return global_batch_size // shard.shard_count
+
+

@@ -1,0 +1,7 @@
+"""VOLTA's controlled V&L BERTs: one encoder, five sub-layer plans.
+
+Read top to bottom: ``plan`` (the sub-layer plan, VOLTA's keys) -> ``config`` (``VLConfig``, VOLTA JSON)
+-> ``presets`` (the five ctrl plans) -> ``embeddings`` -> ``encoder`` -> ``heads`` -> ``model``
+(``VLBertModel``, ``VLBertForPreTraining``, ``get_model``); ``objectives`` holds the pretraining heads'
+masking and losses as pure functions.
+"""

@@ -1,0 +1,135 @@
+"""The V&L BERTs: embeddings -> plan-driven encoder -> poolers -> pretraining heads.
+
+``get_model("uniter")`` (or ``visualbert``, ``vl-bert``, ``lxmert``, ``vilbert``) returns a
+``VLBertForPreTraining`` at VOLTA's ctrl sizes; ``get_model(name, tiny=True)`` the test size;
+any ``VLConfig`` field or plan key can be overridden.
+
+Inputs (batch B, text length Lt, Lv regions including the global ``[IMG]`` row 0):
+``input_ids`` [B, Lt] int, ``features`` [B, Lv, v_feature_size], ``locations`` [B, Lv, num_locs],
+``token_type_ids`` [B, Lt] (default 0), ``text_mask`` [B, Lt] and ``region_mask`` [B, Lv] (1 = real).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax import struct
+
+from jaxvl.models.attention import attention_bias
+from jaxvl.models.layers import dense, dropout
+from jaxvl.models.volta.config import VLConfig
+from jaxvl.models.volta.embeddings import SHARED_EMBEDDINGS, VISUAL_EMBEDDINGS, TextEmbeddings
+from jaxvl.models.volta.encoder import Encoder
+from jaxvl.models.volta.heads import ImagePredictionHead, MLMHead, Pooler
+from jaxvl.models.volta.presets import preset_config, tiny_overrides
+
+
+@struct.dataclass
+class VLOutput:
+    """What a forward pass returns. Hidden states: a tuple of depth+1 (text, vision) pairs, or None."""
+
+    text: jax.Array  # [B, Lt, hidden]
+    vision: jax.Array  # [B, Lv, v_hidden]
+    pooled_text: jax.Array | None = None  # [B, pooler_size]
+    pooled_vision: jax.Array | None = None  # [B, v_pooler_size]
+    pooled: jax.Array | None = None  # [B, pooler_size], fused
+    hidden_states: tuple | None = None
+    mlm_logits: jax.Array | None = None  # [B, Lt, vocab]
+    visual_logits: dict[str, jax.Array] | None = None  # {target: [B, Lv, size]}
+    itm_logits: jax.Array | None = None  # [B, itm_dim]
+
+
+class VLBertModel(nn.Module):
+    """VOLTA's ``BertModel``: embeddings, encoder and poolers (parameter names ``embeddings``,
+    ``v_embeddings`` for dual-stream models, ``encoder``, ``t_pooler``, ``v_pooler``)."""
+
+    cfg: VLConfig
+    sow_weights: bool = False
+
+    def setup(self):
+        c = self.cfg
+        if c.dual_stream:
+            self.embeddings = TextEmbeddings(c)
+            self.v_embeddings = VISUAL_EMBEDDINGS[c.image_embeddings](c)
+        else:
+            self.embeddings = SHARED_EMBEDDINGS[c.image_embeddings](c)
+        self.encoder = Encoder(c, self.sow_weights)
+        if c.fusion_method != "none":
+            self.t_pooler = Pooler(c.pooler_size, c.fusion_act, c.dtype)
+        if c.fusion_method in ("mul", "sum"):
+            self.v_pooler = Pooler(c.v_pooler_size, c.fusion_act, c.dtype)
+
+    def word_logits(self, hidden: jax.Array) -> jax.Array:
+        """[..., hidden] -> [..., vocab]: scores against the word-embedding table (the tied MLM decoder)."""
+        return self.embeddings.word_embeddings.attend(hidden.astype(jnp.dtype(self.cfg.dtype)))
+
+    def __call__(self, input_ids, features, locations, token_type_ids=None, text_mask=None, region_mask=None,
+                 deterministic: bool = True, output_hidden_states: bool = False) -> VLOutput:
+        c = self.cfg
+        token_type_ids = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        text_mask = jnp.ones(input_ids.shape, jnp.int32) if text_mask is None else text_mask
+        region_mask = jnp.ones(features.shape[:2], jnp.int32) if region_mask is None else region_mask
+        if c.dual_stream:
+            t = self.embeddings(input_ids, token_type_ids, deterministic)
+            v = self.v_embeddings(features, locations, deterministic)
+        else:
+            t, v = self.embeddings(input_ids, token_type_ids, features, locations, deterministic)
+        (t, v), states = self.encoder(t, v, attention_bias(text_mask), attention_bias(region_mask),
+                                      deterministic, output_hidden_states)
+        pooled_t = self.t_pooler(t) if c.fusion_method != "none" else None
+        pooled_v = self.v_pooler(v) if c.fusion_method in ("mul", "sum") else None
+        return VLOutput(text=t, vision=v, pooled_text=pooled_t, pooled_vision=pooled_v, hidden_states=states)
+
+
+class VLBertForPreTraining(nn.Module):
+    """VOLTA's ``BertForVLPreTraining`` without the losses (those live in ``jaxvl.models.volta.objectives``):
+    ``bert`` (``VLBertModel``) and the heads ``cls`` (MLM tied to the word table, visual targets, ITM)."""
+
+    cfg: VLConfig
+    sow_weights: bool = False
+
+    def setup(self):
+        c = self.cfg
+        self.bert = VLBertModel(c, self.sow_weights)
+        self.mlm = MLMHead(c)
+        self.image_predictions = ImagePredictionHead(c)
+        if c.fusion_method != "none":
+            self.itm = dense(c.itm_dim, ("pooler", "classes"), dtype=c.dtype, name="itm", xavier=True)
+
+    def __call__(self, input_ids, features, locations, token_type_ids=None, text_mask=None, region_mask=None,
+                 deterministic: bool = True, output_hidden_states: bool = False) -> VLOutput:
+        c = self.cfg
+        out = self.bert(input_ids, features, locations, token_type_ids, text_mask, region_mask,
+                        deterministic, output_hidden_states)
+        fused = {"mul": lambda: out.pooled_text * out.pooled_vision, "sum": lambda: out.pooled_text + out.pooled_vision,
+                 "text": lambda: out.pooled_text, "none": lambda: None}[c.fusion_method]()
+        pooled = None if fused is None else dropout(self, fused, 0.1, deterministic)
+        return out.replace(
+            pooled=pooled,
+            mlm_logits=self.mlm(out.text, self.bert.word_logits),
+            visual_logits=self.image_predictions(out.vision),
+            itm_logits=None if pooled is None else self.itm(pooled).astype(jnp.float32),
+        )
+
+    def dummy_inputs(self, batch: int = 2, text_len: int = 8, regions: int = 5) -> dict[str, jax.Array]:
+        """Zero-filled inputs of the right shapes and dtypes, for ``init`` and shape checks."""
+        c = self.cfg
+        return dict(input_ids=jnp.zeros((batch, text_len), jnp.int32),
+                    features=jnp.zeros((batch, regions, c.v_feature_size), jnp.float32),
+                    locations=jnp.zeros((batch, regions, c.num_locs), jnp.float32))
+
+
+def get_config(name: str, tiny: bool = False, **overrides: Any) -> VLConfig:
+    """The preset ``name`` (VOLTA ctrl sizes, or test sizes with ``tiny``) with ``overrides`` applied."""
+    cfg = preset_config(name)
+    if tiny:
+        overrides = {**tiny_overrides(name), **overrides}
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def get_model(name: str, tiny: bool = False, sow_weights: bool = False, **overrides: Any) -> VLBertForPreTraining:
+    """A ``VLBertForPreTraining`` for ``visualbert``, ``uniter``, ``vl-bert``, ``lxmert`` or ``vilbert``."""
+    return VLBertForPreTraining(get_config(name, tiny, **overrides), sow_weights)

@@ -1,0 +1,94 @@
+"""The pretraining step: one pure update of a V&L BERT, its state created in shards, jitted with donation.
+
+``init_state`` creates the parameters and optimizer state directly in their shards (a jitted init
+with ``out_shardings``; no host ever holds the whole model); ``jit_train_step`` compiles
+``train_step`` with the state's shardings in and out and the old state donated
+(``jaxvl.runtime.compile``).
+
+Typical use::
+
+    mesh = make_mesh(data=-1)
+    state = init_state(model, tx, jax.random.key(0), batch, mesh)
+    step = jit_train_step(model, ocfg, tx, mesh, state_shardings(model, tx, batch, mesh), batch_sharding(mesh))
+    compiled = compile_step(step, state, batch, mesh)
+    print(memory_summary(compiled))
+    for batch in global_batches(...):
+        state, metrics = compiled(state, batch)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from jaxvl.models.volta.model import VLBertForPreTraining
+from jaxvl.pretrain.loss import Batch, ObjectiveConfig, pretraining_loss
+from jaxvl.runtime.compile import jit_step
+from jaxvl.runtime.sharding import DEFAULT_RULES, Rules, param_shardings
+from jaxvl.runtime.state import TrainState, apply_gradients, init_sharded
+
+INIT_INPUTS = ("input_ids", "features", "locations")
+
+
+def train_step(state: TrainState, batch: Batch, *, model: VLBertForPreTraining, ocfg: ObjectiveConfig,
+               tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One pretraining update on the global ``batch`` (``jaxvl.data.grain`` fields, [B, ...]), dropout on.
+
+    Metrics (float32 []): ``loss`` and its parts (``mlm``, ``itm``, ``mrc_kl``, ...; see
+    ``pretraining_loss``), ``grad_norm`` (global norm before clipping) and ``lr`` (the learning rate
+    this update used, when ``tx`` is a ``make_optimizer`` transformation).
+    """
+
+    def loss_fn(params, batch, rng):
+        return pretraining_loss(model, params, batch, rng, ocfg, deterministic=False)
+
+    return apply_gradients(state, batch, loss_fn, tx)
+
+
+def boxed_init(model: VLBertForPreTraining, tx: optax.GradientTransformation,
+                   example_batch: Mapping[str, Any]) -> Callable[[jax.Array], TrainState]:
+    """``rng -> TrainState`` with ``nn.LogicallyPartitioned`` boxes on params and optimizer moments.
+    Only the shapes and dtypes of ``example_batch``'s ``INIT_INPUTS`` are used (one row)."""
+    shapes = {k: (tuple(example_batch[k].shape[1:]), example_batch[k].dtype) for k in INIT_INPUTS}
+
+    def init(rng: jax.Array) -> TrainState:
+        init_rng, step_rng = jax.random.split(rng)
+        inputs = {k: jnp.zeros((1, *shape), dtype) for k, (shape, dtype) in shapes.items()}
+        params = model.init(init_rng, **inputs)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=step_rng)
+
+    return init
+
+
+def state_shardings(model: VLBertForPreTraining, tx: optax.GradientTransformation, example_batch: Mapping[str, Any],
+                    mesh: Mesh, rules: Rules = DEFAULT_RULES) -> TrainState:
+    """A ``TrainState`` of ``NamedSharding``s: params and the optimizer's per-parameter moments by their
+    logical axes (``jaxvl.runtime.sharding``), counters, learning rate and rng replicated. No compute."""
+    abstract = jax.eval_shape(boxed_init(model, tx, example_batch), jax.random.key(0))
+    return param_shardings(abstract, mesh, rules)
+
+
+def init_state(model: VLBertForPreTraining, tx: optax.GradientTransformation, rng: jax.Array,
+               example_batch: Mapping[str, Any], mesh: Mesh, rules: Rules = DEFAULT_RULES,
+               compiler_options: dict[str, Any] | None = None) -> TrainState:
+    """A fresh ``TrainState`` created in its shards on ``mesh``. The values do not depend on the mesh
+    (``jax_threefry_partitionable``): the same ``rng`` gives the same parameters on any mesh.
+    ``compiler_options``: XLA options for this compile (e.g. ``FAST_COMPILE`` in CPU tests)."""
+    return init_sharded(boxed_init(model, tx, example_batch), rng, mesh, rules, compiler_options)
+
+
+def jit_train_step(model: VLBertForPreTraining, ocfg: ObjectiveConfig, tx: optax.GradientTransformation, mesh: Mesh,
+                   state_shardings: TrainState, batch_sharding: NamedSharding | Mapping[str, NamedSharding],
+                   compiler_options: dict[str, Any] | None = None,
+                   ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """``train_step`` under ``jax.jit``: state in and out with ``state_shardings`` (the input state is
+    donated: do not reuse it after the call), the batch with ``batch_sharding`` (one sharding for every
+    field, or a dict), metrics replicated. ``compiler_options``: XLA options (see ``FAST_COMPILE``)."""
+    fn = functools.partial(train_step, model=model, ocfg=ocfg, tx=tx)
+    return jit_step(fn, mesh, state_shardings, batch_sharding, compiler_options)

@@ -1,0 +1,338 @@
+"""The pretraining trainer behind ``jaxvl pretrain``: one readable loop in named sections.
+
+``pretrain(cfg, workdir)`` runs a ``jaxvl/configs/pretrain.py`` config: the vision-only stage first when the
+config asks for one (``<workdir>/vision``, then the V&L stage in ``<workdir>/vl`` from its parameters),
+else one stage in ``<workdir>``. Each stage:
+
+1. Data: a prepared dataset (or a source string prepared on first use), the tokenizer, this host's
+   Grain pipeline of the train split and one of the held-out split for evaluation.
+2. Model and optimizer from the config, checked against the data (feature size, classes, vocabulary).
+3. State: resumed from the stage's latest checkpoint (parameters, optimizer state, step, rng and
+   the data iterator's position), else initialised in its shards (random, BERT text stream, a jaxvl
+   checkpoint or a VOLTA state dict).
+4. The train step compiled ahead of time, its per-device memory printed.
+5. The loop: a progress bar, metrics per step to JSONL and TensorBoard (fetched one step late, so
+   the host never waits on the step it just dispatched), periodic evaluation, asynchronous
+   checkpoints. A non-finite loss or gradient stops the run naming the step and the last good
+   checkpoint, and nothing after it is saved. SIGTERM writes a checkpoint and stops (status
+   ``preempted``); running the same command again resumes exactly where it stopped.
+
+A config with a ``sweep`` section trains its members together as one vmapped program
+(``jaxvl.pretrain.sweep``); per-member metrics are logged with a ``member`` field and each member's
+final parameters are exported to ``<workdir>/members/<name>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from jaxvl.data.grain import open_split, tokenizer_for
+from jaxvl.data.resolve import resolve_dataset
+from jaxvl.data.tokenizer import Tokenizer
+from jaxvl.models import get_model
+from jaxvl.models.volta.model import VLBertForPreTraining
+from jaxvl.pretrain import sweep
+from jaxvl.pretrain.data import PipelineConfig, pretrain_dataset
+from jaxvl.pretrain.loss import ObjectiveConfig, pretraining_loss
+from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
+from jaxvl.pretrain.step import init_state, jit_train_step
+from jaxvl.pretrain.step import state_shardings as make_state_shardings
+from jaxvl.runtime.checkpoint import Checkpointer, params_from_workdir
+from jaxvl.runtime.compile import FAST_COMPILE, compile_step, memory_summary
+from jaxvl.runtime.loop import LoopConfig, StageResult, log, train_loop
+from jaxvl.runtime.metrics_log import MetricsLog
+from jaxvl.runtime.sharding import batch_sharding, make_mesh, to_global
+
+logger = logging.getLogger(__name__)
+
+# ============================================================================================ data
+
+
+def fit_model_to_data(cfg: ConfigDict, info: Any, tokenizer: Tokenizer, dataset: str) -> dict[str, Any]:
+    """Model overrides the data dictates. With ``model.fit_data`` they are applied (tiny runs); otherwise
+    the preset must already agree, and a mismatch is an error naming the key and the dataset."""
+    regions = (info.metadata or {}).get("regions", {})
+    want = {"v_feature_size": regions.get("feature_dim"), "vocab_size": tokenizer.vocab_size}
+    if regions.get("num_classes"):
+        want["num_object_classes"] = regions["num_classes"]
+    want = {k: v for k, v in want.items() if v is not None}
+    if cfg.model.fit_data:
+        return want
+    preset = get_model(cfg.model.name, cfg.model.tiny).cfg
+    bad = [f"{k}: model {getattr(preset, k)} vs data {v}" for k, v in want.items() if getattr(preset, k) != v]
+    if bad:
+        raise ValueError(f"model {cfg.model.name!r} does not match dataset {dataset}: {'; '.join(bad)} "
+                         f"(set model.fit_data=True to size the model from the data)")
+    return {}
+
+
+def vision_only_batch(batch: Mapping[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
+    """The vision-only stage's input (VOLTA ``train_concap_vis.py``): the text is one padding token
+    with mask 0, so only the region objectives (MRC-KL) have targets."""
+    out = dict(batch)
+    rows = batch["input_ids"].shape[0]
+    out["input_ids"] = np.full((rows, 1), pad_id, np.int32)
+    out["text_mask"] = np.zeros((rows, 1), np.int32)
+    out["token_type_ids"] = np.zeros((rows, 1), np.int32)
+    return out
+
+
+# ========================================================================================= initial
+
+
+def initial_params(cfg: ConfigDict, model: VLBertForPreTraining, params: Any) -> tuple[Any, str]:
+    """Parameters to start from (host numpy tree) and a description: ``params`` (random init) as they
+    are, BERT in the text stream (``init.kind=bert``) or a VOLTA state dict (``init.checkpoint`` a file)."""
+    if cfg.init.checkpoint and os.path.isfile(cfg.init.checkpoint):
+        from jaxvl.convert.volta import load_volta_checkpoint
+
+        return load_volta_checkpoint(cfg.init.checkpoint, model.cfg), f"VOLTA checkpoint {cfg.init.checkpoint}"
+    kind = cfg.init.kind
+    if kind == "random":
+        return params, "random"
+    if kind != "bert":
+        raise ValueError(f"config init.kind={kind!r}; expected 'bert' or 'random'")
+    if not cfg.init.bert_checkpoint:
+        if cfg.model.tiny:
+            logger.warning("init.kind=bert without init.bert_checkpoint: a tiny model starts from random weights")
+            return params, "random (tiny run: no BERT checkpoint of the tiny text stream's shape)"
+        raise ValueError("config init.kind='bert' needs init.bert_checkpoint: a HF BertModel / BertForPreTraining "
+                         ".bin or .safetensors file (there is no model hub); or use the rnd-vl variant")
+    from jaxvl.convert.common import load_state_dict
+    from jaxvl.convert.hf import bert_into_text_stream
+
+    state_dict = load_state_dict(cfg.init.bert_checkpoint)
+    out = bert_into_text_stream(state_dict, model.cfg, params, copy_visual_tables=cfg.init.copy_visual_tables)
+    return out, f"BERT {cfg.init.bert_checkpoint}"
+
+
+# ===================================================================================== the loop
+
+
+def _eval_loss(eval_fn: Callable, params: Any, batches: list[dict[str, jax.Array]], seed: int, extra: tuple = (),
+               members: list[str] | None = None) -> dict[str, float] | list[dict[str, float]]:
+    """Mean loss parts over the fixed evaluation batches, masking drawn from a fixed key per batch (the same
+    for every member); one dict, or one per sweep member."""
+    totals: dict[str, np.ndarray] = {}
+    for i, batch in enumerate(batches):
+        loss, parts = eval_fn(params, batch, jax.random.fold_in(jax.random.key(seed), i), *extra)
+        for k, v in jax.device_get({"loss": loss, **parts}).items():
+            totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64) / len(batches)
+    if members is None:
+        return {k: float(v) for k, v in totals.items()}
+    return [{k: float(v[i]) for k, v in totals.items()} for i in range(len(members))]
+
+
+def run_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, init_from: str | None = None,
+              run_dir: str | None = None) -> StageResult:
+    """One pretraining stage in ``workdir`` (module doc, steps 1-5). ``run_dir``: the run's top directory,
+    where a source string's data is prepared (default ``workdir``), shared by the stages."""
+    os.makedirs(workdir, exist_ok=True)
+    compiler_options = FAST_COMPILE if cfg.fast_compile else None
+
+    # ----------------------------------------------------------------------------------- data
+    from jaxvl.data.builders.pretrain import PretrainPairs
+
+    dataset = resolve_dataset(cfg.data.dataset, cfg.data.prepare_dir, run_dir or workdir, PretrainPairs)
+    source, info = open_split(dataset, cfg.data.train_split)
+    tokenizer = tokenizer_for(info, cfg.data.vocab_file or None)
+    fitted = fit_model_to_data(cfg, info, tokenizer, dataset)
+
+    # -------------------------------------------------------------------- model and optimizer
+    model = get_model(cfg.model.name, cfg.model.tiny, dtype=cfg.model.dtype, scan_layers=cfg.model.scan_layers,
+                      visual_target_weights=dict(cfg.model.visual_target_weights), **fitted)
+    stage_cfg = cfg.vision_stage if vision_only else cfg
+    steps = int(stage_cfg.steps) or math.ceil(stage_cfg.epochs * len(source) / cfg.data.batch_size)
+    opt_cfg = OptimizerConfig(total_steps=steps, **cfg.optimizer.to_dict())
+    objective = cfg.objective.to_dict()
+    if vision_only:
+        objective.update(objective=2, token_prob=0.0)
+    ocfg = ObjectiveConfig(mask_id=tokenizer.mask_id, cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, **objective)
+    members = sweep.members_from_config(cfg.sweep, model.cfg, ocfg, opt_cfg, seed=cfg.seed) if cfg.sweep else None
+    if members:  # one model with every head a member weighs; the members' peak learning rates injected
+        weights = sweep.shared_visual_target_weights(members, model.cfg)
+        model = VLBertForPreTraining(model.cfg.replace(visual_target_weights=weights))
+    tx = make_optimizer(opt_cfg, injected_peak=bool(members))
+    mesh = make_mesh(**cfg.mesh.to_dict())
+
+    pipeline = PipelineConfig(batch_size=cfg.data.batch_size, max_seq_length=cfg.data.max_seq_length,
+                              add_global_imgfeat=model.cfg.add_global_imgfeat, seed=cfg.seed,
+                              num_threads=cfg.data.num_threads)
+    train_ds = pretrain_dataset(source, tokenizer, pipeline)
+
+    def host_to_global(host: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        host = {k: v for k, v in host.items() if k != "num_boxes"}
+        return to_global(vision_only_batch(host, tokenizer.pad_id) if vision_only else host, mesh)
+
+    example = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_to_global(next(iter(train_ds))))
+
+    # ------------------------------------------------------------------------------ the state
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep,
+                        async_save=cfg.checkpoint.async_save)
+    data_iter = iter(train_ds)
+    if members:
+        shardings = sweep.sweep_state_shardings(model, tx, example, mesh, len(members))
+        state = sweep.init_sweep_state(model, tx, members, example, mesh, compiler_options=compiler_options)
+    else:
+        shardings = make_state_shardings(model, tx, example, mesh)
+        state = init_state(model, tx, jax.random.key(cfg.seed), example, mesh, compiler_options=compiler_options)
+    resumed = ckpt.latest_step()
+    if resumed is not None:
+        state, _ = ckpt.restore(state, shardings, data_iterator=data_iter)
+        init_desc = f"resumed from {ckpt.directory} step {resumed}"
+    elif init_from or (cfg.init.checkpoint and not os.path.isfile(cfg.init.checkpoint)):
+        if members:
+            raise ValueError("a sweep starts from random or BERT weights (init.checkpoint / vision stages are "
+                             "single-run features)")
+        source = init_from or cfg.init.checkpoint
+        state = state.replace(params=params_from_workdir(source, state, shardings))
+        init_desc = f"parameters of {source}"
+    else:
+        params = jax.device_get(state.params)
+        if members:  # each member's own random draw, then the same BERT text stream (if any) in every member
+            per_member = [initial_params(cfg, model, jax.tree.map(lambda x, k=k: x[k], params))
+                          for k in range(len(members))]
+            params = jax.tree.map(lambda *xs: np.stack(xs), *[p for p, _ in per_member])
+            init_desc = per_member[0][1]
+        else:
+            params, init_desc = initial_params(cfg, model, params)
+        state = state.replace(params=jax.device_put(params, shardings.params))
+    start = int(jax.device_get(state.step))
+    log(f"{workdir}: {cfg.model.name} ({'vision-only' if vision_only else 'V&L'} stage), {steps} steps of "
+         f"{cfg.data.batch_size} on mesh {dict(mesh.shape)}; init: {init_desc}")
+
+    if start >= steps:
+        log(f"{workdir}: already at step {start} of {steps}; nothing to do")
+        ckpt.close()
+        return StageResult(workdir, "done", start, {}, ckpt.latest_step())
+
+    # ---------------------------------------------------------------------------- compile
+    if members:
+        jitted = sweep.jit_sweep_step(model, ocfg, tx, mesh, shardings, batch_sharding(mesh), compiler_options)
+    else:
+        jitted = jit_train_step(model, ocfg, tx, mesh, shardings, batch_sharding(mesh), compiler_options)
+    t0 = time.perf_counter()
+    step_fn = compile_step(jitted, state, example, mesh)
+    log(f"compiled the train step in {time.perf_counter() - t0:.1f} s\n{memory_summary(step_fn)}")
+    eval_fn, eval_batches = _evaluation(cfg, model, ocfg, dataset, tokenizer, pipeline, mesh, host_to_global,
+                                        shardings, compiler_options, members)
+
+    _write_run_info(workdir, cfg, model, steps, init_desc, dataset, vision_only)
+    metrics_log = MetricsLog(workdir, resume_step=start)
+    names = None if not members else [m.name for m in members]
+    loop = LoopConfig(steps=steps, checkpoint_every=cfg.checkpoint.every, eval_every=cfg.eval_every,
+                      log_every=cfg.log_every, progress=cfg.progress, members=names)
+    evaluate = None
+    if eval_fn is not None:
+        def evaluate(s):
+            extra = (s.hparams,) if members else ()
+            return _eval_loss(eval_fn, s.params, eval_batches, cfg.seed + 1, extra, names)
+    try:
+        state, result = train_loop(loop, step_fn, state, data_iter, host_to_global, ckpt, metrics_log, start,
+                                   workdir, evaluate)
+    finally:
+        metrics_log.close()
+        ckpt.close()
+    if members and result.status == "done":
+        _finish_sweep(workdir, state, members)
+    return result
+
+
+def _finish_sweep(workdir: str, state: Any, members: list) -> None:
+    """Each member's final state as its own checkpoint (``<workdir>/members/<name>``, a single-run layout
+    that ``init.checkpoint`` and the ablation read), and the summary table (``summary.md``, printed)."""
+    from jaxvl.runtime.metrics_log import read_metrics
+
+    for k, member in enumerate(members):
+        target = Checkpointer(os.path.join(workdir, "members", member.name, "checkpoints"), keep=1, async_save=False)
+        target.save(sweep.unstack_member(state, k), meta={"member": member.name, **dataclasses.asdict(member)})
+        target.close()
+    last_step = max(r["step"] for r in read_metrics(workdir, "train"))
+    rows = {m.name: next(r for r in read_metrics(workdir, "train", m.name) if r["step"] == last_step) for m in members}
+    keys = [k for k in rows[members[0].name] if isinstance(rows[members[0].name][k], float)]
+    table = sweep.summary_table([{k: [rows[m.name][k] for m in members] for k in keys}], members)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.md"), "w") as f:
+            f.write(table + "\n")
+    log(f"sweep of {len(members)} members at step {last_step}:\n{table}")
+
+
+def _evaluation(cfg, model, ocfg, dataset, tokenizer, pipeline, mesh, host_to_global, shardings, compiler_options,
+                members=None):
+    """The jitted deterministic loss and the fixed held-out batches (None, [] without an eval split); for a
+    sweep, vmapped over the members with each member's own masking and head weights."""
+    if not cfg.eval_every or not cfg.eval_batches:
+        return None, []
+    try:
+        eval_source, _ = open_split(dataset, cfg.data.eval_split)
+    except ValueError:
+        logger.warning("no %r split in %s: no evaluation", cfg.data.eval_split, dataset)
+        return None, []
+    eval_cfg = dataclasses.replace(pipeline, shuffle=False, num_epochs=1,
+                                   batch_size=min(pipeline.batch_size, len(eval_source)))
+    batches = []
+    for host in pretrain_dataset(eval_source, tokenizer, eval_cfg):
+        batches.append(host_to_global(host))
+        if len(batches) == cfg.eval_batches:
+            break
+
+    if not members:
+        def loss(params, batch, rng):
+            return pretraining_loss(model, params, batch, rng, ocfg, deterministic=True)
+
+        return jax.jit(loss, in_shardings=(shardings.params, batch_sharding(mesh), None),
+                       compiler_options=compiler_options), batches
+
+    def member_loss(params, batch, rng, hp):
+        return pretraining_loss(model, params, batch, rng, ocfg, deterministic=True, token_prob=hp.token_prob,
+                                region_prob=hp.region_prob, overlap_threshold=hp.overlap_threshold,
+                                visual_weights=sweep.visual_weights(model.cfg, hp))
+
+    fn = jax.vmap(member_loss, in_axes=(0, None, None, 0))
+    return jax.jit(fn, in_shardings=(shardings.params, batch_sharding(mesh), None, shardings.hparams),
+                   compiler_options=compiler_options), batches
+
+
+def _write_run_info(workdir: str, cfg: ConfigDict, model: VLBertForPreTraining, steps: int, init: str,
+                    dataset: str, vision_only: bool) -> None:
+    if jax.process_index() != 0:
+        return
+    from jaxvl.models.volta.config import JAXVL_ONLY, to_volta_dict
+
+    model_config = {**to_volta_dict(model.cfg), **{k: getattr(model.cfg, k) for k in JAXVL_ONLY if k != "plan"}}
+    info = dict(config=cfg.to_dict(), model_config=model_config,
+                steps=steps, init=init, dataset=dataset, stage="vision" if vision_only else "vl",
+                processes=jax.process_count(), devices=jax.device_count())
+    with open(os.path.join(workdir, "run.json"), "w") as f:
+        json.dump(info, f, indent=1, default=str)
+
+
+# ===================================================================================== stages
+
+
+def pretrain(cfg: ConfigDict, workdir: str) -> list[StageResult]:
+    """Runs the config's stages (module doc). Returns one ``StageResult`` per stage run; a preempted
+    stage ends the run (the next call resumes it)."""
+    if cfg.sweep and cfg.vision_stage.enabled:
+        raise ValueError("a sweep cannot have a vision-only stage (run the stages' sweeps separately)")
+    if not cfg.vision_stage.enabled:
+        return [run_stage(cfg, workdir)]
+    vision_dir, vl_dir = os.path.join(workdir, "vision"), os.path.join(workdir, "vl")
+    first = run_stage(cfg, vision_dir, vision_only=True, run_dir=workdir)
+    if first.status != "done":
+        return [first]
+    return [first, run_stage(cfg, vl_dir, init_from=vision_dir, run_dir=workdir)]
+
+
+__all__ = ["pretrain", "run_stage", "vision_only_batch"]

@@ -1,0 +1,197 @@
+"""One device mesh ``('data', 'fsdp', 'tensor')`` and the logical-axis rules that place jaxvl's parameters on it.
+
+Every jaxvl parameter carries logical axis names (``nn.with_logical_partitioning``; see
+``jaxvl.models.layers``). ``DEFAULT_RULES`` maps them to mesh axes for data parallelism (nothing
+sharded but the batch), FSDP (``embed``, then ``vocab``/``mlp``, split over ``'fsdp'``) and tensor
+parallelism (``heads``, ``mlp``, ``vocab``, ``classes`` split over ``'tensor'``) at once; mesh axes of
+size 1 drop out of the rules, so the same tuple serves every mesh shape:
+
+================  =======================  ===========================  ===============================
+mesh (d, f, t)    ``wi`` (embed, mlp)      ``word_embeddings`` (vocab,  ``query`` (embed, heads, kv)
+                                           embed)
+================  =======================  ===========================  ===============================
+(8, 1, 1)         replicated               replicated                   replicated
+(1, 8, 1)         (fsdp, None)             (None, fsdp)                 (fsdp, None, None)
+(2, 1, 4)         (None, tensor)           (tensor, None)               (None, tensor, None)
+(1, 2, 4)         (fsdp, tensor)           (tensor, fsdp)               (fsdp, tensor, None)
+================  =======================  ===========================  ===============================
+
+Resolution follows ``flax.linen.logical_to_mesh_axes`` (rules in order of precedence; a rule
+assigns its mesh axes to the first still-unassigned dim of that name if none of those mesh axes is
+taken), with two differences: a name may appear twice in one parameter (the heads' ``transform``
+kernels are ``('embed', 'embed')``, which flax's resolver rejects) and a dim whose size does not
+divide over a rule's mesh axes skips that rule (a later rule may still place it; otherwise it is
+replicated) and the skip is logged at INFO instead of failing at ``device_put``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATA_AXES = ("data", "fsdp")  # the mesh axes a batch's leading dim is split over
+
+MESH_AXES = ("data", "fsdp", "tensor")
+MeshAxes = str | tuple[str, ...] | None
+Rules = tuple[tuple[str, MeshAxes], ...]
+
+# In order of precedence: tensor parallelism claims its dims first, then FSDP shards one more dim
+# (the model width where possible) of whatever is left. ``batch`` names activations' batch dim.
+DEFAULT_RULES: Rules = (
+    ("batch", DEFAULT_DATA_AXES),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("classes", "tensor"),
+    ("embed", "fsdp"),
+    ("vocab", "fsdp"),
+    ("mlp", "fsdp"),
+    ("kv", None),
+    ("feature", None),
+    ("pooler", None),
+    ("layers", None),
+)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ``Mesh`` of shape ``(data, fsdp, tensor)`` over ``MESH_AXES`` with ``AxisType.Auto`` axes.
+
+    One size may be -1: it takes whatever the others leave of ``devices`` (default ``jax.devices()``).
+    Axes go from least to most communication-hungry, so 'tensor' lands on neighbouring devices.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"mesh sizes {tuple(sizes)}: positive, with at most one -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"{len(devices)} devices do not divide into {tuple(sizes)}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(f"mesh {tuple(sizes)} needs {math.prod(sizes)} devices; {len(devices)} given")
+    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def _as_tuple(axes: MeshAxes) -> tuple[str, ...]:
+    return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def rules_for_mesh(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Rules:
+    """``rules`` with mesh axes of size 1 (or absent from ``mesh``) removed; rules left empty are dropped,
+    so that a later rule for the same name can apply (FSDP-only meshes shard ``mlp`` over 'fsdp')."""
+    out = []
+    for name, axes in rules:
+        kept = tuple(a for a in _as_tuple(axes) if mesh.shape.get(a, 1) > 1)
+        if kept:
+            out.append((name, kept[0] if len(kept) == 1 else kept))
+    return tuple(out)
+
+
+def logical_to_mesh_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                         rules: Rules = DEFAULT_RULES, where: str = "") -> tuple[PartitionSpec, list[str]]:
+    """The mesh ``PartitionSpec`` of an array of ``shape`` with logical ``names``, and notes on dims that
+    a rule could not shard because the size does not divide (``where`` names the array in them)."""
+    if len(names) != len(shape):
+        raise ValueError(f"{where}: {len(names)} logical names {tuple(names)} for shape {tuple(shape)}")
+    result: list[tuple[str, ...] | None] = [None] * len(names)
+    notes = []
+    for name, axes in rules_for_mesh(mesh, rules):
+        axes = _as_tuple(axes)
+        if name not in names or any(a in r for r in result if r for a in axes):
+            continue
+        size = math.prod(mesh.shape[a] for a in axes)
+        for pos, dim_name in enumerate(names):
+            if dim_name != name or result[pos] is not None:
+                continue
+            if shape[pos] % size == 0:
+                result[pos] = axes
+                break
+            notes.append(f"{where}: dim {pos} ({name!r}, size {shape[pos]}) does not divide over mesh axes "
+                         f"{axes} (size {size}); not sharded by this rule")
+    spec = PartitionSpec(*(None if r is None else r[0] if len(r) == 1 else r for r in result))
+    return spec, notes
+
+
+def _path_str(path: tuple) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def param_shardings(abstract_boxed: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+    """A ``NamedSharding`` per leaf of a tree of ``nn.LogicallyPartitioned`` boxes (params, optimizer
+    state or a whole ``TrainState``, abstract from ``jax.eval_shape`` or concrete).
+
+    The result has the structure of the *unboxed* tree (``nn.meta.unbox``): each box becomes the
+    sharding of its value; any other array leaf (step counters, rng keys) is replicated. Dims that do
+    not divide over their mesh axes are replicated and logged (INFO, logger ``jaxvl.runtime.sharding``).
+    """
+    is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)  # noqa: E731
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def leaf(path, x):
+        if not is_box(x):
+            return replicated
+        spec, notes = logical_to_mesh_spec(x.names, x.value.shape, mesh, rules, _path_str(path))
+        for note in notes:
+            logger.info(note)
+        return NamedSharding(mesh, spec)
+
+    return jax.tree_util.tree_map_with_path(leaf, abstract_boxed, is_leaf=is_box)
+
+
+def batch_sharding(mesh: Mesh, data_axes: Sequence[str] = DEFAULT_DATA_AXES) -> NamedSharding:
+    """Rows (dim 0) of every batch field split over ``data_axes`` present in ``mesh``, other dims replicated;
+    usable as a pytree prefix for the whole batch dict (``jaxvl.runtime.sharding.to_global`` makes it)."""
+    axes = tuple(a for a in data_axes if a in mesh.axis_names)
+    return NamedSharding(mesh, PartitionSpec(axes or None))
+
+
+def bytes_per_device(tree: Any, shardings: Any) -> int:
+    """Bytes one device holds of ``tree`` (arrays or ``ShapeDtypeStruct`` leaves) under ``shardings``
+    (a matching tree of ``NamedSharding``); the largest device's share where shards are uneven."""
+    total = 0
+    for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings, is_leaf=lambda y: isinstance(y, NamedSharding)),
+                    strict=True):
+        total += math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize  # rng keys: 8 bytes
+    return total
+
+
+
+
+def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh,
+              data_axes: Sequence[str] = DEFAULT_DATA_AXES) -> dict[str, jax.Array]:
+    """This process's rows ``{field: [b, ...]}`` -> global arrays ``{field: [b * P, ...]}`` on ``mesh``.
+
+    Uses ``jax.make_array_from_process_local_data``: process ``p`` contributes rows
+    ``[p * b, (p + 1) * b)`` of the global batch (the order ``pipeline.pretrain_dataset`` shards in).
+    The global batch must divide evenly over the devices of ``data_axes``.
+    """
+    shards = int(np.prod([mesh.shape[a] for a in data_axes if a in mesh.axis_names]))
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        if value.ndim == 0:
+            raise ValueError(f"batch field '{key}' is a scalar; every field needs a leading batch axis")
+        sharding = batch_sharding(mesh, data_axes)
+        global_rows = value.shape[0] * jax.process_count()
+        if global_rows % shards:
+            raise ValueError(f"batch field '{key}': the global batch of {global_rows} rows does not divide over "
+                             f"the {shards} devices of mesh axes {tuple(data_axes)}")
+        out[key] = jax.make_array_from_process_local_data(sharding, value, (global_rows, *value.shape[1:]))
+    return out
+
+
+def global_batches(batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh,
+                   data_axes: Sequence[str] = DEFAULT_DATA_AXES) -> Iterator[dict[str, jax.Array]]:
+    """``to_global`` over an iterator of host batches (keep the Grain iterator itself for checkpointing)."""
+    for batch in batches:
+        yield to_global(batch, mesh, data_axes)

@@ -1,1 +1,0 @@
-"""Training: the pretraining objective (step building blocks); the trainer comes with the pretraining issue."""
