@@ -31,8 +31,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxvl.models.volta import objectives as obj
 from jaxvl.ablation.alignment import aligned_regions, target_region
+from jaxvl.models.volta import objectives as obj
 
 Batch = dict[str, jax.Array]
 

@@ -43,3 +43,19 @@ def training_cider(source: Any, max_images: int | None = None):
         caps, lens = np.asarray(ex["captions"])[:n], np.asarray(ex["caption_lengths"])[:n]
         refs.append([" ".join(str(int(t)) for t in row[:k]) + " 0" for row, k in zip(caps, lens, strict=True)])
     return CiderD(refs)
+
+
+def scst_rewards(cider: Any, samples: np.ndarray, greedy: np.ndarray, captions: np.ndarray, lengths: np.ndarray,
+                 caption_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Self-critical rewards of one batch, on the host.
+
+    ``samples`` [B, S, T] and ``greedy`` [B, T] decoded token ids; ``captions`` [B, C, T + 2],
+    ``lengths`` [B, C], ``caption_mask`` [B, C] the references (``jaxvl.caption.data`` fields); ``cider`` a
+    ``CiderD`` (``training_cider``). Returns (rewards [B, S] float32 = CIDEr-D(sample) - CIDEr-D(greedy),
+    sample scores [B, S], greedy scores [B]).
+    """
+    refs = reference_strings(captions, lengths, caption_mask)
+    per_sample = [r for r in refs for _ in range(samples.shape[1])]
+    sample_scores = cider.scores(token_strings(samples), per_sample).reshape(samples.shape[:2])
+    greedy_scores = cider.scores(token_strings(greedy), refs)
+    return (sample_scores - greedy_scores[:, None]).astype(np.float32), sample_scores, greedy_scores

@@ -37,7 +37,7 @@ from ml_collections import ConfigDict
 from jaxvl.caption.data import CaptionPipelineConfig, caption_dataset, caption_vocab_for
 from jaxvl.caption.loss import scst_loss, xe_loss
 from jaxvl.caption.optimizers import scst_optimizer, xe_optimizer
-from jaxvl.caption.rewards import reference_strings, token_strings, training_cider
+from jaxvl.caption.rewards import scst_rewards, training_cider
 from jaxvl.data.caption_vocab import CaptionVocab
 from jaxvl.data.grain import open_split
 from jaxvl.data.resolve import resolve_dataset
@@ -238,11 +238,8 @@ def _scst_step_fn(cfg, model, tx, mesh, shardings, bsharding, state, example, da
         samples, greedy = sampler(state.params, batch, state.rng, state.step)
         host = jax.device_get({"s": samples, "g": greedy, "c": batch["captions"], "l": batch["caption_lengths"],
                                "m": batch["caption_mask"]})
-        refs = reference_strings(host["c"], host["l"], host["m"])
-        per_sample = [r for r in refs for _ in range(captions_per_image)]
-        sample_scores = cider.scores(token_strings(host["s"]), per_sample).reshape(host["s"].shape[:2])
-        greedy_scores = cider.scores(token_strings(host["g"]), refs)
-        rewards = (sample_scores - greedy_scores[:, None]).astype(np.float32)
+        rewards, sample_scores, greedy_scores = scst_rewards(cider, host["s"], host["g"], host["c"], host["l"],
+                                                             host["m"])
         state, metrics = update(state, batch, samples, jax.device_put(rewards, bsharding))
         return state, {**metrics, "cider_sample": float(sample_scores.mean()),
                        "cider_greedy": float(greedy_scores.mean())}
