@@ -55,8 +55,11 @@ def test_every_old_module_imports(old):
 
 
 def test_from_import_of_an_old_submodule_and_the_old_entry_point():
-    with pytest.warns(DeprecationWarning):
-        from jaxvl.train import sweep  # noqa: F401 -- jaxvl.train is an old package
+    for key in [k for k in sys.modules if k.startswith("jaxvl.train")]:
+        del sys.modules[key]
+    with pytest.warns(DeprecationWarning, match="jaxvl.train"):
+        from jaxvl.train import sweep  # jaxvl.train is an old package
+    assert sweep.members_from_config is importlib.import_module("jaxvl.pretrain.sweep").members_from_config
     out = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c",
                           "import jaxvl.cli, jaxvl.pretrain.trainer, jaxvl.caption.trainer, "
                           "jaxvl.ablation.run, jaxvl.demo"], capture_output=True, text=True)

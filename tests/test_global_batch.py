@@ -24,7 +24,8 @@ def test_to_global_shards_the_batch_axis(shape):
     for key, value in batch.items():
         arr = out[key]
         assert arr.shape == value.shape and arr.dtype == value.dtype
-        assert arr.sharding.is_equivalent_to(NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (value.ndim - 1)))), value.ndim)
+        want = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (value.ndim - 1))))
+        assert arr.sharding.is_equivalent_to(want, value.ndim)
         np.testing.assert_array_equal(np.asarray(arr), value)
         # Every device holds 16 / (data x fsdp) rows; devices differing only in 'tensor' hold the same rows.
         assert {s.data.shape[0] for s in arr.addressable_shards} == {16 // data_shards}

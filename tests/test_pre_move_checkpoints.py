@@ -37,7 +37,8 @@ def test_parameters_restore_with_the_same_paths_and_values(run):
 
 def train_rows(metrics: Path, steps: tuple[int, ...]) -> list[dict]:
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows if r["split"] == "train" and r["step"] in steps]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows
+            if r["split"] == "train" and r["step"] in steps]
 
 
 def assert_rows_close(got: list[dict], want: list[dict]) -> None:
@@ -61,8 +62,8 @@ def test_a_pre_move_sweep_resumes_to_the_same_losses(tmp_path):
                       EXPECTED["resumed_train_metrics"]["pretrain_sweep"])
     params, step = restore_params(workdir / "members" / "mrc-kl" / "checkpoints")
     assert step == 6
-    got = manifest(params)
-    assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in EXPECTED["params"]["pretrain_sweep/members/mrc-kl"].items()}
+    shapes = {k: v[0] for k, v in EXPECTED["params"]["pretrain_sweep/members/mrc-kl"].items()}
+    assert {k: v[0] for k, v in manifest(params).items()} == shapes
 
 
 @pytest.mark.slow
@@ -73,4 +74,5 @@ def test_a_pre_move_caption_run_resumes_to_the_same_losses(tmp_path):
                  "--config.data.dataset='synthetic-captions:num_images=32'", "--config.xe.steps=6",
                  "--config.xe.batch_size=8", f"--config.data.prepare_dir={str(tmp_path / 'data')!r}", *COMMON])
     assert code == 0
-    assert_rows_close(train_rows(workdir / "xe" / "metrics.jsonl", (5, 6)), EXPECTED["resumed_train_metrics"]["caption/xe"])
+    assert_rows_close(train_rows(workdir / "xe" / "metrics.jsonl", (5, 6)),
+                      EXPECTED["resumed_train_metrics"]["caption/xe"])

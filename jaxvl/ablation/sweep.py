@@ -416,7 +416,7 @@ def run_ablation(model: VLBertForPreTraining, stacked_params: Any, batches: Iter
 
     ``stacked_params``: [K, ...] leaves (``stack_params``); ``mean_feature`` [D]: the dataset-mean region
     feature (``AblationIndex.mean_feature``); ``progress(n)`` is called with the real examples of each batch;
-    ``compiler_options``: XLA options of the sweep (e.g. ``jaxvl.pretrain.step.FAST_COMPILE`` for CPU smoke runs).
+    ``compiler_options``: XLA options of the sweep (e.g. ``jaxvl.runtime.compile.FAST_COMPILE`` for CPU smoke runs).
     Raises before compiling when the first batch, the parameters or the spec do not fit (``check_ablation``)
     or when there is no batch or no real example. Without ``param_sharding``, calls with the same model
     config, spec, mesh and options share one compiled sweep (a few are kept).

@@ -143,7 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="timed sweep calls and loop passes, median reported (default 5; 1 for ctrl on CPU)")
     parser.add_argument("--no-loop", action="store_true", help="time the sweep only")
     parser.add_argument("--fast-compile", action="store_true",
-                        help="compile with jaxvl.pretrain.step.FAST_COMPILE (faster CPU compiles, slower programs: smoke "
+                        help="compile with jaxvl.runtime.compile.FAST_COMPILE (faster CPU compiles, slower programs: smoke "
                              "runs only, not for the numbers)")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="auto: jax.devices()[0]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world and the weights (default 0)")

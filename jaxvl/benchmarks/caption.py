@@ -129,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=int, default=None,
                         help="timed calls, median reported (default: 10; 5 for ort on CPU)")
     parser.add_argument("--fast-compile", action="store_true",
-                        help="compile with jaxvl.pretrain.step.FAST_COMPILE (faster CPU compiles, slower programs: smoke "
+                        help="compile with jaxvl.runtime.compile.FAST_COMPILE (faster CPU compiles, slower programs: smoke "
                              "runs only, not for the numbers)")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="auto: jax.devices()[0]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default 0)")
