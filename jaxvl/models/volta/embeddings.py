@@ -147,7 +147,7 @@ def coordinate_embeddings(locations: jax.Array, dim: int) -> jax.Array:
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(*loc.shape[:2], 8 * dim)
 
 
-class VLBertEmbeddings(_TextTables):
+class VisualLinguisticBertEmbeddings(_TextTables):
     """VL-BERT: regions ReLU(W [sincos(box) ; f]) through their own LN, text tokens add the last region's."""
 
     def setup(self):
@@ -197,5 +197,6 @@ class VLBertEmbeddings(_TextTables):
         return self._drop(self.norm(t), deterministic), self._drop(self.norm(v), deterministic)
 
 
-SHARED_EMBEDDINGS = {"uniter": UniterEmbeddings, "visualbert": VisualBertEmbeddings, "vl-bert": VLBertEmbeddings}
+SHARED_EMBEDDINGS = {"uniter": UniterEmbeddings, "visualbert": VisualBertEmbeddings,
+                     "vl-bert": VisualLinguisticBertEmbeddings}
 VISUAL_EMBEDDINGS = {"vilbert": ViLBertVisualEmbeddings, "lxmert": LxmertVisualEmbeddings}

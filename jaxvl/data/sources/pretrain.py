@@ -1,0 +1,143 @@
+"""The pretraining-pair sources: ``synthetic``, ``volta-cc`` (VOLTA's CC LMDBs) and ``tsv`` (+ caption json).
+
+Each factory returns ``PretrainPairs`` builders (``synthetic`` also its ablation twin); the source
+strings are documented in ``jaxvl.data.sources``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+
+from jaxvl.data.records import BadRecord, CaptionPair
+from jaxvl.data.sources.base import (
+    ParsedSource,
+    Prepared,
+    Skips,
+    SourceError,
+    bind_split,
+    config_name,
+    path_stem,
+    source_metadata,
+)
+from jaxvl.data.sources.regions import RegionOptions, SpecProbe, fits_spec, skip_or_raise
+
+log = logging.getLogger(__name__)
+
+CC_TRAIN_LMDB, CC_VAL_LMDB = "training_feat_all.lmdb", "validation_feat_all.lmdb"
+"""VOLTA's names of the Conceptual Captions LMDBs (``data/conceptual_captions/``)."""
+
+
+def synthetic_source(src: ParsedSource, out: str, skip_bad: bool) -> Prepared:
+    """``synthetic[:key=value,...]``: both synthetic-world datasets (``skip_bad`` has nothing to skip)."""
+    from jaxvl.data.builders.synthetic import parse_knobs, synthetic_builders, synthetic_config
+
+    return Prepared(synthetic_builders(synthetic_config(**parse_knobs(src.args)), out))
+
+
+# ---------------------------------------------------------------------------------------------- volta-cc
+
+
+def _cc_paths(src: ParsedSource) -> dict[str, str]:
+    """Split -> LMDB path of a ``volta-cc`` source (a directory of VOLTA's LMDBs or an LMDB itself)."""
+    path = src.existing_path(src.path, "LMDB")
+    paths = {"train": path}
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "data.mdb")):
+        train, val = os.path.join(path, CC_TRAIN_LMDB), os.path.join(path, CC_VAL_LMDB)
+        if not os.path.exists(train):
+            raise src.fail(f"{path} is neither an LMDB (no data.mdb) nor a directory holding {CC_TRAIN_LMDB}")
+        paths["train"] = train
+        if os.path.exists(val):
+            paths["val"] = val
+    if "val" in src.options:
+        paths["val"] = src.existing_path(src.options["val"], "val LMDB")
+    return paths
+
+
+def volta_cc_source(src: ParsedSource, out: str, skip_bad: bool) -> Prepared:
+    """``volta-cc:LMDB[,val=LMDB]``: VOLTA's Conceptual Captions LMDBs as ``PretrainPairs`` (train / val)."""
+    from jaxvl.data.builders.pretrain import PretrainConfig, PretrainPairs
+    from jaxvl.data.readers.volta_lmdb import ConceptualCaptionsLMDB
+
+    opts, skips = RegionOptions.parse(src), Skips()
+    paths = _cc_paths(src)
+
+    def reader(path: str) -> ConceptualCaptionsLMDB:
+        try:
+            return ConceptualCaptionsLMDB(path, skip_bad, feature_dim=opts.feature_dim,
+                                          num_classes=opts.reader_num_classes)
+        except (OSError, ValueError) as e:
+            raise SourceError(f"--source {src.name}: {e}") from e
+
+    probe = SpecProbe(opts)
+    for path in paths.values():
+        with reader(path) as r:
+            probe.feed(r, lambda pair: pair.regions)
+    spec = probe.spec(paths["train"])
+
+    def pairs(split: str, path: str) -> Iterator[CaptionPair]:
+        with reader(path) as r:
+            what = f"{split}: records not fitting the region sizes in {path}"
+            yield from (pair for pair in r if fits_spec(pair.regions, spec, path, skip_bad, skips, what))
+            skips.add(f"{split}: bad records in {path}", r.errors.skipped)
+
+    config = PretrainConfig(name=config_name(src, path_stem(paths["train"])), regions=spec,
+                            splits={split: bind_split(pairs, split, path) for split, path in paths.items()},
+                            metadata=source_metadata(src, skips, skip_bad, **paths),
+                            description=f"VOLTA Conceptual Captions LMDBs {paths}")
+    return Prepared([PretrainPairs(config=config, data_dir=out, file_format="array_record")], skips)
+
+
+# ---------------------------------------------------------------------------------------------- tsv
+
+
+def tsv_source(src: ParsedSource, out: str, skip_bad: bool) -> Prepared:
+    """``tsv:FEATURES.tsv,captions=CAPTIONS.json[,val=VAL.tsv][,val_captions=VAL.json]`` as ``PretrainPairs``."""
+    from jaxvl.data.builders.pretrain import PretrainConfig, PretrainPairs
+    from jaxvl.data.readers.tsv import TsvFeatureReader
+    from jaxvl.data.readers.volta_lmdb import read_caption_json
+
+    opts, skips = RegionOptions.parse(src), Skips()
+    files = {"train": (src.existing_path(src.path, "features", "file"),
+                       src.existing_path(src.require("captions"), "captions", "file"))}
+    if "val" in src.options:
+        files["val"] = (src.existing_path(src.options["val"], "val features", "file"),
+                        src.existing_path(src.options.get("val_captions", src.options["captions"]), "val captions",
+                                          "file"))
+    elif "val_captions" in src.options:
+        raise src.fail("val_captions= without val=")
+    captions = {path: read_caption_json(path) for _, path in files.values()}
+
+    def reader(path: str) -> TsvFeatureReader:
+        return TsvFeatureReader(path, feature_dim=opts.feature_dim, num_classes=opts.reader_num_classes,
+                                skip_bad=skip_bad)
+
+    probe = SpecProbe(opts)
+    for features, _ in files.values():
+        probe.feed(reader(features))
+    spec = probe.spec(files["train"][0])
+
+    def pairs(split: str, features: str, captions_path: str) -> Iterator[CaptionPair]:
+        by_image, seen = captions[captions_path], set()
+        tsv = reader(features)
+        for rec in tsv:
+            caps = by_image.get(rec.image_id)
+            if caps is None:
+                skip_or_raise(BadRecord(f"{features}: record {rec.image_id!r} has no caption in {captions_path}"),
+                              skip_bad, skips, f"{split}: images without a caption in {features}")
+                continue
+            seen.add(rec.image_id)
+            what = f"{split}: records not fitting the region sizes in {features}"
+            if fits_spec(rec, spec, features, skip_bad, skips, what):
+                yield from (CaptionPair(rec, c) for c in ([caps] if isinstance(caps, str) else caps))
+        skips.add(f"{split}: bad records in {features}", tsv.skipped)
+        if len(seen) < len(by_image):
+            log.warning("%s: %d of %d captioned images have no features in %s", captions_path,
+                        len(by_image) - len(seen), len(by_image), features)
+
+    config = PretrainConfig(name=config_name(src, path_stem(files["train"][0])), regions=spec,
+                            splits={split: bind_split(pairs, split, *f) for split, f in files.items()},
+                            metadata=source_metadata(src, skips, skip_bad, **{s: list(f) for s, f in files.items()}),
+                            description=f"bottom-up-attention TSV features with VOLTA captions {files}")
+    return Prepared([PretrainPairs(config=config, data_dir=out, file_format="array_record")], skips)
