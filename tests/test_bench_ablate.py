@@ -7,6 +7,7 @@ exactly one member of the spec, and the projection arithmetic by hand.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
@@ -22,10 +23,17 @@ SMOKE = ["--sizes", "tiny", "--presets", "uniter", "--models", "2", "--vis4lang"
          "--fast-compile", "--member-batch", "vmap,1"]
 
 
+def bench(argv: list[str]) -> dict:
+    """``jaxvl bench ablate ARGV``: the module's CLI hooks, as the CLI calls them."""
+    parser = argparse.ArgumentParser()
+    ablate.add_arguments(parser)
+    return ablate.run(parser.parse_args(argv))
+
+
 @pytest.mark.slow
 def test_bench_ablate_tiny_rows_table_and_loop_equals_sweep(tmp_path, capsys):
     out = tmp_path / "ablate.json"
-    result = ablate.main([*SMOKE, "--out", str(out)])
+    result = bench([*SMOKE, "--out", str(out)])
 
     rows = result["rows"]
     assert [(r["preset"], r["size"], r["k"], r["member_batch_size"]) for r in rows] == [("uniter", "tiny", 2, None),
@@ -82,4 +90,4 @@ def test_projection_and_durations_by_hand():
                                             (["--member-batch", "vmap,0"], "every N must be >= 1")])
 def test_bad_options_fail_before_anything_is_built(flags, message):
     with pytest.raises(SystemExit, match=re.escape(message)):
-        ablate.main(["--sizes", "tiny", *flags])
+        bench(["--sizes", "tiny", *flags])

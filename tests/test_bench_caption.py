@@ -8,6 +8,7 @@ of ``Captioner.decode``.
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import jax
@@ -16,10 +17,18 @@ import pytest
 from flax import linen as nn
 
 from jaxvl.benchmarks import caption
+from jaxvl.benchmarks.caption_decode import ort_next_log_probs
 from jaxvl.models.ort.captioner import Captioner, CaptionerConfig
 
 SMOKE = ["--sizes", "tiny", "--batch", "3", "--loop-images", "2", "--max-len", "3", "--xe-batch", "2",
          "--scst-batch", "2", "--captions", "2", "--df-images", "3", "--warmup", "0", "--iters", "2", "--fast-compile"]
+
+
+def bench(argv: list[str]) -> dict:
+    """``jaxvl bench caption ARGV``: the module's CLI hooks, as the CLI calls them."""
+    parser = argparse.ArgumentParser()
+    caption.add_arguments(parser)
+    return caption.run(parser.parse_args(argv))
 
 
 def _check_saved_and_printed(result: dict, out, printed: str, rows: int, header: str) -> None:
@@ -32,7 +41,7 @@ def _check_saved_and_printed(result: dict, out, printed: str, rows: int, header:
 @pytest.mark.slow
 def test_bench_caption_decoding_rows_and_same_captions(tmp_path, capsys):
     out = tmp_path / "caption.json"
-    result = caption.main([*SMOKE, "--parts", "decode", "--out", str(out)])
+    result = bench([*SMOKE, "--parts", "decode", "--out", str(out)])
     decode = result["decode"]
     assert result["train"] == []
     assert [(r["method"], r["mode"]) for r in decode] == [(m, mode) for m in caption.METHODS for mode in caption.MODES]
@@ -56,7 +65,7 @@ def test_bench_caption_decoding_rows_and_same_captions(tmp_path, capsys):
 @pytest.mark.slow
 def test_bench_caption_training_rows(tmp_path, capsys):
     out = tmp_path / "caption.json"
-    result = caption.main([*SMOKE, "--parts", "train", "--out", str(out)])
+    result = bench([*SMOKE, "--parts", "train", "--out", str(out)])
     assert result["decode"] == []
     xe, scst = result["train"]
     assert (xe["step"], scst["step"]) == ("xe", "scst")
@@ -85,7 +94,7 @@ def test_ort_style_step_is_the_last_position_of_teacher_forcing():
     def both(v, features, boxes, mask, ys):
         memory = model.apply(v, features, boxes, mask, method="encode")
         return (model.apply(v, memory, mask, ys, method="decode")[:, -1],
-                model.apply(v, memory, mask, ys, method=caption._ort_next_log_probs))
+                model.apply(v, memory, mask, ys, method=ort_next_log_probs))
 
     expected, got = both(variables, x["features"], x["boxes"], x["mask"], ys)
     assert got.shape == (2, cfg.vocab_size)
@@ -95,4 +104,4 @@ def test_ort_style_step_is_the_last_position_of_teacher_forcing():
 @pytest.mark.parametrize("flag", [["--iters", "0"], ["--beam", "0"], ["--warmup", "-1"], ["--sizes", "big"]])
 def test_bad_options_are_rejected_before_compiling(flag):
     with pytest.raises(SystemExit):
-        caption.main(["--parts", "decode", *flag])
+        bench(["--parts", "decode", *flag])

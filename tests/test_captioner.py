@@ -281,6 +281,29 @@ def test_cached_decoding_equals_teacher_forcing():
     assert np.abs(masked[0, 4:] - plain[0, 4:]).max() > 1e-4
 
 
+def test_public_decoder_pieces_compose_to_teacher_forcing():
+    """``decode`` = ``log_probs(decode_hidden(...))``; the generator on the last state alone is ORT's next-token
+    step; ``embed_tokens`` gives [B, T, d_model]. These are methods: the parameter tree keeps its five roots."""
+    cfg = CaptionerConfig.tiny()
+    model, params = Captioner(cfg), init_params(cfg)
+    b = make_inputs(cfg)
+    teacher = np.asarray(forward(cfg)(params, b))
+
+    @jax.jit
+    def pieces(p, x):
+        v = {"params": p}
+        memory = model.apply(v, x["features"], x["boxes"], x["mask"], method="encode")
+        hidden = model.apply(v, memory, x["mask"], x["tokens"], method="decode_hidden")
+        return (hidden, model.apply(v, hidden, method="log_probs"), model.apply(v, hidden[:, -1], method="log_probs"),
+                model.apply(v, x["tokens"], jnp.arange(x["tokens"].shape[1]), method="embed_tokens"))
+
+    hidden, logp, last, embedded = pieces(params, b)
+    assert hidden.shape == embedded.shape == (2, 6, cfg.d_model) and last.shape == (2, cfg.vocab_size)
+    np.testing.assert_allclose(logp, teacher, atol=1e-6)
+    np.testing.assert_allclose(last, teacher[:, -1], atol=1e-6)
+    assert set(params) == {"att_embed", "encoder", "embed", "decoder", "generator"}
+
+
 def test_sown_attention_weights():
     cfg = CaptionerConfig.tiny()
     params = init_params(cfg)

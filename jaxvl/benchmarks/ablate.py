@@ -26,7 +26,7 @@ LabelMatch labels) from a synthetic world at the model's feature size and class 
 - ``max |sweep - loop|``: the largest difference (bits) between the two on every metric, which must be
   float noise: both evaluate the same members.
 
-``add_arguments`` and ``run`` are the CLI hooks; ``scripts/bench_ablate.py`` wraps them.
+``add_arguments`` and ``run`` are the hooks of ``jaxvl bench ablate``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import argparse
 import dataclasses
 import gc
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -57,9 +56,22 @@ from jaxvl.ablation.sweep import (
     gather_to_host,
     stack_params,
 )
-from jaxvl.benchmarks.common import csv_choices, save_json
-from jaxvl.benchmarks.data import Probe
-from jaxvl.benchmarks.models import _jax_device, _log, _no_persistent_compile_cache, format_machine, machine_info
+from jaxvl.benchmarks.common import (
+    Probe,
+    alternate,
+    aot_compile,
+    csv_choices,
+    fmt,
+    format_machine,
+    jax_device,
+    load_cell,
+    log,
+    machine_info,
+    markdown_table,
+    no_persistent_compile_cache,
+    put_times,
+    save_json,
+)
 from jaxvl.models.params import count_params
 from jaxvl.models.volta.model import VLBertForPreTraining, get_model
 from jaxvl.models.volta.presets import PRESETS
@@ -143,8 +155,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="timed sweep calls and loop passes, median reported (default 5; 1 for ctrl on CPU)")
     parser.add_argument("--no-loop", action="store_true", help="time the sweep only")
     parser.add_argument("--fast-compile", action="store_true",
-                        help="compile with jaxvl.runtime.compile.FAST_COMPILE (faster CPU compiles, slower programs: smoke "
-                             "runs only, not for the numbers)")
+                        help="compile with jaxvl.runtime.compile.FAST_COMPILE (faster CPU compiles, slower "
+                             "programs: smoke runs only, not for the numbers)")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="auto: jax.devices()[0]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world and the weights (default 0)")
     parser.add_argument("--out", default=None, help="write machine info and results as JSON to this path")
@@ -174,20 +186,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the benchmark described by ``args`` (see ``add_arguments``); returns machine and rows (also
     written to ``--out`` after every row), and prints the markdown table."""
     _check_args(args)
-    device = _jax_device(args.device)
+    device = jax_device(args.device)
     machine = machine_info(device)
     print(format_machine(machine), flush=True)
     options = {k: v for k, v in vars(args).items() if isinstance(v, str | int | float | bool | list | type(None))}
     result: dict[str, Any] = {"command": " ".join(sys.argv), "options": options, "machine": machine, "rows": []}
     mesh = make_mesh(devices=[device])
-    with _no_persistent_compile_cache(), jax.default_device(device):
+    with no_persistent_compile_cache(), jax.default_device(device):
         for size in args.sizes:
             for name in args.presets:
                 bench_model(name, size, args, device, mesh, result, lambda: save_json(result, args.out))
                 gc.collect()
     save_json(result, args.out)
     if args.out:
-        _log(f"wrote {args.out}")
+        log(f"wrote {args.out}")
     print(format_markdown(result), flush=True)
     return result
 
@@ -263,30 +275,6 @@ def _defaults(size: str, accelerator: bool, args: argparse.Namespace) -> tuple[i
 # ------------------------------------------------------------------------------------------ timing
 
 
-def aot(sweep: AblationSweep, params: Any, batch: Arrays, mean: jax.Array) -> tuple[Any, float, float]:
-    """(compiled, lower seconds, compile seconds) of ``sweep`` for these arguments."""
-    start = time.perf_counter()
-    lowered = sweep.lower(params, batch, mean)
-    mid = time.perf_counter()
-    compiled = lowered.compile()
-    return compiled, mid - start, time.perf_counter() - mid
-
-
-def alternate(calls: dict[str, Callable[[], Any]], warmup: int, iters: int) -> tuple[dict[str, list[float]],
-                                                                                    dict[str, Any]]:
-    """Seconds per call of each of ``calls`` (each ended by ``block_until_ready``), the calls taking turns:
-    ``warmup`` untimed rounds, then ``iters`` timed ones. Returns the times and each call's last result."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    last: dict[str, Any] = {}
-    for i in range(warmup + iters):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            last[name] = jax.block_until_ready(call())
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times, last
-
-
 def max_difference(sweep_out: Arrays, loop_outs: Sequence[Sequence[Arrays]], members: dict[str, tuple[Member, ...]],
                    ) -> float:
     """max |sweep - loop| over every metric, member and checkpoint. ``loop_outs[m][k]``: the loop's output of the
@@ -320,9 +308,9 @@ def bench_model(name: str, size: str, args: argparse.Namespace, device: jax.Devi
                         thresholds=tuple(args.thresholds), model_batch_size=args.model_batch)
     members = {task: spec.members(task) for task in TASKS}
     flat = [m for task in TASKS for m in members[task]]
-    _log(f"{name}/{size}: B={args.batch}, {len(flat)} members ({len(members['vis4lang'])} vis4lang + "
-         f"{len(members['lang4vis'])} lang4vis), K in {args.models}, member batch in {args.member_batch}, "
-         f"{warmup} warm-up + {iters} timed rounds")
+    log(f"{name}/{size}: B={args.batch}, {len(flat)} members ({len(members['vis4lang'])} vis4lang + "
+        f"{len(members['lang4vis'])} lang4vis), K in {args.models}, member batch in {args.member_batch}, "
+        f"{warmup} warm-up + {iters} timed rounds")
     start = time.perf_counter()
     singles = init_checkpoints(model, host, max(args.models), args.seed, options)
     init_s = time.perf_counter() - start
@@ -342,14 +330,14 @@ def bench_model(name: str, size: str, args: argparse.Namespace, device: jax.Devi
         loop_compile_s, loop_memory = 0.0, {}
         for member in flat:
             msweep = AblationSweep(model, member_spec(spec, member), mesh, None, options)
-            exe, lower_s, compile_s = aot(msweep, singles[0], msweep.device_batch(host), mean)
+            exe, lower_s, compile_s = aot_compile(msweep, singles[0], msweep.device_batch(host), mean)
             loop.append(exe)
             loop_compile_s += lower_s + compile_s
             stats = memory_stats(exe)
             if stats and stats["peak_estimate_in_bytes"] > loop_memory.get("peak_estimate_in_bytes", -1):
                 loop_memory = stats
         common.update(loop_programs=len(loop), loop_compile_s=loop_compile_s, loop_memory=loop_memory)
-        _log(f"  loop: {len(loop)} member programs compiled in {loop_compile_s:.1f} s")
+        log(f"  loop: {len(loop)} member programs compiled in {loop_compile_s:.1f} s")
 
     for k in args.models:
         params = jax.device_put(_concat(singles[:k]), replicated)
@@ -357,9 +345,9 @@ def bench_model(name: str, size: str, args: argparse.Namespace, device: jax.Devi
         for chunk in args.member_batch:
             sweep = AblationSweep(model, dataclasses.replace(spec, member_batch_size=chunk), mesh, None, options)
             batch = sweep.device_batch(host)
-            compiled, lower_s, compile_s = aot(sweep, params, batch, mean)
-            _log(f"  sweep K={k}, member batch {chunk or 'vmap'}: compiled in {lower_s + compile_s:.1f} s "
-                 f"(lower {lower_s:.1f} s)")
+            compiled, lower_s, compile_s = aot_compile(sweep, params, batch, mean)
+            log(f"  sweep K={k}, member batch {chunk or 'vmap'}: compiled in {lower_s + compile_s:.1f} s "
+                f"(lower {lower_s:.1f} s)")
             rows.append({**common, "k": k, "member_batch_size": chunk, "sweep_lower_s": lower_s,
                          "sweep_compile_s": lower_s + compile_s, "sweep_memory": memory_stats(compiled),
                          "evals_per_call": args.batch * len(flat) * k})
@@ -380,7 +368,7 @@ def bench_model(name: str, size: str, args: argparse.Namespace, device: jax.Devi
                 row["max_abs_diff_bits"] = max_difference(last[f"sweep{i}"], last["loop"], members)
             add_projection(row)
             result["rows"].append(row)
-            _log("  " + _summary(row))
+            log("  " + _summary(row))
         save()
         del params, calls, last
         gc.collect()
@@ -388,10 +376,7 @@ def bench_model(name: str, size: str, args: argparse.Namespace, device: jax.Devi
 
 def _put_times(row: dict[str, Any], what: str, times: list[float]) -> None:
     """The median time per batch of ``what`` (``sweep`` / ``loop``), every timed run, and the rate."""
-    seconds = statistics.median(times)
-    row[f"{what}_ms"] = 1e3 * seconds
-    row[f"{what}_runs_ms"] = [round(1e3 * t, 3) for t in times]
-    row[f"{what}_evals_per_s"] = row["evals_per_call"] / seconds
+    row[f"{what}_evals_per_s"] = row["evals_per_call"] / put_times(row, what, times)
 
 
 def add_projection(row: dict[str, Any], examples: int = FLICKR30K_VAL_EXAMPLES) -> None:
@@ -406,10 +391,6 @@ def add_projection(row: dict[str, Any], examples: int = FLICKR30K_VAL_EXAMPLES) 
 
 
 # ---------------------------------------------------------------------------------------- reporting
-
-
-def _f(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def duration(seconds: float | None) -> str:
@@ -434,11 +415,6 @@ def _mib(memory: dict[str, int] | None) -> str:
     return f"{mib:,.0f}" if mib >= 10 else f"{mib:.2f}"
 
 
-def _load(row: dict[str, Any]) -> str:
-    return (f"{_f(row.get('loadavg_1m_start'), '.1f')} / {_f(row.get('loadavg_1m_end'), '.1f')} "
-            f"({_f(row.get('other_cores'), '.2f')})")
-
-
 def _chunk(row: dict[str, Any]) -> str:
     """How the sweep runs its members: ``vmap`` (all at once) or ``map N`` (lax.map over chunks of N)."""
     return "vmap" if row["member_batch_size"] is None else f"map {row['member_batch_size']}"
@@ -460,26 +436,15 @@ def format_markdown(result: dict[str, Any]) -> str:
             "loop ms/batch", "sweep ex×member×K/s", "loop ex×member×K/s", "sweep / loop",
             f"Flickr30k val ({FLICKR30K_VAL_EXAMPLES:,} ex × members × K) sweep / loop, incl. compile",
             "peak memory MiB sweep / loop", "max abs diff bits", "load start / end (other cores)"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    rows = []
     for r in result["rows"]:
         looped = "loop_ms" in r
-        lines.append("| " + " | ".join([
-            r["preset"], r["size"], str(r["k"]), str(r["batch"]), str(r["members"]), _chunk(r),
+        rows.append([
+            r["preset"], r["size"], r["k"], r["batch"], r["members"], _chunk(r),
             f"{r['sweep_compile_s']:.1f} / " + (f"{r['loop_compile_s']:.1f} ({r['loop_programs']})" if looped else "-"),
-            f"{r['sweep_ms']:,.1f}", _f(r.get("loop_ms"), ",.1f"), _rate(r["sweep_evals_per_s"]),
+            f"{r['sweep_ms']:,.1f}", fmt(r.get("loop_ms"), ",.1f"), _rate(r["sweep_evals_per_s"]),
             _rate(r.get("loop_evals_per_s")), f"**{r['sweep_over_loop']:.2f}x**" if looped else "-",
             f"{duration(r['sweep_projected_with_compile_s'])} / {duration(r.get('loop_projected_with_compile_s'))}",
-            f"{_mib(r['sweep_memory'])} / {_mib(r.get('loop_memory'))}", _f(r.get("max_abs_diff_bits"), ".1e"),
-            _load(r)]) + " |")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """``python -m jaxvl.benchmarks.ablate ...``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()
+            f"{_mib(r['sweep_memory'])} / {_mib(r.get('loop_memory'))}", fmt(r.get("max_abs_diff_bits"), ".1e"),
+            load_cell(r)])
+    return markdown_table(cols, rows)

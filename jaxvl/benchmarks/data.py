@@ -20,19 +20,17 @@ tokens), beside the rate a ctrl-size training step consumes:
   ``jaxvl.benchmarks.models.bench_jax`` on ``jax.devices()[0]`` at a small batch.
 
 Each row records the 1-minute load average at its start and end and the CPU cores other processes
-kept busy meanwhile (``Probe``), since a shared machine skews every rate here.
+kept busy meanwhile (``jaxvl.benchmarks.common.Probe``), since a shared machine skews every rate here.
 
 The dataset goes to a temporary directory (removed afterwards unless ``--keep``) and is always
 rebuilt, so the prepare time is a real write. It is read right after it was written, so reads come
-from the page cache, not from disk. ``add_arguments`` and ``run`` are the CLI hooks;
-``scripts/bench_data.py`` wraps them.
+from the page cache, not from disk. ``add_arguments`` and ``run`` are the hooks of ``jaxvl bench data``.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
-import json
 import logging
 import math
 import os
@@ -44,7 +42,18 @@ from typing import Any
 
 import numpy as np
 
-from jaxvl.benchmarks.models import _jax_device, _loadavg, _log, bench_jax, format_machine, machine_info
+from jaxvl.benchmarks.common import (
+    Probe,
+    fmt,
+    format_machine,
+    jax_device,
+    load_cell,
+    log,
+    machine_info,
+    markdown_table,
+    save_json,
+)
+from jaxvl.benchmarks.models import bench_jax
 
 CAPTIONS_PER_IMAGE = 2  # WorldConfig's default: two pretraining examples per image
 H200_VISUALBERT_BF16_MS = 0.56  # BENCHMARKS.md: ctrl VisualBERT fwd+bwd, bf16, batch 32, one H200
@@ -94,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the benchmark described by ``args`` (see ``add_arguments``); returns machine, rows and summary."""
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    device = _jax_device("auto")
+    device = jax_device("auto")
     machine = machine_info(device)
     machine["versions"].update(_data_versions())
     print(format_machine(machine), flush=True)
@@ -114,14 +123,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(data_dir if args.data_dir is None else os.path.join(data_dir, "jaxvl_synthetic_pretrain"),
                           ignore_errors=True)
         else:
-            _log(f"kept the dataset under {data_dir}")
+            log(f"kept the dataset under {data_dir}")
     summary = summarise(rows, step, machine)
     result = {"command": " ".join(sys.argv), "machine": machine, "world": knobs, "rows": rows, "step": step,
               "summary": summary}
+    save_json(result, args.out)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-        _log(f"wrote {args.out}")
+        log(f"wrote {args.out}")
     if args.markdown:
         print(format_markdown(result), flush=True)
     return result
@@ -146,58 +154,13 @@ def _quiet_tfds() -> None:
     tfds.disable_progress_bar()
 
 
-def _cpu_seconds() -> tuple[float, float] | None:
-    """(busy CPU seconds of the whole machine, CPU seconds of this process and its descendants), from /proc."""
-    try:
-        tick = os.sysconf("SC_CLK_TCK")
-        with open("/proc/stat", encoding="utf-8") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait (steal included)
-        parents, times = {}, {}
-        for path in glob.glob("/proc/[0-9]*/stat"):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    rest = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # gone meanwhile
-            pid = int(path.split("/")[2])
-            parents[pid] = int(rest[1])
-            times[pid] = sum(int(x) for x in rest[11:15])  # utime stime cutime cstime
-        own, tree, frontier = 0, set(), [os.getpid()]
-        while frontier:
-            pid = frontier.pop()
-            tree.add(pid)
-            own += times.get(pid, 0)
-            frontier += [c for c, p in parents.items() if p == pid and c not in tree]
-        return busy / tick, own / tick
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None  # not Linux
-
-
-class Probe:
-    """What else ran during a timing: the 1-min load average at the start and end, and the CPU cores that
-    *other* processes kept busy meanwhile (machine-wide busy CPU time minus this process tree's, per second)."""
-
-    def __init__(self):
-        self.load = _loadavg()
-        self.cpu = _cpu_seconds()
-        self.start = time.perf_counter()
-
-    def finish(self) -> dict[str, float | None]:
-        wall, cpu = time.perf_counter() - self.start, _cpu_seconds()
-        others = None
-        if self.cpu is not None and cpu is not None and wall >= 0.5:  # CPU times tick in 10 ms steps
-            others = max(0.0, ((cpu[0] - self.cpu[0]) - (cpu[1] - self.cpu[1])) / wall)
-        return {"loadavg_1m_start": self.load, "loadavg_1m_end": _loadavg(), "other_cores": others}
-
-
 def _row(stage: str, what: str, examples: int, seconds: float, probe: Probe, **extra: Any) -> dict[str, Any]:
     row = {"stage": stage, "what": what, "examples": examples, "seconds": seconds,
            "examples_per_s": examples / seconds if seconds > 0 else None, **probe.finish()}
     row.update(extra)
-    _log(f"{stage}: {what}: {examples} examples in {seconds:.2f} s = {row['examples_per_s']:.1f} ex/s "
-         f"(load {row['loadavg_1m_start']} -> {row['loadavg_1m_end']}; other processes busy "
-         f"{_f(row['other_cores'], '.2f')} cores)")
+    log(f"{stage}: {what}: {examples} examples in {seconds:.2f} s = {row['examples_per_s']:.1f} ex/s "
+        f"(load {row['loadavg_1m_start']} -> {row['loadavg_1m_end']}; other processes busy "
+        f"{fmt(row['other_cores'], '.2f')} cores)")
     return row
 
 
@@ -346,7 +309,7 @@ def bench_step(args: argparse.Namespace, device: Any) -> dict[str, Any]:
                                regions=args.regions + 1, dtype=dtype, dropout=False, seed=args.seed,
                                no_scan_compile=True, time_scan=False)
     probe = Probe()
-    _log(f"step: {args.model}/ctrl, batch {batch}, {dtype}, {warmup} warm-up + {iters} timed calls")
+    log(f"step: {args.model}/ctrl, batch {batch}, {dtype}, {warmup} warm-up + {iters} timed calls")
     with jax.default_device(device):
         row, _ = bench_jax(args.model, "ctrl", batch, margs, warmup, iters)
     gc.collect()
@@ -355,9 +318,9 @@ def bench_step(args: argparse.Namespace, device: Any) -> dict[str, Any]:
            "fwdbwd_ms": row["fwdbwd_ms"], "fwdbwd_runs_ms": row["fwdbwd_runs_ms"], "fwd_ms": row["fwd_ms"],
            "compile_fwdbwd_s": row["compile_fwdbwd_s"], "examples_per_s": 1e3 / row["fwdbwd_ms"],
            **probe.finish()}  # the probe spans init, compiles and the fwd timing too
-    _log(f"step: fwd+bwd {out['fwdbwd_ms']:.1f} ms/ex = {out['examples_per_s']:.2f} ex/s "
-         f"(load {out['loadavg_1m_start']} -> {out['loadavg_1m_end']}; other processes busy "
-         f"{_f(out['other_cores'], '.2f')} cores)")
+    log(f"step: fwd+bwd {out['fwdbwd_ms']:.1f} ms/ex = {out['examples_per_s']:.2f} ex/s "
+        f"(load {out['loadavg_1m_start']} -> {out['loadavg_1m_end']}; other processes busy "
+        f"{fmt(out['other_cores'], '.2f')} cores)")
     return out
 
 
@@ -387,51 +350,28 @@ def summarise(rows: list[dict[str, Any]], step: dict[str, Any] | None, machine: 
     return out
 
 
-def _f(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _load(row: dict[str, Any]) -> str:
-    return f"{_f(row.get('loadavg_1m_start'), '.1f')} / {_f(row.get('loadavg_1m_end'), '.1f')}"
-
-
-def _others(row: dict[str, Any]) -> str:
-    return _f(row.get("other_cores"), ".2f")
-
-
 def format_markdown(result: dict[str, Any]) -> str:
     """The rows as a markdown table, then the step and the summary as a second one."""
     cols = ["stage", "what", "threads x workers", "examples", "s", "examples/s", "MB/s", "first batch s",
             "load start / end", "other procs, cores"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in result["rows"]:
-        tw = "-" if "threads" not in r else f"{r['threads']} x {r['workers']}"
-        lines.append("| " + " | ".join([
-            r["stage"], r["what"], tw, str(r["examples"]), f"{r['seconds']:.2f}", _f(r["examples_per_s"], ".1f"),
-            _f(r.get("mb_per_s"), ".0f"), _f(r.get("first_batch_s"), ".2f"), _load(r), _others(r)]) + " |")
+    rows = [[r["stage"], r["what"], "-" if "threads" not in r else f"{r['threads']} x {r['workers']}", r["examples"],
+             f"{r['seconds']:.2f}", fmt(r["examples_per_s"], ".1f"), fmt(r.get("mb_per_s"), ".0f"),
+             fmt(r.get("first_batch_s"), ".2f"), load_cell(r, others=False), fmt(r.get("other_cores"), ".2f")]
+            for r in result["rows"]]
     s, step = result["summary"], result["step"]
-    lines += ["", "| consumer | ms/example | examples/s | best pipeline / consumer |", "|---|---|---|---|"]
+    consumers = []
     if step:
-        lines.append(f"| {step['preset']} ctrl fwd+bwd, {step['dtype']}, B={step['batch']}, {step['device']} "
-                     f"(measured; load {_load(step)}, other procs {_others(step)} cores) | {step['fwdbwd_ms']:.1f} | "
-                     f"{step['examples_per_s']:.2f} | {_f(s.get('pipeline_over_step'), '.0f')}x |")
-    lines.append(f"| visualbert ctrl fwd+bwd, bfloat16, B=32, one H200 (BENCHMARKS.md) | "
-                 f"{s['h200_visualbert_bf16_ms_per_example']:.2f} | {s['h200_needed_examples_per_s']:.0f} | "
-                 f"{_f(s.get('pipeline_over_h200'), '.2f')}x |")
-    lines += ["", f"- batch bytes per example (all fields): {_f(s['batch_bytes_per_example'], ',.0f')}; "
-                  f"stored ArrayRecord bytes per example: {_f(s['stored_bytes_per_example'], ',.0f')}",
-              f"- an H200 step needs {s['h200_needed_examples_per_s']:.0f} examples/s = "
-              f"{_f(s.get('h200_needed_mb_per_s'), ',.0f')} MB/s of batches"]
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """``python -m jaxvl.benchmarks.data ...``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()
-
+        consumers.append([f"{step['preset']} ctrl fwd+bwd, {step['dtype']}, B={step['batch']}, {step['device']} "
+                          f"(measured; load {load_cell(step, others=False)}, other procs "
+                          f"{fmt(step.get('other_cores'), '.2f')} cores)", f"{step['fwdbwd_ms']:.1f}",
+                          f"{step['examples_per_s']:.2f}", f"{fmt(s.get('pipeline_over_step'), '.0f')}x"])
+    consumers.append(["visualbert ctrl fwd+bwd, bfloat16, B=32, one H200 (BENCHMARKS.md)",
+                      f"{s['h200_visualbert_bf16_ms_per_example']:.2f}", f"{s['h200_needed_examples_per_s']:.0f}",
+                      f"{fmt(s.get('pipeline_over_h200'), '.2f')}x"])
+    return "\n".join([
+        markdown_table(cols, rows), "",
+        markdown_table(["consumer", "ms/example", "examples/s", "best pipeline / consumer"], consumers), "",
+        f"- batch bytes per example (all fields): {fmt(s['batch_bytes_per_example'], ',.0f')}; "
+        f"stored ArrayRecord bytes per example: {fmt(s['stored_bytes_per_example'], ',.0f')}",
+        f"- an H200 step needs {s['h200_needed_examples_per_s']:.0f} examples/s = "
+        f"{fmt(s.get('h200_needed_mb_per_s'), ',.0f')} MB/s of batches"])

@@ -24,15 +24,14 @@ VOLTA's input sizes (38 tokens, 36 regions + the global ``[IMG]`` row, 2048-d fe
   throughput in member-steps/s, the ratio, and the sweep step's compile time and memory.
 
 Each row records the 1-minute load average at its start and end, and the cores other processes kept
-busy meanwhile (``jaxvl.benchmarks.data.Probe``): a shared machine skews every timing here.
-``add_arguments`` and ``run`` are the CLI hooks; ``scripts/bench_pretrain.py`` wraps them.
+busy meanwhile (``jaxvl.benchmarks.common.Probe``): a shared machine skews every timing here.
+``add_arguments`` and ``run`` are the hooks of ``jaxvl bench pretrain``.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import time
@@ -43,15 +42,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvl.benchmarks.common import csv_choices
-from jaxvl.benchmarks.data import Probe
-from jaxvl.benchmarks.models import (
-    _jax_device,
-    _loadavg,
-    _log,
-    _no_persistent_compile_cache,
+from jaxvl.benchmarks.common import (
+    Probe,
+    aot_compile,
+    csv_choices,
+    fmt,
     format_machine,
+    jax_device,
+    load_cell,
+    loadavg,
+    log,
     machine_info,
+    markdown_table,
+    no_persistent_compile_cache,
+    put_times,
+    save_json,
     time_calls,
 )
 from jaxvl.models.params import count_params
@@ -128,7 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"jaxvl bench pretrain: --{flag.replace('_', '-')}={value} is out of range")
     if args.sweep_k < 0 or args.text_len < 3 or args.regions < 2:
         raise SystemExit("jaxvl bench pretrain: need --sweep-k >= 0, --text-len >= 3 and --regions >= 2")
-    device = _jax_device(args.device)
+    device = jax_device(args.device)
     machine = machine_info(device)
     print(format_machine(machine), flush=True)
     sweep_presets = args.presets if args.sweep_presets is None else args.sweep_presets
@@ -140,11 +145,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def save() -> None:  # after every row, so that a run cut short keeps what it measured
         add_mfu(result)
-        if args.out:
-            with open(args.out, "w", encoding="utf-8") as f:
-                json.dump(result, f, indent=2)
+        save_json(result, args.out)
 
-    with _no_persistent_compile_cache(), jax.default_device(device):
+    with no_persistent_compile_cache(), jax.default_device(device):
         for size in args.sizes:
             for name in args.presets:
                 for dtype in dtypes:
@@ -182,12 +185,12 @@ def measure_matmul_peak(dtype: str, n: int, reps: int, tries: int) -> dict[str, 
 
 def update_peak(result: dict[str, Any], peak: dict[str, Any]) -> None:
     """Records a ``measure_matmul_peak`` result; ``result['peaks'][dtype]`` keeps the best so far."""
-    result["peak_measurements"].append({**peak, "loadavg_1m": _loadavg()})
+    result["peak_measurements"].append({**peak, "loadavg_1m": loadavg()})
     best = result["peaks"].get(peak["dtype"])
     if best is None or peak["flops_per_s"] > best["flops_per_s"]:
         result["peaks"][peak["dtype"]] = peak
-    _log(f"matmul peak, {peak['dtype']}: {peak['flops_per_s'] / 1e9:,.1f} GFLOP/s now, "
-         f"{result['peaks'][peak['dtype']]['flops_per_s'] / 1e9:,.1f} GFLOP/s best so far")
+    log(f"matmul peak, {peak['dtype']}: {peak['flops_per_s'] / 1e9:,.1f} GFLOP/s now, "
+        f"{result['peaks'][peak['dtype']]['flops_per_s'] / 1e9:,.1f} GFLOP/s best so far")
 
 
 # ---------------------------------------------------------------------------------------- the batch
@@ -242,11 +245,7 @@ def _defaults(size: str, accelerator: bool, args: argparse.Namespace) -> tuple[i
 def _aot(jitted: Any, state: Any, batch: Any, mesh: Any) -> tuple[Any, float, float]:
     """(compiled, lower seconds, compile seconds) of ``jitted.lower(state, batch).compile()`` under ``mesh``."""
     with jax.set_mesh(mesh):
-        start = time.perf_counter()
-        lowered = jitted.lower(state, batch)
-        mid = time.perf_counter()
-        compiled = lowered.compile()
-    return compiled, mid - start, time.perf_counter() - mid
+        return aot_compile(jitted, state, batch)
 
 
 def _xla_flops(compiled: Any) -> float | None:
@@ -273,10 +272,6 @@ def time_steps(compiled: Any, state: Any, batch: Any, warmup: int, steps: int) -
     return times, holder[0]
 
 
-def _timing(times: list[float]) -> dict[str, Any]:
-    return {"step_ms": 1e3 * statistics.median(times), "step_runs_ms": [round(1e3 * t, 3) for t in times]}
-
-
 def add_mfu(result: dict[str, Any]) -> None:
     """Sets every row's and sweep's achieved FLOP/s and MFU against the best peak of its dtype so far."""
     for row in result["rows"]:
@@ -298,7 +293,7 @@ def bench_one(name: str, size: str, args: argparse.Namespace, device: jax.Device
     """The single-run step of preset ``name`` at ``size``, then (``sweep_k`` > 0) the sweep comparison; each
     appended to ``result['rows']`` / ``result['sweeps']`` as soon as measured, then ``save()`` called."""
     batch_size, warmup, steps = _defaults(size, device.platform != "cpu", args)
-    _log(f"{name}/{size}: batch {batch_size}, {args.dtype}, {warmup} warm-up + {steps} timed steps")
+    log(f"{name}/{size}: batch {batch_size}, {args.dtype}, {warmup} warm-up + {steps} timed steps")
     probe = Probe()
     model = get_model(name, tiny=size == "tiny", dtype=args.dtype)
     cfg = model.cfg
@@ -314,7 +309,7 @@ def bench_one(name: str, size: str, args: argparse.Namespace, device: jax.Device
     init_s = time.perf_counter() - start
     jitted = jit_train_step(model, ocfg, tx, mesh, shardings, batch_sharding(mesh))
     compiled, lower_s, compile_s = _aot(jitted, state, batch, mesh)
-    _log(f"  compiled in {lower_s + compile_s:.1f} s (lower {lower_s:.1f} s)")
+    log(f"  compiled in {lower_s + compile_s:.1f} s (lower {lower_s:.1f} s)")
     fwd = forward_flops(cfg, args.text_len, args.regions)
     step_flops = train_flops(cfg, args.text_len, args.regions) * batch_size
     xla = _xla_flops(compiled)
@@ -327,12 +322,11 @@ def bench_one(name: str, size: str, args: argparse.Namespace, device: jax.Device
         "xla_over_analytic": None if xla is None else xla / step_flops,
     }
     times, state = time_steps(compiled, state, batch, warmup, steps)
-    row.update(_timing(times))
-    step_s = row["step_ms"] / 1e3
+    step_s = put_times(row, "step", times)
     row.update(steps_per_s=1 / step_s, examples_per_s=batch_size / step_s, **probe.finish())
     result["rows"].append(row)
     save()
-    _log(_summary(row))
+    log(_summary(row))
     del state
     if sweep_k:
         result["sweeps"].append(bench_sweep(model, ocfg, opt_cfg, compiled, row, batch, mesh, sweep_k, args))
@@ -350,8 +344,8 @@ def bench_sweep(model: VLBertForPreTraining, ocfg: ObjectiveConfig, opt_cfg: Opt
     """
     warmup, steps = row["warmup"], args.sweep_steps or row["steps"]
     block = -(-steps // k)
-    _log(f"  sweep: {k} sequential single runs ({warmup} warm-up + {steps} timed steps each), interleaved with "
-         f"{block} timed step(s) of one {k}-member sweep after each")
+    log(f"  sweep: {k} sequential single runs ({warmup} warm-up + {steps} timed steps each), interleaved with "
+        f"{block} timed step(s) of one {k}-member sweep after each")
     probe = Probe()
     members = members_from_config([{"name": f"seed{args.seed + i}", "seed": args.seed + i} for i in range(k)],
                                   model.cfg, ocfg, opt_cfg, seed=args.seed)
@@ -360,7 +354,7 @@ def bench_sweep(model: VLBertForPreTraining, ocfg: ObjectiveConfig, opt_cfg: Opt
     sweep_state = jax.block_until_ready(init_sweep_state(model, sweep_tx, members, batch, mesh))
     jitted = jit_sweep_step(model, ocfg, sweep_tx, mesh, shardings, batch_sharding(mesh))
     compiled, lower_s, compile_s = _aot(jitted, sweep_state, batch, mesh)
-    _log(f"  sweep compiled in {lower_s + compile_s:.1f} s")
+    log(f"  sweep compiled in {lower_s + compile_s:.1f} s")
     _, sweep_state = time_steps(compiled, sweep_state, batch, 0, warmup)
 
     tx = make_optimizer(opt_cfg)
@@ -373,8 +367,8 @@ def bench_sweep(model: VLBertForPreTraining, ocfg: ObjectiveConfig, opt_cfg: Opt
         times, sweep_state = time_steps(compiled, sweep_state, batch, 0, block)
         sweep_times += times
     del sweep_state
-    timing = _timing(sweep_times)
-    sweep_s, sequential_s = timing["step_ms"] / 1e3, sum(run_ms) / 1e3
+    timing: dict[str, Any] = {}
+    sweep_s, sequential_s = put_times(timing, "step", sweep_times), sum(run_ms) / 1e3
     out = {
         "preset": row["preset"], "size": row["size"], "batch": row["batch"], "dtype": row["dtype"], "k": k,
         "warmup": warmup, "steps": steps, "sweep_steps": len(sweep_times), "single_compile_s": row["compile_s"],
@@ -384,9 +378,9 @@ def bench_sweep(model: VLBertForPreTraining, ocfg: ObjectiveConfig, opt_cfg: Opt
         "throughput_ratio": sequential_s / sweep_s, "sweep_memory": memory_stats(compiled),
         "train_flops_per_step": row["train_flops_per_step"], **probe.finish(),
     }
-    _log(f"  sweep: {out['sweep_member_steps_per_s']:.2f} member-steps/s vs sequential "
-         f"{out['sequential_member_steps_per_s']:.2f} (x{out['throughput_ratio']:.2f}); compile "
-         f"{out['sweep_compile_s']:.1f} s vs {out['single_compile_s']:.1f} s")
+    log(f"  sweep: {out['sweep_member_steps_per_s']:.2f} member-steps/s vs sequential "
+        f"{out['sequential_member_steps_per_s']:.2f} (x{out['throughput_ratio']:.2f}); compile "
+        f"{out['sweep_compile_s']:.1f} s vs {out['single_compile_s']:.1f} s")
     return out
 
 
@@ -399,17 +393,8 @@ def _summary(row: dict[str, Any]) -> str:
             f"{100 * row['mfu']:.1f}% (best peak so far); compile {row['compile_s']:.1f} s")
 
 
-def _f(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def _mib(memory: dict[str, int], key: str = "peak_estimate_in_bytes") -> str:
-    return _f(memory.get(key) / 2**20 if key in memory else None, ",.0f")
-
-
-def _load(row: dict[str, Any]) -> str:
-    return (f"{_f(row.get('loadavg_1m_start'), '.1f')} / {_f(row.get('loadavg_1m_end'), '.1f')} "
-            f"({_f(row.get('other_cores'), '.2f')})")
+    return fmt(memory.get(key) / 2**20 if key in memory else None, ",.0f")
 
 
 def _gflops(value: float) -> str:
@@ -423,34 +408,20 @@ def format_markdown(result: dict[str, Any]) -> str:
              f"measurements, one before each row)" for dtype, p in result["peaks"].items()]
     cols = ["preset", "size", "B", "dtype", "compile s", "ms/step", "steps/s", "examples/s", "GFLOP/example",
             "GFLOP/s", "MFU %", "XLA / analytic FLOPs", "peak memory MiB", "load start / end (other cores)"]
-    lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in result["rows"]:
-        lines.append("| " + " | ".join([
-            r["preset"], r["size"], str(r["batch"]), r["dtype"], f"{r['compile_s']:.1f}", f"{r['step_ms']:.1f}",
-            f"{r['steps_per_s']:.2f}", f"{r['examples_per_s']:.1f}",
-            f"{r['train_flops_per_step'] / r['batch'] / 1e9:.3g}", _gflops(r["achieved_flops_per_s"]),
-            f"{100 * r['mfu']:.1f}", _f(r["xla_over_analytic"], ".2f"), _mib(r["memory"]), _load(r)]) + " |")
+    rows = [[r["preset"], r["size"], r["batch"], r["dtype"], f"{r['compile_s']:.1f}", f"{r['step_ms']:.1f}",
+             f"{r['steps_per_s']:.2f}", f"{r['examples_per_s']:.1f}",
+             f"{r['train_flops_per_step'] / r['batch'] / 1e9:.3g}", _gflops(r["achieved_flops_per_s"]),
+             f"{100 * r['mfu']:.1f}", fmt(r["xla_over_analytic"], ".2f"), _mib(r["memory"]), load_cell(r)]
+            for r in result["rows"]]
+    lines += ["", markdown_table(cols, rows)]
     if result["sweeps"]:
         cols = ["preset", "size", "K", "B", "compile s single / sweep", "sequential member-steps/s",
                 "sweep member-steps/s", "sweep / sequential", "MFU % sequential / sweep", "sweep peak memory MiB",
                 "load start / end (other cores)"]
-        lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for s in result["sweeps"]:
-            lines.append("| " + " | ".join([
-                s["preset"], s["size"], str(s["k"]), str(s["batch"]),
-                f"{s['single_compile_s']:.1f} / {s['sweep_compile_s']:.1f}",
-                f"{s['sequential_member_steps_per_s']:.2f}", f"{s['sweep_member_steps_per_s']:.2f}",
-                f"**{s['throughput_ratio']:.2f}x**", f"{100 * s['sequential_mfu']:.1f} / {100 * s['sweep_mfu']:.1f}",
-                _mib(s["sweep_memory"]), _load(s)]) + " |")
+        rows = [[s["preset"], s["size"], s["k"], s["batch"],
+                 f"{s['single_compile_s']:.1f} / {s['sweep_compile_s']:.1f}",
+                 f"{s['sequential_member_steps_per_s']:.2f}", f"{s['sweep_member_steps_per_s']:.2f}",
+                 f"**{s['throughput_ratio']:.2f}x**", f"{100 * s['sequential_mfu']:.1f} / {100 * s['sweep_mfu']:.1f}",
+                 _mib(s["sweep_memory"]), load_cell(s)] for s in result["sweeps"]]
+        lines += ["", markdown_table(cols, rows)]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """``python -m jaxvl.benchmarks.pretrain ...``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

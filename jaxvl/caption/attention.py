@@ -40,22 +40,20 @@ per pair, about 250 MB per 1000 images at ORT's 36 regions, 6 layers and 8 heads
 caps the images whose pairs are kept).
 
 API: ``analyze(model, params, batches, out_dir=None) -> dict`` (``write_report`` when ``out_dir`` is
-given) and ``write_report(results, out_dir)``: ``caption_attention.csv`` / ``.jsonl`` (tidy rows:
-analysis, family, layer, head, value, count; layers and heads counted from 1 as in the papers,
-``grounding_chance`` without layer/head), ``caption_attention.md`` (the notes and per-layer means) and
-the plots ``entropy.png``, ``grounding.png``, ``correlations.png``.
+given) and ``write_report(results, out_dir)`` (``jaxvl.caption.attention_report``): ``caption_attention.csv``
+/ ``.jsonl`` (tidy rows: analysis, family, layer, head, value, count; layers and heads counted from 1 as in
+the papers, ``grounding_chance`` without layer/head), ``caption_attention.md`` (the notes and per-layer
+means) and the plots ``entropy.png``, ``grounding.png``, ``correlations.png``. ``LabelLinker`` lives in
+``jaxvl.caption.attention_links``; both modules' public names are importable from here too.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
-import json
 import logging
 import math
 import os
-import string
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -63,21 +61,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxvl.data.caption_vocab import CaptionVocab
+from jaxvl.caption.attention_links import PRONOUNS, SPATIAL_WORDS, LabelLinker
+from jaxvl.caption.attention_report import FAMILIES, ROW_FIELDS, tidy_rows, write_report
 from jaxvl.models.ort.captioner import Captioner, collect_attention, ort_token_mask
 from jaxvl.models.ort.geometry import relative_boxes
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("encoder_self", "decoder_self", "cross")
 ALIGNS = ("predict", "input")
-ROW_FIELDS = ("analysis", "family", "layer", "head", "value", "count")
 REQUIRED = ("features", "boxes", "region_mask", "image_size", "captions", "caption_lengths", "caption_mask")
-# Appendix B of Ilinykh & Dobnik (2022): spatial words never linked to an object; and pronouns.
-SPATIAL_WORDS = frozenset({"right", "left", "top", "bottom", "back", "front", "far", "close", "side", "background",
-                           "foreground", "middle", "corner"})
-PRONOUNS = frozenset({"i", "me", "you", "he", "him", "she", "her", "it", "we", "us", "they", "them", "this", "that",
-                      "these", "those", "one", "ones", "something", "someone", "itself", "themselves"})
 NOTES = (
     "jaxvl operationalisations of Ilinykh & Dobnik (2021, 2022); reference captioning.md section 2.2.",
     "Teacher forcing on the reference captions: one forward pass per batch, images encoded once per caption set.",
@@ -206,105 +198,6 @@ def spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out.reshape(x.shape[:-1])
 
 
-# ---------------------------------------------------------------------------------------------- links for COCO
-
-
-def _tokens(text: str) -> tuple[str, ...]:
-    return tuple(w for w in (t.strip(string.punctuation) for t in text.lower().split()) if w)
-
-
-class LabelLinker:
-    """Noun-phrase -> region links by label matching, for data without gold links (COCO with detector classes).
-
-    Rule (jaxvl's; no parser works offline here, see ``jaxvl.ablation.labelmatch``):
-
-    1. a head noun is a run of caption words equal to a synonym of a detector label (the longest run
-       ending at a word; the last word may also match in the singular: ``-s``, ``-es``, ``-ies`` -> ``-y``);
-       a run inside a longer one, and a run directly followed by another (a noun-noun compound: the head
-       is the last noun), are dropped; spatial words (the paper's Appendix B) and pronouns are never heads;
-    2. the phrase's tokens are the head noun's words (determiners and adjectives are not attached);
-    3. it is linked to every valid region whose detector class (``objects_id``) is a label it matches, with
-       confidence ``objects_conf >= min_conf`` (ties link to all, as in the paper).
-
-    Phrases without a linked region are dropped; past ``max_phrases`` per caption too (counted in
-    ``dropped``). ``labels``: the detector's labels in (K+1)-space order, background first, each a
-    comma-separated synonym list (Visual Genome's ``objects_vocab.txt`` lines, a dataset's ``label_list``).
-    ``__call__(batch)`` -> ``phrase_spans`` [B, C, P, 2] int32, ``phrase_regions`` [B, C, P, R] bool.
-    """
-
-    def __init__(self, vocab: CaptionVocab, labels: Sequence[str], max_phrases: int = 8, min_conf: float = 0.0):
-        if max_phrases < 1:
-            raise ValueError(f"max_phrases={max_phrases} must be >= 1")
-        self.vocab, self.max_phrases, self.min_conf = vocab, max_phrases, min_conf
-        self.by_synonym: dict[tuple[str, ...], set[int]] = {}
-        for index, label in enumerate(labels):
-            for synonym in label.split(",") if index else ():
-                words = _tokens(synonym)
-                if words and not (len(words) == 1 and words[0] in SPATIAL_WORDS | PRONOUNS):
-                    self.by_synonym.setdefault(words, set()).add(index - 1)  # K-space
-        if not self.by_synonym:
-            raise ValueError("LabelLinker: no usable label (expected background first, then the detector's labels)")
-        self.longest = max(map(len, self.by_synonym))
-        self.dropped = 0
-
-    def _lookup(self, words: tuple[str, ...]) -> set[int]:
-        found = self.by_synonym.get(words)
-        if found:
-            return found
-        last = words[-1]
-        for suffix, repl in (("ies", "y"), ("es", ""), ("s", "")):
-            if last.endswith(suffix) and len(last) > len(suffix) + 1:
-                found = self.by_synonym.get((*words[:-1], last[:-len(suffix)] + repl))
-                if found:
-                    return found
-        return set()
-
-    def heads(self, words: Sequence[str]) -> list[tuple[int, int, frozenset[int]]]:
-        """Head nouns of a caption's words: (start, end, K-space labels), rule steps 1-2."""
-        words = tuple(w.lower() for w in words)
-        found = []
-        for end in range(1, len(words) + 1):
-            for start in range(max(0, end - self.longest), end):
-                labels = self._lookup(words[start:end])
-                if labels:
-                    found.append((start, end, frozenset(labels)))
-                    break
-        out = []
-        for i, (start, end, labels) in enumerate(found):
-            inside = any(s <= start and end <= e and (s, e) != (start, end) for s, e, _ in found)
-            compound = i + 1 < len(found) and found[i + 1][0] == end
-            if not inside and not compound:
-                out.append((start, end, labels))
-        return out
-
-    def __call__(self, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        for key in ("objects_id", "objects_conf"):
-            if key not in batch:
-                raise ValueError(f"LabelLinker needs the batch's {key!r} (a dataset with detector classes, read with "
-                                 "CaptionPipelineConfig(analysis_fields=True))")
-        captions, lengths = np.asarray(batch["captions"]), np.asarray(batch["caption_lengths"])
-        ids, conf = np.asarray(batch["objects_id"]), np.asarray(batch["objects_conf"])
-        valid = np.asarray(batch["region_mask"]).astype(bool) & (conf >= self.min_conf)
-        b, c = captions.shape[:2]
-        spans = np.zeros((b, c, self.max_phrases, 2), np.int32)
-        regions = np.zeros((b, c, self.max_phrases, ids.shape[1]), bool)
-        for i in range(b):
-            for j in range(c):
-                words = [self.vocab.word_of(int(t)) for t in captions[i, j, 1:1 + lengths[i, j]]]
-                p = 0
-                for start, end, labels in self.heads(words):
-                    linked = valid[i] & np.isin(ids[i], list(labels))
-                    if not linked.any():
-                        continue
-                    if p == self.max_phrases:
-                        self.dropped += 1
-                        continue
-                    spans[i, j, p] = start, end
-                    regions[i, j, p] = linked
-                    p += 1
-        return spans, regions
-
-
 # ---------------------------------------------------------------------------------------------- compiled step
 
 
@@ -410,26 +303,6 @@ def _check_batch(batch: Mapping[str, Any], index: int, cfg: Any, fields: frozens
                          f"({len(label_embeddings)} rows)")
 
 
-def _rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-
-    def grid(analysis: str, family: str, values: np.ndarray, count: int) -> None:
-        for (layer, head), v in np.ndenumerate(values):
-            rows.append(dict(analysis=analysis, family=family, layer=layer + 1, head=head + 1, value=float(v),
-                             count=int(count)))
-
-    for family in FAMILIES:
-        grid("entropy", family, results["entropy"][family], results["queries"][family])
-    if results["grounding"] is not None:
-        grid("grounding", "cross", results["grounding"], results["phrase_tokens"])
-        rows.append(dict(analysis="grounding_chance", family="cross", layer=None, head=None,
-                         value=results["grounding_chance"], count=results["phrase_tokens"]))
-    for name, values in results["spearman"].items():
-        if values is not None:
-            grid(f"spearman_{name}", "encoder_self", values, results["pairs"][name])
-    return rows
-
-
 def analyze(model: Captioner, params: Any, batches: Iterable[Mapping[str, Any]], out_dir: str | os.PathLike | None
             = None, *, align: str = "predict", self_pairs: bool = True, label_embeddings: np.ndarray | None = None,
             links: Callable[[Mapping[str, np.ndarray]], tuple[np.ndarray, np.ndarray]] | None = None,
@@ -521,127 +394,12 @@ def analyze(model: Captioner, params: Any, batches: Iterable[Mapping[str, Any]],
             results["pairs"][name] = len(y)
         else:
             results["spearman"][name], results["pairs"][name] = None, 0
-    results["rows"] = _rows(results)
+    results["rows"] = tidy_rows(results)
     if out_dir is not None:
         write_report(results, out_dir)
     return results
 
 
-# ---------------------------------------------------------------------------------------------- report
-
-
-def _json_value(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, str]:
-    """Writes the tidy rows (CSV, JSONL), a markdown summary with the notes, and the PNG plots; returns the paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {name: os.path.join(out_dir, f) for name, f in (
-        ("csv", "caption_attention.csv"), ("jsonl", "caption_attention.jsonl"), ("summary", "caption_attention.md"),
-        ("entropy", "entropy.png"), ("grounding", "grounding.png"), ("correlations", "correlations.png"))}
-    rows = results["rows"]
-    with open(paths["csv"], "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, ROW_FIELDS)
-        writer.writeheader()
-        writer.writerows({k: "" if r[k] is None else r[k] for k in ROW_FIELDS} for r in rows)
-    with open(paths["jsonl"], "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps({k: _json_value(r[k]) for k in ROW_FIELDS}) + "\n")
-    with open(paths["summary"], "w", encoding="utf-8") as f:
-        f.write(_summary(results))
-    _plot_entropy(results, paths["entropy"])
-    if results["grounding"] is None:
-        del paths["grounding"]
-    else:
-        _plot_grounding(results, paths["grounding"])
-    _plot_correlations(results, paths["correlations"])
-    return paths
-
-
-def _per_layer(values: np.ndarray) -> str:
-    """Mean over the finite heads of each layer, as ``a | b | ...``."""
-    means = [float(np.mean(row[np.isfinite(row)])) if np.isfinite(row).any() else None for row in values]
-    return " / ".join("n/a" if m is None else f"{m:.3f}" for m in means)
-
-
-def _summary(results: Mapping[str, Any]) -> str:
-    lines = ["# Caption attention analyses", "", f"{results['images']} images, {results['captions']} captions, "
-             f"teacher-forced (align={results['align']!r}).", "", "## Operationalisations", ""]
-    lines += [f"- {n}" for n in results["notes"]]
-    lines += ["", "## Means over heads, per layer (layer 1 first)", "", "| analysis | family | per layer | count |",
-              "| --- | --- | --- | --- |"]
-    for family in FAMILIES:
-        entropy, n = _per_layer(results["entropy"][family]), results["queries"][family]
-        lines.append(f"| entropy | {family} | {entropy} | {n} |")
-    if results["grounding"] is not None:
-        lines.append(f"| grounding | cross | {_per_layer(results['grounding'])} | {results['phrase_tokens']} |")
-        lines.append(f"| grounding_chance | cross | {results['grounding_chance']:.3f} | {results['phrase_tokens']} |")
-    for name, values in results["spearman"].items():
-        if values is not None:
-            lines.append(f"| spearman_{name} | encoder_self | {_per_layer(values)} | {results['pairs'][name]} |")
-    return "\n".join(lines) + "\n"
-
-
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure  # a bare Figure renders with Agg: no pyplot, no global backend state
-
-    return Figure(figsize=(width, height), dpi=100)
-
-
-def _layer_panel(ax, values: np.ndarray, title: str, ylabel: str) -> None:
-    """Per-layer mean over heads (line), each head (points) and the heads' min-max band."""
-    layers = np.arange(1, values.shape[0] + 1)
-    finite = np.isfinite(values).any(axis=1)
-    if finite.any():
-        ax.fill_between(layers[finite], np.nanmin(values[finite], 1), np.nanmax(values[finite], 1), alpha=0.2)
-        ax.plot(layers[finite], np.nanmean(values[finite], 1), marker="o", label="mean over heads")
-    for h in range(values.shape[1]):
-        ax.scatter(layers, values[:, h], s=10, alpha=0.6)
-    ax.set_xticks(layers)
-    ax.set_xlabel("layer")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-
-
-def _plot_entropy(results: Mapping[str, Any], path: str) -> None:
-    fig = _figure(4.0 * len(FAMILIES), 3.5)
-    for i, family in enumerate(FAMILIES):
-        ax = fig.add_subplot(1, len(FAMILIES), i + 1)
-        _layer_panel(ax, results["entropy"][family], f"{family} ({results['queries'][family]} queries)",
-                     "normalised entropy")
-        ax.set_ylim(0, 1.05)
-    fig.suptitle("Attention entropy per layer (points: heads; jaxvl operationalisation of Eq. 5)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-def _plot_grounding(results: Mapping[str, Any], path: str) -> None:
-    values = results["grounding"]
-    fig = _figure(max(4.0, 1.0 + 0.7 * values.shape[1]), max(3.0, 1.2 + 0.5 * values.shape[0]))
-    ax = fig.add_subplot(1, 1, 1)
-    image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    for (layer, head), v in np.ndenumerate(values):
-        ax.text(head, layer, "n/a" if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=7,
-                color="white" if np.isfinite(v) and v < 0.6 else "black")
-    ax.set_xticks(range(values.shape[1]), [str(h + 1) for h in range(values.shape[1])])
-    ax.set_yticks(range(values.shape[0]), [str(layer + 1) for layer in range(values.shape[0])])
-    ax.set_xlabel("head")
-    ax.set_ylabel("decoder layer")
-    ax.set_title(f"Cross-attention share on linked regions (Eq. 3)\nchance {results['grounding_chance']:.2f}, "
-                 f"{results['phrase_tokens']} phrase tokens", fontsize=9)
-    fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-def _plot_correlations(results: Mapping[str, Any], path: str) -> None:
-    panels = [(name, v) for name, v in results["spearman"].items() if v is not None]
-    fig = _figure(4.5 * len(panels), 3.5)
-    for i, (name, values) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        _layer_panel(ax, values, f"encoder attention vs {name} ({results['pairs'][name]} pairs)", "Spearman rho")
-        ax.axhline(0.0, color="grey", lw=0.8)
-    fig.suptitle("Encoder self-attention correlations per layer (jaxvl operationalisation)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
+__all__ = ["ALIGNS", "FAMILIES", "NOTES", "PRONOUNS", "REQUIRED", "ROW_FIELDS", "SPATIAL_WORDS", "LabelLinker",
+           "analyze", "attention_entropy", "average_ranks", "box_proximity", "causal_key_mask", "grounding_mass",
+           "label_similarity", "phrase_query_mask", "spearman", "tidy_rows", "write_report"]

@@ -19,7 +19,8 @@ Methods (call through ``model.apply(variables, ..., method=...)``):
 
 - ``__call__(features, boxes, mask, tokens, token_mask=None)`` -> teacher-forced log-probs [B, T, V];
 - ``encode(features, boxes, mask)`` -> memory [B, N, d_model]; ``decode(memory, mask, tokens, token_mask=None)``
-  -> teacher-forced log-probs (``ort_token_mask`` gives ORT's token mask);
+  -> teacher-forced log-probs (``ort_token_mask`` gives ORT's token mask) = ``log_probs(decode_hidden(...))``
+  (decoder states [B, T, d_model], then the generator); ``embed_tokens`` is the decoder's input embedding;
 - ``precompute_cross_kv(memory)`` -> every decoder layer's cross-attention keys and values, once per image;
 - ``init_cache(memory, mask, max_len)`` -> a ``DecodeCache`` (cross keys/values plus zeroed
   fixed-length self-attention caches); ``decode_step(cache, token, position)`` -> (log-probs [B, V],
@@ -168,11 +169,7 @@ def collect_attention(intermediates: Mapping) -> dict[str, jax.Array]:
 def _torch_bias_init(fan_in: int):
     """torch's default ``Linear`` bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 def _linear(features: int | tuple[int, ...], axes: Axes, fan_in: int, dtype: str, *, in_dims: int = 1,
@@ -380,8 +377,6 @@ class Captioner(nn.Module):
         self.decoder = Decoder(c, self.sow_weights)
         self.generator = _linear(c.vocab_size, ("embed", "vocab"), c.d_model, c.dtype)
 
-    # -- inputs ---------------------------------------------------------------------------------------
-
     def _check_regions(self, features: jax.Array, boxes: jax.Array, mask: jax.Array | None) -> jax.Array:
         """Shape checks (before any compilation); returns the [B, N] bool key mask."""
         c = self.cfg
@@ -405,16 +400,16 @@ class Captioner(nn.Module):
         if token_mask is not None and token_mask.shape != tokens.shape:
             raise ValueError(f"token_mask: expected {tokens.shape}, got {token_mask.shape}")
 
-    def _embed_tokens(self, tokens: jax.Array, positions: jax.Array, deterministic: bool) -> jax.Array:
-        """[B, T] ids at [T] (or scalar) positions -> [B, T, d] float32: ``lut * sqrt(d) + pe``, dropout."""
+    def embed_tokens(self, tokens: jax.Array, positions: jax.Array, deterministic: bool = True) -> jax.Array:
+        """Token ids [B, T] at positions [T] (or a scalar, T = 1) -> [B, T, d_model] float32: ``embed * sqrt(d)
+        + sinusoid_positions``, then dropout (ORT's ``Embeddings`` + ``PositionalEncoding``)."""
         c = self.cfg
         x = self.embed(tokens) * jnp.float32(math.sqrt(c.d_model)) + sinusoid_positions(positions, c.d_model)
         return dropout(self, x, c.dropout, deterministic)
 
-    def _log_probs(self, x: jax.Array) -> jax.Array:
-        return jax.nn.log_softmax(self.generator(x.astype(jnp.dtype(self.cfg.dtype))).astype(jnp.float32), axis=-1)
-
-    # -- encoder --------------------------------------------------------------------------------------
+    def log_probs(self, hidden: jax.Array) -> jax.Array:
+        """ORT's ``Generator``: decoder states [..., d_model] -> log-probs [..., vocab_size] float32."""
+        return jax.nn.log_softmax(self.generator(hidden.astype(jnp.dtype(self.cfg.dtype))).astype(jnp.float32), -1)
 
     def encode(self, features: jax.Array, boxes: jax.Array, mask: jax.Array | None = None,
                deterministic: bool = True) -> jax.Array:
@@ -426,16 +421,15 @@ class Captioner(nn.Module):
         x = dropout(self, x, c.feature_dropout, deterministic) * key_mask[..., None]
         return self.encoder(x, boxes, key_mask, deterministic)
 
-    # -- decoder --------------------------------------------------------------------------------------
-
     def precompute_cross_kv(self, memory: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...]:
         """memory [B, N, d] -> per decoder layer the cross-attention (keys, values) [B, N, heads, head_dim]."""
         return self.decoder.cross_kv(memory)
 
-    def decode(self, memory: jax.Array, mask: jax.Array | None, tokens: jax.Array, token_mask: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
-        """Teacher forcing: memory [B, N, d], region mask [B, N], input tokens [B, T] (BOS first) and an optional
-        token key mask [B, T] (``ort_token_mask`` for ORT's) -> log-probs [B, T, vocab_size] float32."""
+    def decode_hidden(self, memory: jax.Array, mask: jax.Array | None, tokens: jax.Array,
+                      token_mask: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+        """``decode`` without the generator: the decoder's final states [B, T, d_model] (after its last LN) for
+        memory [B, N, d], region mask [B, N] (None: all) and input tokens [B, T] (BOS first). ORT's no-cache
+        decoding takes ``log_probs`` of the last position only."""
         self._check_tokens(tokens, memory.shape[0], token_mask)
         length = tokens.shape[1]
         keep = jnp.tril(jnp.ones((length, length), bool))[None, None]
@@ -444,9 +438,15 @@ class Captioner(nn.Module):
         self_bias = jnp.where(keep, 0.0, NEG_INF).astype(jnp.float32)
         src_mask = jnp.ones(memory.shape[:2], bool) if mask is None else mask.astype(bool)
         cross_bias = jnp.where(src_mask[:, None, None, :], 0.0, NEG_INF).astype(jnp.float32)
-        x = self._embed_tokens(tokens, jnp.arange(length), deterministic)
+        x = self.embed_tokens(tokens, jnp.arange(length), deterministic)
         x, _ = self.decoder(x, self.precompute_cross_kv(memory), self_bias, cross_bias, deterministic)
-        return self._log_probs(x)
+        return x
+
+    def decode(self, memory: jax.Array, mask: jax.Array | None, tokens: jax.Array, token_mask: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+        """Teacher forcing: memory [B, N, d], region mask [B, N], input tokens [B, T] (BOS first) and an optional
+        token key mask [B, T] (``ort_token_mask`` for ORT's) -> log-probs [B, T, vocab_size] float32."""
+        return self.log_probs(self.decode_hidden(memory, mask, tokens, token_mask, deterministic))
 
     def __call__(self, features: jax.Array, boxes: jax.Array, mask: jax.Array | None, tokens: jax.Array,
                  token_mask: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
@@ -462,8 +462,7 @@ class Captioner(nn.Module):
         if not 0 < max_len <= c.max_len:
             raise ValueError(f"max_len={max_len} must be in [1, {c.max_len}]")
         cross = self.precompute_cross_kv(memory)
-        batch = memory.shape[0]
-        zeros = jnp.zeros((batch, max_len, c.num_heads, c.d_model // c.num_heads), cross[0][0].dtype)
+        zeros = jnp.zeros((memory.shape[0], max_len, c.num_heads, c.d_model // c.num_heads), cross[0][0].dtype)
         src_mask = jnp.ones(memory.shape[:2], bool) if mask is None else mask.astype(bool)
         return DecodeCache(self_k=(zeros,) * len(cross), self_v=(zeros,) * len(cross),
                            cross_k=tuple(k for k, _ in cross), cross_v=tuple(v for _, v in cross),
@@ -483,12 +482,12 @@ class Captioner(nn.Module):
             raise ValueError(f"position={position} outside the cache's [0, {cache.max_len})")
         position = jnp.asarray(position, jnp.int32)
         self_bias = jnp.where(jnp.arange(cache.max_len) <= position, 0.0, NEG_INF).astype(jnp.float32)
-        x = self._embed_tokens(token[:, None], position[None], deterministic)
+        x = self.embed_tokens(token[:, None], position[None], deterministic)
         caches = tuple(zip(cache.self_k, cache.self_v, strict=True))
         cross = tuple(zip(cache.cross_k, cache.cross_v, strict=True))
         x, new = self.decoder(x, cross, self_bias[None, None, None, :], cache.src_bias, deterministic, caches, position)
         cache = cache.replace(self_k=tuple(k for k, _ in new), self_v=tuple(v for _, v in new))
-        return self._log_probs(x[:, 0]), cache
+        return self.log_probs(x[:, 0]), cache
 
     def dummy_inputs(self, batch: int = 2, regions: int = 5, length: int = 6) -> dict[str, jax.Array]:
         """Zero-filled inputs of the right shapes and dtypes, for ``init`` and shape checks."""
