@@ -6,7 +6,8 @@
 - ``trainer``: ``train_captioner(cfg, workdir)``: XE then SCST on the shared stage runner;
 - ``decoding``: greedy, sampling and beam search as fixed-shape while_loops with a KV cache;
 - ``evaluate``: decode a split, score it (BLEU, METEOR, ROUGE-L, CIDEr-D), the attention analyses;
-- ``attention``: teacher-forced attention entropy, grounding share and geometry correlations.
+- ``attention``: teacher-forced attention entropy, grounding share and geometry correlations
+  (``attention_links``: phrase -> object links; ``attention_report``: tidy rows, files and plots).
 
 The model itself is ``jaxvl.models.ort``; the vocabulary ``jaxvl.data.caption_vocab``.
 """
