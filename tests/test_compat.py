@@ -61,6 +61,6 @@ def test_from_import_of_an_old_submodule_and_the_old_entry_point():
         from jaxvl.train import sweep  # jaxvl.train is an old package
     assert sweep.members_from_config is importlib.import_module("jaxvl.pretrain.sweep").members_from_config
     out = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c",
-                          "import jaxvl.cli, jaxvl.pretrain.trainer, jaxvl.caption.trainer, "
+                          "import jaxvl.cli, jaxvl.runtime.stage, jaxvl.pretrain.trainer, jaxvl.caption.trainer, "
                           "jaxvl.ablation.run, jaxvl.demo"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr  # the new code itself uses no old path

@@ -2,9 +2,10 @@
 
 ``train_captioner(cfg, workdir)`` runs ``jaxvl/configs/caption.py``: stage ``xe`` in ``<workdir>/xe``, then
 (unless ``scst.enabled`` is off) stage ``scst`` in ``<workdir>/scst`` starting from the XE parameters.
-Both stages run on the shared machinery of pretraining: the mesh, parameters created in their
+``caption_stage`` builds a stage's pieces (data, model, optimizer, state init, step, evaluation) and the
+stage runner of pretraining runs them (``jaxvl.runtime.stage``): the mesh, parameters created in their
 shards, Orbax checkpoints with the Grain position (exact resume), the NaN guard, SIGTERM, JSONL and
-TensorBoard metrics and the progress bar (``jaxvl.runtime.loop``).
+TensorBoard metrics and the progress bar. A stage that did not finish starts no SCST stage.
 
 - XE step: one jitted, donated update of ``caption_objective.xe_loss`` (images encoded once).
 - SCST step: a jitted ``sample_and_greedy`` (5 samples per image and the greedy baseline, one encoder
@@ -20,11 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -32,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen as nn
+from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxvl.caption.data import CaptionPipelineConfig, caption_dataset, caption_vocab_for
@@ -43,12 +43,13 @@ from jaxvl.data.grain import open_split
 from jaxvl.data.resolve import resolve_dataset
 from jaxvl.models.ort.captioner import Captioner, CaptionerConfig
 from jaxvl.models.ort.geometry import relative_boxes
-from jaxvl.runtime.checkpoint import Checkpointer, params_from_workdir
-from jaxvl.runtime.compile import FAST_COMPILE, jit_step, memory_summary
-from jaxvl.runtime.loop import LoopConfig, StageResult, log, train_loop
-from jaxvl.runtime.metrics_log import MetricsLog
-from jaxvl.runtime.sharding import batch_sharding, make_mesh, param_shardings, to_global
-from jaxvl.runtime.state import TrainState, apply_gradients, init_sharded
+from jaxvl.runtime import stage as stage_runner
+from jaxvl.runtime.checkpoint import params_from_workdir
+from jaxvl.runtime.compile import FAST_COMPILE, jit_step
+from jaxvl.runtime.loop import LoopConfig, StageResult
+from jaxvl.runtime.sharding import batch_sharding, make_mesh, to_global
+from jaxvl.runtime.stage import Stage, example_batch, take_batches
+from jaxvl.runtime.state import Batch, TrainState, apply_gradients, boxed_shardings, boxed_state_init, init_sharded
 
 DEVICE_FIELDS = ("features", "boxes", "region_mask", "image_size", "captions", "caption_lengths", "caption_mask")
 
@@ -90,7 +91,7 @@ def model_config(cfg: ConfigDict, data: CaptionData) -> CaptionerConfig:
     return CaptionerConfig(**fields)
 
 
-def device_batch(host: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+def device_batch(host: Mapping[str, np.ndarray], mesh: Mesh) -> Batch:
     """A caption pipeline batch (host) -> the global arrays the compiled steps read (no image ids)."""
     return to_global({k: host[k] for k in DEVICE_FIELDS}, mesh)
 
@@ -98,121 +99,48 @@ def device_batch(host: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
 # ============================================================================================ steps
 
 
-def _boxed_init(model: Captioner, tx: optax.GradientTransformation, example: Mapping[str, Any]):
+def boxed_init(model: Captioner, tx: optax.GradientTransformation, example: Mapping[str, Any]
+               ) -> Callable[[jax.Array], TrainState]:
+    """``rng -> TrainState`` with ``nn.LogicallyPartitioned`` boxes (``runtime.state.boxed_state_init``); only
+    the shapes of ``example``'s ``features`` [B, R, F], ``boxes`` [B, R, 4] and ``region_mask`` [B, R] are
+    used (one image of zeros and a two-token caption)."""
     shapes = {k: example[k].shape[1:] for k in ("features", "boxes", "region_mask")}
 
-    def init(rng: jax.Array) -> TrainState:
-        init_rng, step_rng = jax.random.split(rng)
+    def init_params(rng: jax.Array) -> Any:
         feats = jnp.zeros((1, *shapes["features"]), jnp.float32)
         boxes = jnp.zeros((1, *shapes["boxes"]), jnp.float32)
         mask = jnp.ones((1, *shapes["region_mask"]), jnp.int32)
         tokens = jnp.zeros((1, 2), jnp.int32)
-        params = model.init(init_rng, feats, boxes, mask, tokens)["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=step_rng)
+        return model.init(rng, feats, boxes, mask, tokens)["params"]
 
-    return init
+    return boxed_state_init(init_params, tx)
 
 
-def xe_step(state: TrainState, batch, *, model: Captioner, tx, label_smoothing: float):
+def xe_step(state: TrainState, batch: Batch, *, model: Captioner, tx: optax.GradientTransformation,
+            label_smoothing: float) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One XE update (``caption.loss.xe_loss``, dropout on) on a global caption batch (``DEVICE_FIELDS``)."""
     return apply_gradients(state, batch, lambda p, b, r: xe_loss(model, p, b, r, label_smoothing), tx)
 
 
-def scst_update(state: TrainState, batch, samples, rewards, *, model: Captioner, tx):
+def scst_update(state: TrainState, batch: Batch, samples: jax.Array, rewards: jax.Array, *, model: Captioner,
+                tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One SCST update (``caption.loss.scst_loss``) given the sampled tokens int32 [B, K, L] and their
+    baseline-subtracted rewards float32 [B, K]."""
     def loss_fn(params, batch, rng):
         return scst_loss(model, params, batch, samples, rewards, rng)
 
     return apply_gradients(state, batch, loss_fn, tx)
 
 
-# ============================================================================================ stages
-
-
-def _stage_steps(stage_cfg: ConfigDict, n_images: int) -> int:
-    return int(stage_cfg.steps) or math.ceil(stage_cfg.epochs * n_images / stage_cfg.batch_size)
-
-
-def run_caption_stage(cfg: ConfigDict, workdir: str, stage: str, init_from: str | None = None,
-                      run_dir: str | None = None) -> StageResult:
-    """One stage (``xe`` or ``scst``) in ``workdir`` (module doc); ``run_dir``: the run's top directory
-    (where a source string's data is prepared; default ``workdir``)."""
-    os.makedirs(workdir, exist_ok=True)
-    compiler_options = FAST_COMPILE if cfg.fast_compile else None
-    stage_cfg = cfg.xe if stage == "xe" else cfg.scst
-
-    # ----------------------------------------------------------------------------------- data
-    data = open_caption_data(cfg, run_dir or workdir)
-    pipeline = CaptionPipelineConfig(batch_size=stage_cfg.batch_size, captions_per_image=cfg.data.captions_per_image,
-                                     seed=cfg.seed, num_threads=cfg.data.num_threads)
-    train_ds = caption_dataset(data.source, pipeline)
-    mesh = make_mesh(**cfg.mesh.to_dict())
-
-    # -------------------------------------------------------------------- model and optimizer
-    mcfg = model_config(cfg, data)
-    model = Captioner(mcfg)
-    steps = _stage_steps(stage_cfg, len(data.source))
-    if stage == "xe":
-        tx = xe_optimizer(mcfg.d_model, cfg.xe.noam_warmup, cfg.xe.noam_factor, cfg.xe.grad_clip)
-    else:
-        per_epoch = max(1, len(data.source) // stage_cfg.batch_size)
-        tx = scst_optimizer(stage_cfg.learning_rate, per_epoch, stage_cfg.decay_every_epochs, stage_cfg.decay_rate,
-                            stage_cfg.grad_clip)
-    example = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                           device_batch(next(iter(train_ds)), mesh))
-
-    # ------------------------------------------------------------------------------ the state
-    boxed_init = _boxed_init(model, tx, example)
-    shardings = param_shardings(jax.eval_shape(boxed_init, jax.random.key(0)), mesh)
-    state = init_sharded(boxed_init, jax.random.key(cfg.seed), mesh, compiler_options=compiler_options)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep,
-                        async_save=cfg.checkpoint.async_save)
-    data_iter = iter(train_ds)
-    resumed = ckpt.latest_step()
-    if resumed is not None:
-        state, _ = ckpt.restore(state, shardings, data_iterator=data_iter)
-        init_desc = f"resumed from {ckpt.directory} step {resumed}"
-    elif init_from:
-        state = state.replace(params=params_from_workdir(init_from, state, shardings))
-        init_desc = f"parameters of {init_from}"
-    else:
-        init_desc = "random (ORT's xavier-uniform init)"
-    start = int(jax.device_get(state.step))
-    _write_run_info(workdir, cfg, mcfg, data, stage, steps, init_desc)
-    log(f"{workdir}: captioner {stage} stage, {steps} steps of {stage_cfg.batch_size} images on mesh "
-        f"{dict(mesh.shape)}; init: {init_desc}")
-    if start >= steps:
-        ckpt.close()
-        return StageResult(workdir, "done", start, {}, ckpt.latest_step())
-
-    # ---------------------------------------------------------------------------- compile
-    bsharding = batch_sharding(mesh)
-    t0 = time.perf_counter()
-    if stage == "xe":
-        fn = functools.partial(xe_step, model=model, tx=tx, label_smoothing=cfg.xe.label_smoothing)
-        with jax.set_mesh(mesh):
-            step_fn = jit_step(fn, mesh, shardings, bsharding, compiler_options).lower(state, example).compile()
-        log(f"compiled the XE step in {time.perf_counter() - t0:.1f} s\n{memory_summary(step_fn)}")
-    else:
-        step_fn = _scst_step_fn(cfg, model, tx, mesh, shardings, bsharding, state, example, data, compiler_options)
-        log(f"compiled the SCST sampler and update in {time.perf_counter() - t0:.1f} s")
-
-    # ------------------------------------------------------------------------------- loop
-    evaluate = _evaluation(cfg, model, data, mesh, compiler_options)
-    metrics_log = MetricsLog(workdir, resume_step=start)
-    loop = LoopConfig(steps=steps, checkpoint_every=cfg.checkpoint.every, eval_every=cfg.eval_every,
-                      log_every=cfg.log_every, progress=cfg.progress)
-    try:
-        _, result = train_loop(loop, step_fn, state, data_iter, lambda h: device_batch(h, mesh), ckpt, metrics_log,
-                               start, workdir, evaluate)
-    finally:
-        metrics_log.close()
-        ckpt.close()
-    return result
-
-
-def _scst_step_fn(cfg, model, tx, mesh, shardings, bsharding, state, example, data, compiler_options):
-    """The SCST step as one host function: jitted sampler -> host CIDEr-D rewards -> jitted update."""
+def scst_step(cfg: ConfigDict, model: Captioner, tx: optax.GradientTransformation, mesh: Mesh, shardings: TrainState,
+              state: TrainState, example: Batch, data: CaptionData, compiler_options: dict[str, Any] | None
+              ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Any]]]:
+    """The SCST step as one host function: compiled sampler (K samples per image [B, K, L] and the greedy
+    caption [B, L]) -> host CIDEr-D rewards -> compiled update. Metrics: the update's, ``cider_sample`` and
+    ``cider_greedy`` (host floats)."""
     from jaxvl.caption.decoding import sample_and_greedy
 
+    bsharding = batch_sharding(mesh)
     captions_per_image = example["captions"].shape[1]
 
     def sample(params, batch, rng, step):
@@ -234,7 +162,7 @@ def _scst_step_fn(cfg, model, tx, mesh, shardings, bsharding, state, example, da
                               state, example, token_shape, reward_shape).compile()
     cider = training_cider(data.source)
 
-    def step(state: TrainState, batch: Mapping[str, jax.Array]):
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Any]]:
         samples, greedy = sampler(state.params, batch, state.rng, state.step)
         host = jax.device_get({"s": samples, "g": greedy, "c": batch["captions"], "l": batch["caption_lengths"],
                                "m": batch["caption_mask"]})
@@ -247,8 +175,13 @@ def _scst_step_fn(cfg, model, tx, mesh, shardings, bsharding, state, example, da
     return step
 
 
-def _evaluation(cfg, model, data: CaptionData, mesh, compiler_options):
-    """``evaluate(state) -> {val_xe, val_cider_greedy}`` on fixed held-out batches, or None without a split."""
+# ======================================================================================== evaluation
+
+
+def caption_evaluation(cfg: ConfigDict, model: Captioner, data: CaptionData, mesh: Mesh,
+                       compiler_options: dict[str, Any] | None) -> Callable[[TrainState], dict[str, float]] | None:
+    """``evaluate(state) -> {loss, cider_greedy}`` (deterministic XE loss and greedy CIDEr-D) on
+    ``cfg.eval_batches`` fixed held-out batches; None without evaluation or without an eval split."""
     from jaxvl.caption.decoding import greedy
     from jaxvl.metrics import cider_d
 
@@ -261,11 +194,7 @@ def _evaluation(cfg, model, data: CaptionData, mesh, compiler_options):
     pipeline = CaptionPipelineConfig(batch_size=min(cfg.xe.batch_size, len(source)), shuffle=False, num_epochs=1,
                                      caption_window="first", captions_per_image=cfg.data.captions_per_image,
                                      num_threads=1)
-    batches = []
-    for host in caption_dataset(source, pipeline):
-        batches.append(device_batch(host, mesh))
-        if len(batches) == cfg.eval_batches:
-            break
+    batches = take_batches(caption_dataset(source, pipeline), lambda host: device_batch(host, mesh), cfg.eval_batches)
 
     def evaluate_batch(params, batch):
         loss, _ = xe_loss(model, params, batch, jax.random.key(0), deterministic=True)
@@ -289,14 +218,73 @@ def _evaluation(cfg, model, data: CaptionData, mesh, compiler_options):
     return evaluate
 
 
-def _write_run_info(workdir, cfg, mcfg: CaptionerConfig, data: CaptionData, stage: str, steps: int, init: str):
-    if jax.process_index() != 0:
-        return
-    info = dict(config=cfg.to_dict(), model_config=dataclasses.asdict(mcfg), stage=stage, steps=steps, init=init,
-                dataset=data.dataset, vocab_fingerprint=data.vocab.fingerprint())
-    with open(os.path.join(workdir, "run.json"), "w") as f:
-        json.dump(info, f, indent=1, default=str)
-    data.vocab.save(os.path.join(workdir, "vocab.json"))
+# ============================================================================================ stages
+
+
+def caption_stage(cfg: ConfigDict, workdir: str, stage: str, init_from: str | None = None,
+                  run_dir: str | None = None) -> Stage:
+    """The pieces of stage ``xe`` or ``scst`` in ``workdir`` for ``runtime.stage.run_stage`` (module doc).
+    ``init_from``: a workdir whose parameters start the stage (else ORT's random init); ``run_dir``: the run's
+    top directory (where a source string's data is prepared; default ``workdir``)."""
+    compiler_options = FAST_COMPILE if cfg.fast_compile else None
+    stage_cfg = cfg.xe if stage == "xe" else cfg.scst
+
+    # ----------------------------------------------------------------------------------- data
+    data = open_caption_data(cfg, run_dir or workdir)
+    pipeline = CaptionPipelineConfig(batch_size=stage_cfg.batch_size, captions_per_image=cfg.data.captions_per_image,
+                                     seed=cfg.seed, num_threads=cfg.data.num_threads)
+    train_ds = caption_dataset(data.source, pipeline)
+    mesh = make_mesh(**cfg.mesh.to_dict())
+
+    def host_to_global(host: Mapping[str, np.ndarray]) -> Batch:
+        return device_batch(host, mesh)
+
+    example = example_batch(train_ds, host_to_global)
+
+    # -------------------------------------------------------------------- model and optimizer
+    mcfg = model_config(cfg, data)
+    model = Captioner(mcfg)
+    steps = int(stage_cfg.steps) or math.ceil(stage_cfg.epochs * len(data.source) / stage_cfg.batch_size)
+    if stage == "xe":
+        tx = xe_optimizer(mcfg.d_model, cfg.xe.noam_warmup, cfg.xe.noam_factor, cfg.xe.grad_clip)
+    else:
+        per_epoch = max(1, len(data.source) // stage_cfg.batch_size)
+        tx = scst_optimizer(stage_cfg.learning_rate, per_epoch, stage_cfg.decay_every_epochs, stage_cfg.decay_rate,
+                            stage_cfg.grad_clip)
+
+    # ----------------------------------------------------------------------- state and step
+    boxed = boxed_init(model, tx, example)
+    shardings = boxed_shardings(boxed, mesh)
+    jitted, build = None, None
+    if stage == "xe":
+        fn = functools.partial(xe_step, model=model, tx=tx, label_smoothing=cfg.xe.label_smoothing)
+        jitted = jit_step(fn, mesh, shardings, batch_sharding(mesh), compiler_options)
+    else:
+        def build(state: TrainState, example: Batch) -> Callable:
+            return scst_step(cfg, model, tx, mesh, shardings, state, example, data, compiler_options)
+
+    loop = LoopConfig(steps=steps, checkpoint_every=cfg.checkpoint.every, eval_every=cfg.eval_every,
+                      log_every=cfg.log_every, progress=cfg.progress)
+    return Stage(
+        description=f"captioner {stage} stage, {steps} steps of {stage_cfg.batch_size} images",
+        mesh=mesh, train_data=train_ds, host_to_global=host_to_global, example=example,
+        init_state=lambda: init_sharded(boxed, jax.random.key(cfg.seed), mesh, compiler_options=compiler_options),
+        shardings=shardings, loop=loop, jitted_step=jitted, build_step=build,
+        step_name="XE step" if stage == "xe" else "SCST sampler and update", init_from=init_from,
+        initialise=lambda state: (state, "random (ORT's xavier-uniform init)"),
+        make_evaluate=lambda: caption_evaluation(cfg, model, data, mesh, compiler_options),
+        run_info=dict(config=cfg.to_dict(), model_config=dataclasses.asdict(mcfg), stage=stage,
+                      dataset=data.dataset, vocab_fingerprint=data.vocab.fingerprint()),
+        write_files=lambda workdir: data.vocab.save(os.path.join(workdir, "vocab.json")),
+        checkpoint_keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+
+
+def run_caption_stage(cfg: ConfigDict, workdir: str, stage: str, init_from: str | None = None,
+                      run_dir: str | None = None) -> StageResult:
+    """One stage (``xe`` or ``scst``) in ``workdir``: ``caption_stage`` run by ``runtime.stage.run_stage``."""
+    os.makedirs(workdir, exist_ok=True)
+    _, result = stage_runner.run_stage(caption_stage(cfg, workdir, stage, init_from, run_dir), workdir)
+    return result
 
 
 def load_captioner(cfg: ConfigDict, workdir: str) -> tuple[Captioner, Any, CaptionData, str]:
@@ -317,9 +305,9 @@ def load_captioner(cfg: ConfigDict, workdir: str) -> tuple[Captioner, Any, Capti
     example = {"features": jax.ShapeDtypeStruct((1, data.num_regions, data.feature_dim), jnp.float32),
                "boxes": jax.ShapeDtypeStruct((1, data.num_regions, 4), jnp.float32),
                "region_mask": jax.ShapeDtypeStruct((1, data.num_regions), jnp.int32)}
-    boxed = _boxed_init(model, tx, example)
+    boxed = boxed_init(model, tx, example)
     abstract = nn.meta.unbox(jax.eval_shape(boxed, jax.random.key(0)))
-    shardings = param_shardings(jax.eval_shape(boxed, jax.random.key(0)), mesh)
+    shardings = boxed_shardings(boxed, mesh)
     return model, params_from_workdir(stage_dir, abstract, shardings), data, stage_dir
 
 
@@ -332,4 +320,6 @@ def train_captioner(cfg: ConfigDict, workdir: str) -> list[StageResult]:
     return [first, run_caption_stage(cfg, os.path.join(workdir, "scst"), "scst", init_from=xe_dir, run_dir=workdir)]
 
 
-__all__ = ["CaptionData", "load_captioner", "model_config", "open_caption_data", "train_captioner"]
+__all__ = ["CaptionData", "boxed_init", "caption_evaluation", "caption_stage", "device_batch", "load_captioner",
+           "model_config", "open_caption_data", "run_caption_stage", "scst_step", "scst_update", "train_captioner",
+           "xe_step"]

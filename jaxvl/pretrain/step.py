@@ -30,8 +30,8 @@ from jax.sharding import Mesh, NamedSharding
 from jaxvl.models.volta.model import VLBertForPreTraining
 from jaxvl.pretrain.loss import Batch, ObjectiveConfig, pretraining_loss
 from jaxvl.runtime.compile import jit_step
-from jaxvl.runtime.sharding import DEFAULT_RULES, Rules, param_shardings
-from jaxvl.runtime.state import TrainState, apply_gradients, init_sharded
+from jaxvl.runtime.sharding import DEFAULT_RULES, Rules
+from jaxvl.runtime.state import TrainState, apply_gradients, boxed_shardings, boxed_state_init, init_sharded
 
 INIT_INPUTS = ("input_ids", "features", "locations")
 
@@ -52,26 +52,24 @@ def train_step(state: TrainState, batch: Batch, *, model: VLBertForPreTraining, 
 
 
 def boxed_init(model: VLBertForPreTraining, tx: optax.GradientTransformation,
-                   example_batch: Mapping[str, Any]) -> Callable[[jax.Array], TrainState]:
-    """``rng -> TrainState`` with ``nn.LogicallyPartitioned`` boxes on params and optimizer moments.
-    Only the shapes and dtypes of ``example_batch``'s ``INIT_INPUTS`` are used (one row)."""
+               example_batch: Mapping[str, Any]) -> Callable[[jax.Array], TrainState]:
+    """``rng -> TrainState`` with ``nn.LogicallyPartitioned`` boxes on params and optimizer moments
+    (``runtime.state.boxed_state_init``). Only the shapes and dtypes of ``example_batch``'s ``INIT_INPUTS``
+    are used (one row of zeros: ``input_ids`` [1, T], ``features`` [1, R, F], ``locations`` [1, R, L])."""
     shapes = {k: (tuple(example_batch[k].shape[1:]), example_batch[k].dtype) for k in INIT_INPUTS}
 
-    def init(rng: jax.Array) -> TrainState:
-        init_rng, step_rng = jax.random.split(rng)
+    def init_params(rng: jax.Array) -> Any:
         inputs = {k: jnp.zeros((1, *shape), dtype) for k, (shape, dtype) in shapes.items()}
-        params = model.init(init_rng, **inputs)["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=step_rng)
+        return model.init(rng, **inputs)["params"]
 
-    return init
+    return boxed_state_init(init_params, tx)
 
 
 def state_shardings(model: VLBertForPreTraining, tx: optax.GradientTransformation, example_batch: Mapping[str, Any],
                     mesh: Mesh, rules: Rules = DEFAULT_RULES) -> TrainState:
     """A ``TrainState`` of ``NamedSharding``s: params and the optimizer's per-parameter moments by their
     logical axes (``jaxvl.runtime.sharding``), counters, learning rate and rng replicated. No compute."""
-    abstract = jax.eval_shape(boxed_init(model, tx, example_batch), jax.random.key(0))
-    return param_shardings(abstract, mesh, rules)
+    return boxed_shardings(boxed_init(model, tx, example_batch), mesh, rules)
 
 
 def init_state(model: VLBertForPreTraining, tx: optax.GradientTransformation, rng: jax.Array,

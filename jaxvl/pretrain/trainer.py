@@ -1,8 +1,9 @@
-"""The pretraining trainer behind ``jaxvl pretrain``: one readable loop in named sections.
+"""The pretraining trainer behind ``jaxvl pretrain``: the pieces of a stage for the one stage runner.
 
 ``pretrain(cfg, workdir)`` runs a ``jaxvl/configs/pretrain.py`` config: the vision-only stage first when the
 config asks for one (``<workdir>/vision``, then the V&L stage in ``<workdir>/vl`` from its parameters),
-else one stage in ``<workdir>``. Each stage:
+else one stage in ``<workdir>``. ``pretrain_stage`` builds a stage's pieces (data, model, optimizer, state
+init, step, evaluation; sections 1-2 below) and ``jaxvl.runtime.stage.run_stage`` runs it (3-5):
 
 1. Data: a prepared dataset (or a source string prepared on first use), the tokenizer, this host's
    Grain pipeline of the train split and one of the held-out split for evaluation.
@@ -25,16 +26,15 @@ final parameters are exported to ``<workdir>/members/<name>``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxvl.data.grain import open_split, tokenizer_for
@@ -48,11 +48,12 @@ from jaxvl.pretrain.loss import ObjectiveConfig, pretraining_loss
 from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.pretrain.step import init_state, jit_train_step
 from jaxvl.pretrain.step import state_shardings as make_state_shardings
-from jaxvl.runtime.checkpoint import Checkpointer, params_from_workdir
-from jaxvl.runtime.compile import FAST_COMPILE, compile_step, memory_summary
-from jaxvl.runtime.loop import LoopConfig, StageResult, log, train_loop
-from jaxvl.runtime.metrics_log import MetricsLog
+from jaxvl.runtime import stage as stage_runner
+from jaxvl.runtime.checkpoint import Checkpointer
+from jaxvl.runtime.compile import FAST_COMPILE
+from jaxvl.runtime.loop import LoopConfig, StageResult, log
 from jaxvl.runtime.sharding import batch_sharding, make_mesh, to_global
+from jaxvl.runtime.stage import Stage, example_batch, take_batches
 
 logger = logging.getLogger(__name__)
 
@@ -117,11 +118,12 @@ def initial_params(cfg: ConfigDict, model: VLBertForPreTraining, params: Any) ->
     return out, f"BERT {cfg.init.bert_checkpoint}"
 
 
-# ===================================================================================== the loop
+# ====================================================================================== evaluation
 
 
-def _eval_loss(eval_fn: Callable, params: Any, batches: list[dict[str, jax.Array]], seed: int, extra: tuple = (),
-               members: list[str] | None = None) -> dict[str, float] | list[dict[str, float]]:
+def _mean_eval_loss(eval_fn: Callable, params: Any, batches: list[dict[str, jax.Array]], seed: int,
+                    extra: tuple = (), members: list[str] | None = None,
+                    ) -> dict[str, float] | list[dict[str, float]]:
     """Mean loss parts over the fixed evaluation batches, masking drawn from a fixed key per batch (the same
     for every member); one dict, or one per sweep member."""
     totals: dict[str, np.ndarray] = {}
@@ -134,11 +136,53 @@ def _eval_loss(eval_fn: Callable, params: Any, batches: list[dict[str, jax.Array
     return [{k: float(v[i]) for k, v in totals.items()} for i in range(len(members))]
 
 
-def run_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, init_from: str | None = None,
-              run_dir: str | None = None) -> StageResult:
-    """One pretraining stage in ``workdir`` (module doc, steps 1-5). ``run_dir``: the run's top directory,
-    where a source string's data is prepared (default ``workdir``), shared by the stages."""
-    os.makedirs(workdir, exist_ok=True)
+def pretrain_evaluation(cfg: ConfigDict, model: VLBertForPreTraining, ocfg: ObjectiveConfig, dataset: str,
+                        tokenizer: Tokenizer, pipeline: PipelineConfig, mesh: Mesh,
+                        host_to_global: Callable[[Mapping[str, np.ndarray]], dict[str, jax.Array]],
+                        shardings: Any, compiler_options: dict[str, Any] | None,
+                        members: list[sweep.SweepMember] | None = None) -> Callable[[Any], Any] | None:
+    """``evaluate(state)``: the deterministic loss and its parts averaged over ``cfg.eval_batches`` fixed
+    held-out batches ({name: float}, or one dict per sweep member: vmapped over the members with each
+    member's own masking and head weights); None without evaluation or without an eval split."""
+    if not cfg.eval_every or not cfg.eval_batches:
+        return None
+    try:
+        eval_source, _ = open_split(dataset, cfg.data.eval_split)
+    except ValueError:
+        logger.warning("no %r split in %s: no evaluation", cfg.data.eval_split, dataset)
+        return None
+    eval_cfg = dataclasses.replace(pipeline, shuffle=False, num_epochs=1,
+                                   batch_size=min(pipeline.batch_size, len(eval_source)))
+    batches = take_batches(pretrain_dataset(eval_source, tokenizer, eval_cfg), host_to_global, cfg.eval_batches)
+
+    if not members:
+        def loss(params, batch, rng):
+            return pretraining_loss(model, params, batch, rng, ocfg, deterministic=True)
+
+        fn = jax.jit(loss, in_shardings=(shardings.params, batch_sharding(mesh), None),
+                     compiler_options=compiler_options)
+        return lambda state: _mean_eval_loss(fn, state.params, batches, cfg.seed + 1)
+
+    def member_loss(params, batch, rng, hp):
+        return pretraining_loss(model, params, batch, rng, ocfg, deterministic=True, token_prob=hp.token_prob,
+                                region_prob=hp.region_prob, overlap_threshold=hp.overlap_threshold,
+                                visual_weights=sweep.visual_weights(model.cfg, hp))
+
+    fn = jax.jit(jax.vmap(member_loss, in_axes=(0, None, None, 0)),
+                 in_shardings=(shardings.params, batch_sharding(mesh), None, shardings.hparams),
+                 compiler_options=compiler_options)
+    names = [m.name for m in members]
+    return lambda state: _mean_eval_loss(fn, state.params, batches, cfg.seed + 1, (state.hparams,), names)
+
+
+# ========================================================================================= a stage
+
+
+def pretrain_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, init_from: str | None = None,
+                   run_dir: str | None = None) -> Stage:
+    """The pieces of one pretraining stage in ``workdir`` for ``runtime.stage.run_stage`` (module doc, steps
+    1-5). ``init_from``: a workdir whose parameters start the stage (else ``cfg.init``); ``run_dir``: the
+    run's top directory, where a source string's data is prepared (default ``workdir``)."""
     compiler_options = FAST_COMPILE if cfg.fast_compile else None
 
     # ----------------------------------------------------------------------------------- data
@@ -175,30 +219,29 @@ def run_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, init_fro
         host = {k: v for k, v in host.items() if k != "num_boxes"}
         return to_global(vision_only_batch(host, tokenizer.pad_id) if vision_only else host, mesh)
 
-    example = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_to_global(next(iter(train_ds))))
+    example = example_batch(train_ds, host_to_global)
 
     # ------------------------------------------------------------------------------ the state
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep,
-                        async_save=cfg.checkpoint.async_save)
-    data_iter = iter(train_ds)
     if members:
         shardings = sweep.sweep_state_shardings(model, tx, example, mesh, len(members))
-        state = sweep.init_sweep_state(model, tx, members, example, mesh, compiler_options=compiler_options)
+        jitted = sweep.jit_sweep_step(model, ocfg, tx, mesh, shardings, batch_sharding(mesh), compiler_options)
+
+        def fresh_state() -> Any:
+            return sweep.init_sweep_state(model, tx, members, example, mesh, compiler_options=compiler_options)
     else:
         shardings = make_state_shardings(model, tx, example, mesh)
-        state = init_state(model, tx, jax.random.key(cfg.seed), example, mesh, compiler_options=compiler_options)
-    resumed = ckpt.latest_step()
-    if resumed is not None:
-        state, _ = ckpt.restore(state, shardings, data_iterator=data_iter)
-        init_desc = f"resumed from {ckpt.directory} step {resumed}"
-    elif init_from or (cfg.init.checkpoint and not os.path.isfile(cfg.init.checkpoint)):
-        if members:
-            raise ValueError("a sweep starts from random or BERT weights (init.checkpoint / vision stages are "
-                             "single-run features)")
-        source = init_from or cfg.init.checkpoint
-        state = state.replace(params=params_from_workdir(source, state, shardings))
-        init_desc = f"parameters of {source}"
-    else:
+        jitted = jit_train_step(model, ocfg, tx, mesh, shardings, batch_sharding(mesh), compiler_options)
+
+        def fresh_state() -> Any:
+            return init_state(model, tx, jax.random.key(cfg.seed), example, mesh, compiler_options=compiler_options)
+
+    start_from = init_from or (cfg.init.checkpoint if cfg.init.checkpoint and not os.path.isfile(cfg.init.checkpoint)
+                               else None)
+    if members and start_from:
+        raise ValueError("a sweep starts from random or BERT weights (init.checkpoint / vision stages are "
+                         "single-run features)")
+
+    def initialise(state: Any) -> tuple[Any, str]:
         params = jax.device_get(state.params)
         if members:  # each member's own random draw, then the same BERT text stream (if any) in every member
             per_member = [initial_params(cfg, model, jax.tree.map(lambda x, k=k: x[k], params))
@@ -207,49 +250,29 @@ def run_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, init_fro
             init_desc = per_member[0][1]
         else:
             params, init_desc = initial_params(cfg, model, params)
-        state = state.replace(params=jax.device_put(params, shardings.params))
-    start = int(jax.device_get(state.step))
-    log(f"{workdir}: {cfg.model.name} ({'vision-only' if vision_only else 'V&L'} stage), {steps} steps of "
-         f"{cfg.data.batch_size} on mesh {dict(mesh.shape)}; init: {init_desc}")
+        return state.replace(params=jax.device_put(params, shardings.params)), init_desc
 
-    if start >= steps:
-        log(f"{workdir}: already at step {start} of {steps}; nothing to do")
-        ckpt.close()
-        return StageResult(workdir, "done", start, {}, ckpt.latest_step())
-
-    # ---------------------------------------------------------------------------- compile
-    if members:
-        jitted = sweep.jit_sweep_step(model, ocfg, tx, mesh, shardings, batch_sharding(mesh), compiler_options)
-    else:
-        jitted = jit_train_step(model, ocfg, tx, mesh, shardings, batch_sharding(mesh), compiler_options)
-    t0 = time.perf_counter()
-    step_fn = compile_step(jitted, state, example, mesh)
-    log(f"compiled the train step in {time.perf_counter() - t0:.1f} s\n{memory_summary(step_fn)}")
-    eval_fn, eval_batches = _evaluation(cfg, model, ocfg, dataset, tokenizer, pipeline, mesh, host_to_global,
-                                        shardings, compiler_options, members)
-
-    _write_run_info(workdir, cfg, model, steps, init_desc, dataset, vision_only)
-    metrics_log = MetricsLog(workdir, resume_step=start)
+    # ------------------------------------------------------------------------------- the loop
     names = None if not members else [m.name for m in members]
     loop = LoopConfig(steps=steps, checkpoint_every=cfg.checkpoint.every, eval_every=cfg.eval_every,
                       log_every=cfg.log_every, progress=cfg.progress, members=names)
-    evaluate = None
-    if eval_fn is not None:
-        def evaluate(s):
-            extra = (s.hparams,) if members else ()
-            return _eval_loss(eval_fn, s.params, eval_batches, cfg.seed + 1, extra, names)
-    try:
-        state, result = train_loop(loop, step_fn, state, data_iter, host_to_global, ckpt, metrics_log, start,
-                                   workdir, evaluate)
-    finally:
-        metrics_log.close()
-        ckpt.close()
-    if members and result.status == "done":
-        _finish_sweep(workdir, state, members)
-    return result
+    from jaxvl.models.volta.config import JAXVL_ONLY, to_volta_dict
+
+    model_cfg = {**to_volta_dict(model.cfg), **{k: getattr(model.cfg, k) for k in JAXVL_ONLY if k != "plan"}}
+    return Stage(
+        description=f"{cfg.model.name} ({'vision-only' if vision_only else 'V&L'} stage), {steps} steps of "
+                    f"{cfg.data.batch_size}",
+        mesh=mesh, train_data=train_ds, host_to_global=host_to_global, example=example, init_state=fresh_state,
+        shardings=shardings, loop=loop, jitted_step=jitted, init_from=start_from, initialise=initialise,
+        make_evaluate=lambda: pretrain_evaluation(cfg, model, ocfg, dataset, tokenizer, pipeline, mesh,
+                                                  host_to_global, shardings, compiler_options, members),
+        run_info=dict(config=cfg.to_dict(), model_config=model_cfg, dataset=dataset,
+                      stage="vision" if vision_only else "vl"),
+        on_done=(lambda state: finish_sweep(workdir, state, members)) if members else None,
+        checkpoint_keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
 
 
-def _finish_sweep(workdir: str, state: Any, members: list) -> None:
+def finish_sweep(workdir: str, state: Any, members: list[sweep.SweepMember]) -> None:
     """Each member's final state as its own checkpoint (``<workdir>/members/<name>``, a single-run layout
     that ``init.checkpoint`` and the ablation read), and the summary table (``summary.md``, printed)."""
     from jaxvl.runtime.metrics_log import read_metrics
@@ -268,62 +291,20 @@ def _finish_sweep(workdir: str, state: Any, members: list) -> None:
     log(f"sweep of {len(members)} members at step {last_step}:\n{table}")
 
 
-def _evaluation(cfg, model, ocfg, dataset, tokenizer, pipeline, mesh, host_to_global, shardings, compiler_options,
-                members=None):
-    """The jitted deterministic loss and the fixed held-out batches (None, [] without an eval split); for a
-    sweep, vmapped over the members with each member's own masking and head weights."""
-    if not cfg.eval_every or not cfg.eval_batches:
-        return None, []
-    try:
-        eval_source, _ = open_split(dataset, cfg.data.eval_split)
-    except ValueError:
-        logger.warning("no %r split in %s: no evaluation", cfg.data.eval_split, dataset)
-        return None, []
-    eval_cfg = dataclasses.replace(pipeline, shuffle=False, num_epochs=1,
-                                   batch_size=min(pipeline.batch_size, len(eval_source)))
-    batches = []
-    for host in pretrain_dataset(eval_source, tokenizer, eval_cfg):
-        batches.append(host_to_global(host))
-        if len(batches) == cfg.eval_batches:
-            break
-
-    if not members:
-        def loss(params, batch, rng):
-            return pretraining_loss(model, params, batch, rng, ocfg, deterministic=True)
-
-        return jax.jit(loss, in_shardings=(shardings.params, batch_sharding(mesh), None),
-                       compiler_options=compiler_options), batches
-
-    def member_loss(params, batch, rng, hp):
-        return pretraining_loss(model, params, batch, rng, ocfg, deterministic=True, token_prob=hp.token_prob,
-                                region_prob=hp.region_prob, overlap_threshold=hp.overlap_threshold,
-                                visual_weights=sweep.visual_weights(model.cfg, hp))
-
-    fn = jax.vmap(member_loss, in_axes=(0, None, None, 0))
-    return jax.jit(fn, in_shardings=(shardings.params, batch_sharding(mesh), None, shardings.hparams),
-                   compiler_options=compiler_options), batches
-
-
-def _write_run_info(workdir: str, cfg: ConfigDict, model: VLBertForPreTraining, steps: int, init: str,
-                    dataset: str, vision_only: bool) -> None:
-    if jax.process_index() != 0:
-        return
-    from jaxvl.models.volta.config import JAXVL_ONLY, to_volta_dict
-
-    model_config = {**to_volta_dict(model.cfg), **{k: getattr(model.cfg, k) for k in JAXVL_ONLY if k != "plan"}}
-    info = dict(config=cfg.to_dict(), model_config=model_config,
-                steps=steps, init=init, dataset=dataset, stage="vision" if vision_only else "vl",
-                processes=jax.process_count(), devices=jax.device_count())
-    with open(os.path.join(workdir, "run.json"), "w") as f:
-        json.dump(info, f, indent=1, default=str)
+def run_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, init_from: str | None = None,
+              run_dir: str | None = None) -> StageResult:
+    """One pretraining stage in ``workdir`` (``pretrain_stage`` run by ``runtime.stage.run_stage``)."""
+    os.makedirs(workdir, exist_ok=True)
+    _, result = stage_runner.run_stage(pretrain_stage(cfg, workdir, vision_only, init_from, run_dir), workdir)
+    return result
 
 
 # ===================================================================================== stages
 
 
 def pretrain(cfg: ConfigDict, workdir: str) -> list[StageResult]:
-    """Runs the config's stages (module doc). Returns one ``StageResult`` per stage run; a preempted
-    stage ends the run (the next call resumes it)."""
+    """Runs the config's stages (module doc). Returns one ``StageResult`` per stage run; a stage that did not
+    finish (``preempted``, ``interrupted``) ends the run (the next call resumes it)."""
     if cfg.sweep and cfg.vision_stage.enabled:
         raise ValueError("a sweep cannot have a vision-only stage (run the stages' sweeps separately)")
     if not cfg.vision_stage.enabled:
@@ -335,4 +316,5 @@ def pretrain(cfg: ConfigDict, workdir: str) -> list[StageResult]:
     return [first, run_stage(cfg, vl_dir, init_from=vision_dir, run_dir=workdir)]
 
 
-__all__ = ["pretrain", "run_stage", "vision_only_batch"]
+__all__ = ["finish_sweep", "fit_model_to_data", "initial_params", "pretrain", "pretrain_evaluation",
+           "pretrain_stage", "run_stage", "vision_only_batch"]

@@ -2,8 +2,10 @@
 
 ``TrainState`` (step, params, optimizer state, rng) is what a step reads and writes and what a
 checkpoint holds; ``apply_gradients`` is one update given any ``loss_fn(params, batch, rng)``;
-``init_sharded`` runs a boxed init straight into its shards on a mesh; ``current_learning_rate`` reads
-the learning rate an injected optax optimizer used.
+``boxed_state_init`` turns any model's parameter init into a boxed ``TrainState`` init (what every task
+creates its state from), ``boxed_shardings`` gives that state's shardings on a mesh and
+``init_sharded`` runs it straight into its shards; ``current_learning_rate`` reads the learning rate an
+injected optax optimizer used.
 """
 
 from __future__ import annotations
@@ -55,16 +57,38 @@ def apply_gradients(state: TrainState, batch: Batch, loss_fn: LossFn, tx: optax.
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def init_sharded(boxed_init: Callable[[jax.Array], Any], rng: jax.Array, mesh: Mesh, rules: Rules = DEFAULT_RULES,
+BoxedInit = Callable[[jax.Array], Any]
+
+
+def boxed_state_init(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation
+                     ) -> Callable[[jax.Array], TrainState]:
+    """``rng -> TrainState`` at step 0 from any ``init_params(rng) -> params`` (e.g. ``model.init(rng,
+    *dummy_inputs)["params"]``, with ``nn.LogicallyPartitioned`` boxes): ``rng`` is split in two, the
+    first key initialises the parameters, the second is the state's step key; the optimizer state is
+    ``tx.init(params)`` (its per-parameter moments keep the parameters' boxes)."""
+
+    def init(rng: jax.Array) -> TrainState:
+        init_rng, step_rng = jax.random.split(rng)
+        params = init_params(init_rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=step_rng)
+
+    return init
+
+
+def boxed_shardings(boxed_init: BoxedInit, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+    """The ``NamedSharding`` tree of ``boxed_init``'s (unboxed) output on ``mesh``: boxed leaves by their
+    logical axes, everything else replicated. Shapes only (``jax.eval_shape``), no compute."""
+    return param_shardings(jax.eval_shape(boxed_init, jax.random.key(0)), mesh, rules)
+
+
+def init_sharded(boxed_init: BoxedInit, rng: jax.Array, mesh: Mesh, rules: Rules = DEFAULT_RULES,
                  compiler_options: dict[str, Any] | None = None) -> Any:
     """``boxed_init(rng)`` (a tree with ``nn.LogicallyPartitioned`` boxes, e.g. a ``TrainState``) run under
     ``jax.jit`` straight into its shards: no host ever holds the whole tree."""
-    shardings = param_shardings(jax.eval_shape(boxed_init, jax.random.key(0)), mesh, rules)
+    shardings = boxed_shardings(boxed_init, mesh, rules)
     with jax.set_mesh(mesh):
         return jax.jit(lambda r: nn.meta.unbox(boxed_init(r)), out_shardings=shardings,
                        compiler_options=compiler_options)(rng)
-
-
 
 
 INJECTED_STATES = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
