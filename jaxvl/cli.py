@@ -1,22 +1,62 @@
-"""The ``jaxvl`` command.
+"""The ``jaxvl`` command, built from ONE table of commands (``COMMANDS``): ``jaxvl --help`` lists them,
+``jaxvl COMMAND --help`` describes one (examples, its config's variants and required keys, overrides).
 
-    jaxvl models [--size ctrl|tiny] [--presets uniter,lxmert]   build each preset, count, run one forward pass
-    jaxvl prepare --source synthetic[:key=value,...] --out DIR  write TFDS ArrayRecord datasets
-    jaxvl bench models [...]                                    forward / backward / compile benchmarks
-    jaxvl bench data [...]                                      input pipeline records/s beside a train step
-    jaxvl bench pretrain | caption | ablate [...]               train step MFU, sweeps; decoding; the ablation sweep
-    jaxvl pretrain --config pretrain:uniter,tiny --workdir DIR [--config.key=value ...]
+Each ``Command`` row holds the command's name (``caption train``, ``bench models``: a group and a verb),
+a one-line summary, a description paragraph, examples, the packaged config it reads (whose ``ARGUMENT``,
+``VARIANTS`` and ``REQUIRED`` its ``--help`` lists), a function adding its own arguments and its handler,
+``handler(args) -> exit status``. Only the command being run has its arguments built, so a benchmark module
+is imported only by ``jaxvl bench NAME``.
 
-    jaxvl caption train | decode | evaluate | analyze --config caption:ort,tiny --workdir DIR
-    jaxvl ablate --config ablate:tiny --workdir DIR --config.checkpoints=RUN[,RUN...]
-    jaxvl demo [--out runs/demo]                                the main job on the synthetic world
+Exit statuses: 0 done; 1 training diverged (or ``jaxvl models`` found a parameter count unlike VOLTA's);
+2 a user error, printed as one line ``jaxvl: error: ...`` naming the key, file or record, without a
+traceback (``--debug``, anywhere on the line, or ``JAXVL_DEBUG=1`` re-raises it); 130 Ctrl-C (in training:
+``stopped at step N; last checkpoint: step M in DIR; rerun the same command to resume``); 143 SIGTERM,
+after a checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import os
 import sys
+import textwrap
 import time
+from collections.abc import Callable
+from typing import NoReturn
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+WRAP = dict(width=110, break_on_hyphens=False, break_long_words=False)  # help text
+DEBUG_HELP = "show the traceback of an error (or JAXVL_DEBUG=1)"
+
+# Exceptions that are the user's to fix: a bad config key or value, a missing path, malformed data, a refused
+# checkpoint. Matched by class name among jaxvl's own classes (so this module imports none of them); besides
+# these, the OS errors below and any ValueError raised by jaxvl's own code (config and data validation).
+USER_ERRORS = ("UsageError", "ConfigError", "SourceError", "BadRecord", "UnsafeData", "BatchError", "StateDictError",
+               "VocabMismatch", "MetricUnavailable")
+OS_USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+class UsageError(Exception):
+    """A command line that cannot be run (argparse's complaints, overrides without ``--config``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One row of the command table (module doc)."""
+
+    name: str
+    summary: str
+    description: str
+    examples: tuple[str, ...]
+    handler: Callable[[argparse.Namespace], int]
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    config: str | None = None  # packaged config: --config NAME[:ARG], its variants and required keys in --help
+    config_required: bool = True
+
+
+# ------------------------------------------------------------------------------------------------ handlers
 
 # VOLTA's own BertForVLPreTraining parameter counts for the ctrl configs (shared tensors counted once).
 VOLTA_PARAM_COUNTS = {"visualbert": 114_882_941, "uniter": 114_497_405, "vl-bert": 116_066_941,
@@ -28,10 +68,9 @@ def _example_batch(cfg, batch: int, text_len: int, regions: int, seed: int = 0) 
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    ids = rng.integers(1, cfg.vocab_size, (batch, text_len)).astype(np.int32)
     text_mask = np.ones((batch, text_len), np.int32)
     text_mask[-1, text_len // 2:] = 0
-    ids[text_mask == 0] = 0
+    ids = rng.integers(1, cfg.vocab_size, (batch, text_len)).astype(np.int32) * text_mask
     xy = rng.uniform(0, 0.5, (batch, regions, 2))
     wh = rng.uniform(0.05, 0.5, (batch, regions, 2))
     boxes = np.concatenate([xy, xy + wh, wh[..., :1] * wh[..., 1:]], -1).astype(np.float32)
@@ -42,16 +81,13 @@ def _example_batch(cfg, batch: int, text_len: int, regions: int, seed: int = 0) 
 
 def cmd_models(args: argparse.Namespace) -> int:
     """Builds each preset, checks its parameter count against VOLTA's, runs one jitted forward pass."""
+    if args.config:
+        cfg = _config(args)
+        for key in ("presets", "size", "batch", "text_len", "regions"):
+            setattr(args, key, cfg[key])
     import jax
 
     from jaxvl.models import count_params, find_segments, get_model, validate_batch
-
-    if args.config:
-        from jaxvl.configs import load_config
-
-        cfg = load_config(args.config, args.config_overrides)
-        for key in ("presets", "size", "batch", "text_len", "regions"):
-            setattr(args, key, cfg[key])
 
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({len(jax.devices())} devices); "
           f"forward pass at {args.size} size, batch {args.batch}, text {args.text_len}, regions {args.regions}")
@@ -66,14 +102,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"\n{name}: {'dual' if full.cfg.dual_stream else 'single'}-stream, {full.cfg.plan.depth} sub-layers "
               f"({segments}), {n_params:,} parameters (VOLTA: {VOLTA_PARAM_COUNTS[name]:,}, "
               f"{'equal' if ok else 'DIFFERENT'})")
-
         model = full if args.size == "ctrl" else get_model(name, tiny=True)
         batch = _example_batch(model.cfg, args.batch, args.text_len, args.regions)
         validate_batch(batch, model.cfg, source=f"{name} example batch")
         start = time.perf_counter()
         variables = jax.jit(lambda b, m=model: m.init(jax.random.key(0), **b))(batch)
-        out = jax.jit(lambda v, b, m=model: m.apply(v, **b))(variables, batch)
-        jax.block_until_ready(out)
+        out = jax.block_until_ready(jax.jit(lambda v, b, m=model: m.apply(v, **b))(variables, batch))
         print(f"  forward ({time.perf_counter() - start:.1f} s incl. init and compile):")
         for field in ("text", "vision", "pooled", "mlm_logits", "itm_logits"):
             print(f"    {field:<13} {tuple(getattr(out, field).shape)}")
@@ -82,26 +116,91 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 1 if mismatches else 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """``jaxvl prepare``: ``jaxvl.data.prepare.run``."""
+    from jaxvl.data import prepare
+
+    return prepare.run(args)
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    """Runs (or resumes) a pretraining config; exit 143 when stopped by SIGTERM after checkpointing."""
+    """Runs (or resumes) a pretraining config."""
+    cfg = _config(args)  # config errors before any distributed setup
     from jaxvl.runtime.distributed import from_environment, initialize
 
     initialize(from_environment(args.coordinator, args.num_processes, args.process_id))
-    from jaxvl.configs import load_config
     from jaxvl.pretrain.trainer import pretrain
 
-    return _run_stages("jaxvl pretrain", pretrain, load_config(args.config, args.config_overrides), args.workdir)
+    return _report(pretrain(cfg, args.workdir))
 
 
-def _run_stages(command: str, train, cfg, workdir: str) -> int:
-    """Runs a trainer's stages; prints how each ended. Exit 1 on divergence, 143 when stopped by SIGTERM."""
-    from jaxvl.runtime.loop import PREEMPTED_EXIT_CODE, TrainingDiverged
+def cmd_caption(args: argparse.Namespace) -> int:
+    """``jaxvl caption train | decode | evaluate | analyze`` (decode, evaluate, analyze: of a trained workdir)."""
+    verb = args.jaxvl_command.name.split()[-1]
+    captions = getattr(args, "captions", None)
+    cfg = _config(args, trained=verb != "train" and not captions)
+    if captions and not os.path.isfile(captions):
+        raise FileNotFoundError(f"--captions {captions}: no such file")
+    if verb == "train":
+        from jaxvl.caption.trainer import train_captioner
 
+        return _report(train_captioner(cfg, args.workdir))
+    from jaxvl.caption.evaluate import analyze_split, decode_split, evaluate_split
+
+    if verb == "decode":
+        print(f"wrote {decode_split(cfg, args.workdir, args.split, args.method, args.beam, args.out)}")
+    elif verb == "evaluate":
+        print(evaluate_split(cfg, args.workdir, split=args.split, method=args.method, beam_size=args.beam,
+                             captions=captions))
+    else:
+        print(f"wrote the attention analyses to {analyze_split(cfg, args.workdir, args.split, args.out)}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    """``jaxvl ablate``: prints the paper-style table."""
+    cfg = _config(args)
+    from jaxvl.ablation import ablate
+
+    print(ablate(cfg, args.workdir))
+    print(f"\nreport, per-example losses and plots in {args.workdir}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``jaxvl demo``: ``jaxvl.demo.demo``."""
+    from jaxvl.demo import demo
+
+    demo(args.out, steps=args.steps, progress=not args.no_progress)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``jaxvl bench NAME``: ``jaxvl.benchmarks.NAME.run(args)``; its refusal of a flag is a user error."""
+    name = args.jaxvl_command.name.split()[-1]
     try:
-        results = train(cfg, workdir)
-    except TrainingDiverged as e:
-        print(f"{command}: {e}", file=sys.stderr)
-        return 1
+        importlib.import_module(f"jaxvl.benchmarks.{name}").run(args)
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            raise UsageError(e.code.removeprefix(f"jaxvl bench {name}: ")) from e
+        raise
+    return 0
+
+
+def _config(args: argparse.Namespace, trained: bool = False):
+    """The command's config with its ``--config.KEY=VALUE`` overrides; ``trained``: the workdir must exist."""
+    from jaxvl.configs import load_config
+
+    cfg = load_config(args.config, args.config_overrides)
+    if trained and not os.path.isdir(args.workdir):
+        raise FileNotFoundError(f"--workdir {args.workdir}: no such directory (train it with `jaxvl caption train`)")
+    return cfg
+
+
+def _report(results: list) -> int:
+    """One line per stage: how it ended, its step and checkpoint, its last metrics. 143 if preempted."""
+    from jaxvl.runtime.loop import PREEMPTED_EXIT_CODE
+
     for r in results:
         rows = r.last_metrics if isinstance(r.last_metrics, list) else [r.last_metrics]
         parts = " | ".join(", ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("seconds", "lr"))
@@ -110,179 +209,289 @@ def _run_stages(command: str, train, cfg, workdir: str) -> int:
     return PREEMPTED_EXIT_CODE if results[-1].status == "preempted" else 0
 
 
-def cmd_caption(args: argparse.Namespace) -> int:
-    """``jaxvl caption train | decode | evaluate | analyze``."""
-    from jaxvl.configs import load_config
+# ------------------------------------------------------------------------------------------ argument builders
 
-    cfg = load_config(args.config, args.config_overrides)
-    if args.caption == "train":
-        from jaxvl.caption.trainer import train_captioner
-
-        return _run_stages("jaxvl caption train", train_captioner, cfg, args.workdir)
-    from jaxvl.caption.evaluate import analyze_split, decode_split, evaluate_split
-
-    if args.caption == "analyze":
-        print(f"wrote the attention analyses to {analyze_split(cfg, args.workdir, args.split, args.out)}")
-        return 0
-    if args.caption == "decode":
-        path = decode_split(cfg, args.workdir, split=args.split, method=args.method, beam_size=args.beam,
-                            out=args.out)
-        print(f"wrote {path}")
-        return 0
-    table = evaluate_split(cfg, args.workdir, split=args.split, method=args.method, beam_size=args.beam,
-                           captions=args.captions)
-    print(table)
-    return 0
+def _models_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--presets", default="visualbert,uniter,vl-bert,lxmert,vilbert", help="comma-separated presets")
+    p.add_argument("--size", choices=("tiny", "ctrl"), default="ctrl", help="size of the forward pass")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--text-len", type=int, default=38)
+    p.add_argument("--regions", type=int, default=37, help="regions including the global [IMG] row")
 
 
-def cmd_ablate(args: argparse.Namespace) -> int:
-    """``jaxvl ablate``: the cross-modal input ablation of checkpoints; prints the paper-style table."""
-    from jaxvl.ablation import ablate
-    from jaxvl.configs import load_config
-
-    table = ablate(load_config(args.config, args.config_overrides), args.workdir)
-    print(table)
-    print(f"\nreport, per-example losses and plots in {args.workdir}")
-    return 0
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="checkpoints, metrics, run.json; an existing workdir is resumed")
+    p.add_argument("--coordinator", default=None, help="multi-host: coordinator host:port (or JAX_COORDINATOR_ADDRESS)")
+    p.add_argument("--num-processes", type=int, default=None, help="multi-host: number of processes")
+    p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """``jaxvl demo``: pretrain tiny single- and dual-stream sweeps on the synthetic world, ablate, report."""
-    from jaxvl.demo import demo
-
-    demo(args.out, steps=args.steps, progress=not args.no_progress)
-    return 0
-
-
-def cmd_bench_models(args: argparse.Namespace) -> int:
-    from jaxvl.benchmarks import models as bench_models
-
-    bench_models.run(args)
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """``jaxvl bench pretrain | caption | ablate``: the module's ``run(args)``."""
-    import importlib
-
-    importlib.import_module(f"jaxvl.benchmarks.{args.bench}").run(args)
-    return 0
-
-
-def cmd_bench_data(args: argparse.Namespace) -> int:
-    from jaxvl.benchmarks import data as bench_data
-
-    bench_data.run(args)
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxvl", description="Controlled V&L transformer experiments in JAX.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    models = sub.add_parser("models", help="build the five VOLTA presets, count parameters, run a forward pass")
-    models.add_argument("--presets", default="visualbert,uniter,vl-bert,lxmert,vilbert")
-    models.add_argument("--size", choices=("tiny", "ctrl"), default="ctrl")
-    models.add_argument("--batch", type=int, default=2)
-    models.add_argument("--text-len", type=int, default=38)
-    models.add_argument("--regions", type=int, default=37, help="regions including the global [IMG] row")
-    models.add_argument("--config", default=None, help="config file instead of the flags, e.g. models:tiny")
-    models.set_defaults(func=cmd_models)
-
-    from jaxvl.data import prepare
-
-    prep = sub.add_parser("prepare", help="write a data source (synthetic, volta-cc, tsv, flickr30k-entities, "
-                                          "synthetic-captions, coco-karpathy) "
-                                          "as TFDS ArrayRecord datasets")
-    prepare.add_arguments(prep)
-    prep.set_defaults(func=prepare.run)
-
-    pre = sub.add_parser("pretrain", help="pretrain a V&L BERT (or a sweep of them) from a config")
-    pre.add_argument("--config", required=True, help="e.g. pretrain:uniter,tiny")
-    pre.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, tensorboard/, run.json; "
-                                                      "an existing workdir is resumed")
-    pre.add_argument("--coordinator", default=None,
-                     help="multi-host: coordinator host:port (or JAX_COORDINATOR_ADDRESS)")
-    pre.add_argument("--num-processes", type=int, default=None, help="multi-host: number of processes")
-    pre.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
-    pre.set_defaults(func=cmd_pretrain)
-
-    dem = sub.add_parser("demo", help="the main job: pretrain tiny models on the synthetic world, run the ablation")
-    dem.add_argument("--out", default="runs/demo", help="where the runs and the report go (default runs/demo)")
-    dem.add_argument("--steps", type=int, default=600, help="pretraining steps per model")
-    dem.add_argument("--no-progress", action="store_true", help="no progress bars")
-    dem.set_defaults(func=cmd_demo)
-
-    abl = sub.add_parser("ablate", help="cross-modal input ablation of trained checkpoints (one compiled sweep)")
-    abl.add_argument("--config", required=True, help="e.g. ablate:tiny")
-    abl.add_argument("--workdir", required=True, help="results.csv/jsonl, table.md, per-example losses, plots")
-    abl.set_defaults(func=cmd_ablate)
-
-    cap = sub.add_parser("caption", help="the geometry-aware captioner: train, decode, evaluate")
-    cap_sub = cap.add_subparsers(dest="caption", required=True)
-    for name, text in (("train", "XE then self-critical training from a config"),
-                       ("decode", "caption a split, write COCO-style JSON"),
-                       ("evaluate", "BLEU / METEOR / ROUGE-L / CIDEr-D of a split, as the ORT paper reports"),
-                       ("analyze", "attention entropy, grounding and geometry correlations, teacher-forced")):
-        p = cap_sub.add_parser(name, help=text)
-        p.add_argument("--config", required=True, help="e.g. caption:ort,tiny")
-        p.add_argument("--workdir", required=True)
-        if name != "train":
-            p.add_argument("--split", default="val" if name == "analyze" else "test")
-        if name in ("decode", "evaluate"):
+def _caption_args(verb: str) -> Callable[[argparse.ArgumentParser], None]:
+    def add(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--workdir", required=True, help="the run: xe/ and scst/ stages" +
+                       ("; an existing workdir is resumed" if verb == "train" else " (trained by `caption train`)"))
+        if verb != "train":
+            p.add_argument("--split", default="val" if verb == "analyze" else "test")
+        if verb in ("decode", "evaluate"):
             p.add_argument("--method", choices=("beam", "greedy", "sample"), default="beam")
             p.add_argument("--beam", type=int, default=None, help="beam size (default: the config's decode.beam_size)")
-        if name in ("decode", "analyze"):
+        if verb in ("decode", "analyze"):
             p.add_argument("--out", default=None, help="default: under the workdir")
-        if name == "evaluate":
+        if verb == "evaluate":
             p.add_argument("--captions", default=None, help="score this COCO-style JSON instead of decoding")
-        p.set_defaults(func=cmd_caption)
+    return add
 
-    bench = sub.add_parser("bench", help="benchmarks (results go to BENCHMARKS.md)")
-    bench_sub = bench.add_subparsers(dest="bench", required=True)
-    from jaxvl.benchmarks import models as bench_models
 
-    bench_model_parser = bench_sub.add_parser("models", help="forward/backward/compile time per preset vs PyTorch")
-    bench_models.add_arguments(bench_model_parser)
-    bench_model_parser.set_defaults(func=cmd_bench_models)
-    from jaxvl.benchmarks import data as bench_data
+def _ablate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="results.csv/jsonl, table.md, per-example losses, plots")
 
-    bench_data_parser = bench_sub.add_parser("data", help="records/s through prepare and the Grain pipeline")
-    bench_data.add_arguments(bench_data_parser)
-    bench_data_parser.set_defaults(func=cmd_bench_data)
-    from jaxvl.benchmarks import pretrain as bench_pretrain
 
-    bench_pretrain_parser = bench_sub.add_parser("pretrain", help="pretraining step speed, MFU and compile time; "
-                                                                  "a K-member sweep vs K runs")
-    bench_pretrain.add_arguments(bench_pretrain_parser)
-    bench_pretrain_parser.set_defaults(func=cmd_bench)
-    from jaxvl.benchmarks import caption as bench_caption
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="where the runs and the report go (default runs/demo)")
+    p.add_argument("--steps", type=int, default=600, help="pretraining steps per model")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    bench_caption_parser = bench_sub.add_parser("caption", help="captioner decoding captions/s (batched vs a "
-                                                                "per-image beam loop) and XE / SCST steps/s")
-    bench_caption.add_arguments(bench_caption_parser)
-    bench_caption_parser.set_defaults(func=cmd_bench)
-    from jaxvl.benchmarks import ablate as bench_ablate
 
-    bench_ablate_parser = bench_sub.add_parser("ablate", help="the ablation as one compiled sweep vs a per-condition "
-                                                              "loop: examples x conditions per second")
-    bench_ablate.add_arguments(bench_ablate_parser)
-    bench_ablate_parser.set_defaults(func=cmd_bench)
+def _module_args(module: str) -> Callable[[argparse.ArgumentParser], None]:
+    """The ``add_arguments(parser)`` of ``module``, imported when the command is built."""
+    return lambda p: importlib.import_module(module).add_arguments(p)
+
+
+# ----------------------------------------------------------------------------------------------- the table
+
+GROUPS = {"caption": "the geometry-aware captioner (ORT): train, decode, evaluate, analyze",
+          "bench": "benchmarks: speed, compile time, memory (results go to BENCHMARKS.md)"}
+
+BENCHMARKS = {  # name: (summary, description, example)
+    "models": ("forward / backward / compile time and size of each preset, PyTorch beside",
+               "Forward and forward+backward time, compile time (with and without scanned layers) and size of each "
+               "VOLTA preset at VOLTA's input sizes, with the PyTorch originals timed beside them.",
+               "jaxvl bench models --sizes tiny --no-torch --markdown"),
+    "data": ("input pipeline records/s beside a training step's consumption",
+             "Records per second through each stage of the data path (prepare, read, the Grain pipeline) at VOLTA's "
+             "ctrl shapes, beside the rate a ctrl-size training step consumes.", "jaxvl bench data --no-model"),
+    "pretrain": ("pretraining step speed, MFU and compile time; a K-member sweep vs K runs",
+                 "The trainer's pretraining step per preset (steps/s, model FLOPs utilisation, compile time, memory) "
+                 "and a K-member sweep trained as one program against K runs.", "jaxvl bench pretrain --sizes tiny"),
+    "caption": ("captioner decoding captions/s (batched vs per-image) and XE / SCST steps/s",
+                "Captioner decoding, batched against a per-image loop and an ORT-style decoder, and XE and SCST "
+                "training steps per second.", "jaxvl bench caption --sizes tiny --parts decode"),
+    "ablate": ("the ablation as one compiled sweep vs a per-condition loop",
+               "Examples x conditions per second of the cross-modal ablation as ONE compiled sweep over conditions, "
+               "thresholds and stacked checkpoints, against a per-condition loop.", "jaxvl bench ablate --sizes tiny"),
+}
+
+COMMANDS: tuple[Command, ...] = (
+    Command("models", "build the five VOLTA presets, count parameters, run a forward pass",
+            "Builds each of VOLTA's five controlled presets, checks its parameter count against VOLTA's own "
+            "(exit 1 if one differs) and runs one jitted forward pass on a random batch, printing every output's "
+            "shape. Flags or a config (which then replaces the flags).",
+            ("jaxvl models --size tiny --presets uniter,lxmert",
+             "jaxvl models --config models:tiny --config.presets=lxmert --config.batch=4"),
+            cmd_models, _models_args, config="models", config_required=False),
+    Command("prepare", "write a data source as TFDS ArrayRecord datasets",
+            "Writes a data source (the synthetic worlds, VOLTA's Conceptual Captions LMDBs, bottom-up-attention "
+            "TSVs, Flickr30k Entities, COCO Karpathy captions) as TFDS ArrayRecord datasets for the Grain "
+            "pipelines, and prints each dataset's version directory: what a config's data.dataset takes.",
+            ("jaxvl prepare --source synthetic:num_images=1024,val_images=64 --out data/",
+             "jaxvl prepare --source volta-cc:data/conceptual_captions,num_regions=36 --out data/ --skip-bad"),
+            cmd_prepare, _module_args("jaxvl.data.prepare")),
+    Command("pretrain", "pretrain a V&L BERT (or a sweep of them) from a config",
+            "Pretrains one of VOLTA's controlled V&L BERTs (MLM, masked region modelling, ITM), or a sweep of "
+            "them as one compiled program, writing checkpoints, metrics and run.json to the workdir. Rerunning "
+            "the same command resumes from the latest checkpoint; Ctrl-C stops it and says where it stopped.",
+            ("jaxvl pretrain --config pretrain:uniter,tiny --workdir runs/uniter_tiny",
+             "jaxvl pretrain --config pretrain:lxmert,xent --workdir runs/lxmert_xent "
+             "--config.data.dataset=data/jaxvl_volta_cc/default/1.0.0 --config.init.bert_checkpoint=bert/model.bin"),
+            cmd_pretrain, _pretrain_args, config="pretrain"),
+    Command("caption train", "train the captioner: cross-entropy, then self-critical (SCST)",
+            "Trains the geometry-aware captioner with cross-entropy (<workdir>/xe), then self-critical sequence "
+            "training with a CIDEr-D reward from the XE parameters (<workdir>/scst). Rerunning the same command "
+            "resumes; Ctrl-C stops it and says where it stopped.",
+            ("jaxvl caption train --config caption:ort,tiny --workdir runs/ort_tiny",
+             "jaxvl caption train --config caption:ort --workdir runs/ort "
+             "--config.data.dataset=data/jaxvl_caption_images/coco/1.0.0"),
+            cmd_caption, _caption_args("train"), config="caption"),
+    Command("caption decode", "caption a split with a trained captioner, write COCO-style JSON",
+            "Captions every image of a split with the trained captioner of the workdir (its SCST stage if there "
+            "is one, else XE) by beam search, greedy decoding or sampling, and writes COCO-style results JSON.",
+            ("jaxvl caption decode --config caption:ort,tiny --workdir runs/ort_tiny --beam 5",),
+            cmd_caption, _caption_args("decode"), config="caption"),
+    Command("caption evaluate", "BLEU / METEOR / ROUGE-L / CIDEr-D of a split, as the ORT paper reports",
+            "Decodes a split with the trained captioner (or reads --captions) and prints the metrics table the "
+            "ORT paper reports: BLEU-1/4, METEOR, ROUGE-L and CIDEr-D against the split's references.",
+            ("jaxvl caption evaluate --config caption:ort,tiny --workdir runs/ort_tiny --method greedy",),
+            cmd_caption, _caption_args("evaluate"), config="caption"),
+    Command("caption analyze", "attention entropy, grounding and geometry correlations, teacher-forced",
+            "Teacher-forces the reference captions of a split through the trained captioner and writes the "
+            "attention analyses: entropy, grounding on the named objects' regions, correlation with box "
+            "geometry (CSV and plots).",
+            ("jaxvl caption analyze --config caption:ort,tiny --workdir runs/ort_tiny --split val",),
+            cmd_caption, _caption_args("analyze"), config="caption"),
+    Command("ablate", "cross-modal input ablation of trained checkpoints (one compiled sweep)",
+            "The cross-modal input ablation of Frank, Bugliarello & Elliott (2021): masks the other modality's "
+            "inputs (vis4lang, lang4vis) at every IoT threshold, for every checkpoint, as one compiled sweep per "
+            "model, and writes tidy results with bootstrap intervals, per-example losses, plots and the paper-style "
+            "table.",
+            ("jaxvl ablate --config ablate:tiny --workdir runs/ablate --config.checkpoints=runs/uniter_tiny",
+             "jaxvl ablate --config ablate --workdir runs/ablate_f30k --config.checkpoints=runs/uniter/vl "
+             "--config.data.dataset=data/jaxvl_ablation_phrases/f30k/1.0.0 --config.data.vocab_file=vocab.txt"),
+            cmd_ablate, _ablate_args, config="ablate"),
+    Command("demo", "the main job: pretrain tiny models on the synthetic world, run the ablation",
+            "The whole research loop in minutes on a CPU: a synthetic world with planted cross-modal structure, a "
+            "tiny single-stream (UNITER) and dual-stream (LXMERT) model each pretrained as one compiled sweep "
+            "(MRC-KL and MRC-XE), the cross-modal ablation of the four checkpoints, and the report.",
+            ("jaxvl demo --out runs/demo", "jaxvl demo --out /tmp/demo --steps 50 --no-progress"),
+            cmd_demo, _demo_args),
+    *(Command(f"bench {name}", summary, description, (example,), cmd_bench, _module_args(f"jaxvl.benchmarks.{name}"))
+      for name, (summary, description, example) in BENCHMARKS.items()),
+)
+
+OVERRIDES = ("overrides: --config.KEY=VALUE sets any key of the config, dotted for nested keys{nested}; "
+             "VALUE is a Python literal, else a string. An unknown key or a value of another type is an error. "
+             "Keys: {keys}.")
+
+
+# --------------------------------------------------------------------------------------------- the parser
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose complaints are ``UsageError``s: one line, exit 2, like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _rows(items: dict[str, str], indent: int = 2) -> list[str]:
+    """``name  text`` rows, the texts aligned and wrapped."""
+    width = max((len(k) for k in items), default=0)
+    pad = " " * (indent + width + 2)
+    return [textwrap.fill(text, **WRAP, initial_indent=f"{' ' * indent}{key:<{width}}  ", subsequent_indent=pad)
+            for key, text in items.items()]
+
+
+def _config_help(spec: Command) -> list[str]:
+    """The config part of a command's ``--help``: the argument, variants, required keys, the override syntax."""
+    from jaxvl.configs import config_module
+
+    module = config_module(spec.config)
+    required = module.REQUIRED
+    keys = ", ".join(f"{k}.*" if hasattr(v, "keys") else k for k, v in module.get_config(None).items())
+    nested = next((f" (--config.{k}=...)" for k in required if "." in k), "")
+    where = (f"config: --config {spec.config}[:ARG] (jaxvl/configs/{spec.config}.py), or a file of your own: --config "
+             f"PATH.py[:ARG]" + ("" if spec.config_required else "; it replaces the flags"))
+    return ["", textwrap.fill(where, **WRAP), f"variants, ARG = {module.ARGUMENT}:", *_rows(module.VARIANTS),
+            "required keys:" + ("" if required else " none"), *_rows(required),
+            textwrap.fill(OVERRIDES.format(nested=nested, keys=keys), **WRAP)]
+
+
+def _build(p: argparse.ArgumentParser, spec: Command) -> None:
+    """The full parser of one command: its arguments, ``--config``, description and epilog."""
+    if spec.arguments is not None:
+        spec.arguments(p)
+    if spec.config:
+        p.add_argument("--config", required=spec.config_required, default=None, metavar="NAME[:ARG]",
+                       help=f"the config: {spec.config}[:ARG] (packaged) or PATH.py[:ARG]; variants below")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.description = textwrap.fill(spec.description, **WRAP)
+    epilog = ["examples:", *(textwrap.fill(e, **WRAP, initial_indent="  ", subsequent_indent="      ")
+                             for e in spec.examples)]
+    if spec.config:
+        epilog += _config_help(spec)
+    p.epilog = "\n".join(epilog) + (f"\n\n{p.epilog}" if p.epilog else "")
+
+
+def _listing(prefix: str = "") -> str:
+    """The ``commands:`` rows, of the commands whose name starts with ``prefix``."""
+    return "commands:\n" + "\n".join(_rows({c.name: c.summary for c in COMMANDS if c.name.startswith(prefix)}))
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The ``jaxvl`` parser from ``COMMANDS``: every command's arguments, or only ``selected``'s (the others are
+    bare stubs that still route and list)."""
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog="jaxvl", formatter_class=raw, epilog=_listing() +
+                     "\n\n`jaxvl COMMAND --help` gives its description, examples, config variants and required keys."
+                     "\nA user error prints one line `jaxvl: error: ...` and exits 2; --debug or JAXVL_DEBUG=1 "
+                     "shows the traceback.",
+                     description="Controlled vision-and-language transformer experiments in JAX.")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    top = parser.add_subparsers(dest="jaxvl_name", metavar="COMMAND", required=True, help="one of those below")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for spec in COMMANDS:
+        group, _, verb = spec.name.rpartition(" ")
+        if group and group not in groups:
+            g = top.add_parser(group, formatter_class=raw, description=GROUPS[group], epilog=_listing(group + " "))
+            groups[group] = g.add_subparsers(dest=f"jaxvl_{group}", metavar="COMMAND", required=True,
+                                             help="one of those below")
+        sub = (groups[group] if group else top).add_parser(verb)
+        sub.set_defaults(jaxvl_command=spec)
+        if selected is None or selected == spec.name:
+            _build(sub, spec)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    # `--config.key=value` overrides (ml_collections style) are collected before argparse sees them.
-    overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
-    args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
+def _selected(argv: list[str]) -> str:
+    """The command ``argv`` names (its first one or two words), or ``""``."""
+    words = [a for a in argv if not a.startswith("-")][:2]
+    names = {c.name for c in COMMANDS}
+    return next((" ".join(words[:n]) for n in (2, 1) if " ".join(words[:n]) in names), "")
+
+
+# ----------------------------------------------------------------------------------------------------- main
+
+def is_user_error(e: BaseException) -> bool:
+    """Whether ``e`` is the user's to fix (``USER_ERRORS``): printed as one line, exit 2."""
+    if isinstance(e, OS_USER_ERRORS) or any(c.__module__.startswith("jaxvl") and c.__name__ in USER_ERRORS
+                                            for c in type(e).__mro__):
+        return True
+    tb = e.__traceback__  # a ValueError raised by jaxvl's own code (the innermost frame is in the package)
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return isinstance(e, ValueError) and tb is not None and tb.tb_frame.f_code.co_filename.startswith(PACKAGE_DIR)
+
+
+def _run(argv: list[str]) -> int:
+    overrides = [a.removeprefix("--config.") for a in argv if a.startswith("--config.")]
+    argv = [a for a in argv if not a.startswith("--config.")]
+    for item in overrides:
+        if "=" not in item:
+            raise UsageError(f"--config.{item}: expected --config.KEY=VALUE (one argument, with '=')")
+    try:
+        args, unknown = build_parser(_selected(argv)).parse_known_args(argv)
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+    spec: Command = args.jaxvl_command
+    if unknown:
+        raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see `jaxvl {spec.name} --help`)")
     if overrides and not getattr(args, "config", None):
-        raise SystemExit("jaxvl: --config.KEY=VALUE overrides need --config FILE")
+        needs = "--config NAME[:ARG]" if spec.config else f"a config, and `jaxvl {spec.name}` takes none"
+        raise UsageError(f"--config.{overrides[0]}: --config.KEY=VALUE overrides need {needs}")
     args.config_overrides = overrides
     import logging
 
     logging.getLogger("absl").setLevel(logging.ERROR)  # TFDS's "Using custom data configuration" per dataset open
-    return args.func(args)
+    return spec.handler(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs ``jaxvl ARGV``; returns the exit status (module doc)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("JAXVL_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return _run(argv)
+    except (KeyboardInterrupt, Exception) as e:
+        loop = sys.modules.get("jaxvl.runtime.loop")  # imported if training ran: its exceptions exist only then
+        interrupted, diverged = getattr(loop, "TrainingInterrupted", ()), getattr(loop, "TrainingDiverged", ())
+        if debug or not (isinstance(e, (KeyboardInterrupt, diverged)) or is_user_error(e)):
+            raise
+        if isinstance(e, KeyboardInterrupt):
+            print(str(e) if isinstance(e, interrupted) else "jaxvl: interrupted", file=sys.stderr)
+            return 130  # 128 + SIGINT
+        message = " ".join(line.strip() for line in (str(e) or type(e).__name__).splitlines() if line.strip())
+        print(f"jaxvl: error: {message}", file=sys.stderr)
+        return 1 if isinstance(e, diverged) else 2
 
 
 if __name__ == "__main__":

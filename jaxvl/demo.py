@@ -12,7 +12,8 @@
    one compiled sweep per model), the attention analyses, and the report: ``<out>/ablation/table.md``,
    ``results.csv``, per-example losses and PNG plots.
 
-Every step has a progress bar; the table is printed at the end.
+Every step has a progress bar; the table is printed at the end. Ctrl-C stops it, saying where; the same
+command resumes each pretraining run from its latest checkpoint.
 """
 
 from __future__ import annotations

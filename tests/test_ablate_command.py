@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -63,17 +64,20 @@ def test_ablate_writes_the_report(run, tmp_path, capsys):
     ("thresholds=(0.5,1.5)", r"outside \[0, 1\]"),
     ("data.split='nope'", "no split 'nope'"),
 ])
-def test_bad_spec_or_split_is_refused(run, tmp_path, override, message):
-    with pytest.raises(ValueError, match=message):
-        main(_ablate(*run, tmp_path, override))
+def test_bad_spec_or_split_is_refused(run, tmp_path, override, message, capsys):
+    assert main(_ablate(*run, tmp_path, override)) == 2
+    err = capsys.readouterr().err  # a user error: one line (after any data preparation's progress), exit 2
+    assert "Traceback" not in err and re.search(f"^jaxvl: error: .*{message}", err.splitlines()[-1])
 
 
-def test_checkpoint_that_does_not_fit_the_data(run, tmp_path):
+def test_checkpoint_that_does_not_fit_the_data(run, tmp_path, capsys):
     """A world with 16-d features and other words: named before anything compiles."""
     other = "synthetic:num_images=16,val_images=4,feature_dim=16,num_classes=12"
     args = _ablate(*run, tmp_path) + [f"--config.data.dataset={other}"]
-    with pytest.raises(ValueError, match=r"feature size: data 16, model 24.*detector classes: data 12, model 20"):
-        main(args)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and re.search(r"^jaxvl: error: .*feature size: data 16, model 24.*detector classes: "
+                                                r"data 12, model 20", err.splitlines()[-1])
 
 
 def test_configs_parse():

@@ -1,10 +1,12 @@
-"""Config files: get_config(arg), overrides with type checks, and `jaxvl models --config`."""
+"""Config files: get_config(arg), overrides with type checks, `jaxvl models --config`, and the variants and
+required keys each packaged config declares for `--help`."""
 
+import importlib
 
 import pytest
 
 from jaxvl.cli import main
-from jaxvl.configs import ConfigError, load_config, packaged_config_path, parse_arg
+from jaxvl.configs import PACKAGED, ConfigError, load_config, packaged_config_path, parse_arg
 
 MODELS = "models"
 
@@ -54,3 +56,43 @@ def test_tuple_overrides_take_one_item_and_widen_ints():
     assert cfg.thresholds == (0.3,)
     _set(cfg, "thresholds", (0, 1), "x")
     assert cfg.thresholds == (0.0, 1.0) and isinstance(cfg.thresholds[0], float)
+
+
+@pytest.mark.parametrize("name", PACKAGED)
+def test_packaged_configs_describe_themselves(name):
+    """What `jaxvl COMMAND --help` shows comes from the config module: its docstring opens with the commands that
+    run it (``--config NAME:ARG``), every word of ``VARIANTS`` is accepted by ``get_config``, and every key of
+    ``REQUIRED`` exists in the config."""
+    module = importlib.import_module(f"jaxvl.configs.{name}")
+    commands = [line.strip() for line in module.__doc__.split("\n\n")[1].splitlines()]
+    assert commands and all(c.startswith("jaxvl ") or c.startswith("--config.") for c in commands)
+    assert all(f"--config {name}" in c for c in commands if c.startswith("jaxvl "))
+    assert module.ARGUMENT and module.VARIANTS
+    first = {"pretrain": "uniter", "caption": "ort"}.get(name)  # the MODEL word the other words follow
+    for entry in module.VARIANTS:
+        for word in _variant_words(entry):
+            candidates = [word] + ([f"{first},{word}"] if first else [])
+            assert any(_loads(f"{name}:{c}") for c in candidates), f"{name}: variant {word!r} is refused"
+    default = module.get_config(None)
+    for key in module.REQUIRED:
+        node = default
+        for part in key.split("."):
+            assert part in node, f"{name}: REQUIRED key {key!r}"
+            node = node[part]
+
+
+def _variant_words(entry: str) -> list[str]:
+    """``"thr02, thr04"`` -> both words; ``"sweep=objectives|seeds"`` -> ``sweep=objectives``, ``sweep=seeds``;
+    ``"(none)"`` -> the empty argument."""
+    if entry == "(none)":
+        return [""]
+    key, _, values = entry.rpartition("=")
+    return [f"{key}={v}" for v in values.split("|")] if key else entry.split(", ")
+
+
+def _loads(spec: str) -> bool:
+    try:
+        load_config(spec)
+    except ConfigError:
+        return False
+    return True

@@ -10,6 +10,10 @@ addressed by name; any other config file by its path::
 ``get_config("lxmert,tiny")`` and applies the overrides. An override must name an existing key (a typo
 is an error naming it) and is parsed as a Python literal, falling back to a string; its type must
 match the key's current value type (ints widen to floats).
+
+Each packaged config also says what ``jaxvl COMMAND --help`` shows of it: ``ARGUMENT`` (the form of its
+argument), ``VARIANTS`` (its words, one line each) and ``REQUIRED`` (the keys a full-size run must set, and
+when); its docstring opens with the commands that run it.
 """
 
 from __future__ import annotations

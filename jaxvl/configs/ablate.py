@@ -12,17 +12,35 @@
 size, or ``model.volta_config``, a VOLTA config JSON). ``names``: optional labels, same order.
 Checkpoints with the same model config are stacked and evaluated by one compiled program.
 
-Argument: ``[tiny]`` (the synthetic world's ablation phrases, no download). Every condition (vis4lang
-none / object / all; lang4vis none / phrase / all) and every IoT threshold run together as one vmapped
-sweep. VOLTA's quirks are on by default (reference section 7); ``quirks.*`` turn each off.
+Argument: ``[tiny]`` (the synthetic world's ablation phrases, no download; ``VARIANTS``; ``REQUIRED``: the
+keys a run must set). Every condition (vis4lang none / object / all; lang4vis none / phrase / all) and
+every IoT threshold run together as one vmapped sweep. VOLTA's quirks are on by default (reference
+section 7); ``quirks.*`` turn each off.
 """
 
 from ml_collections import ConfigDict
 
 from jaxvl.configs import parse_arg
 
+# For `jaxvl ablate --help`: the argument's form, its words, and the keys a run must set.
+ARGUMENT = "[tiny]"
+VARIANTS = {
+    "(none)": "real data: the Flickr30k Entities ablation phrases (set the keys below)",
+    "tiny": "the synthetic world's ablation phrases (no download)",
+}
+REQUIRED = {
+    "checkpoints": "comma-separated jaxvl workdirs (a run, <run>/vl, <run>/members/<name>) or VOLTA .bin files; "
+                   "every run",
+    "data.dataset": "an ablation dataset prepared by `jaxvl prepare --source flickr30k-entities:...` or a source "
+                    "string (tiny: the synthetic world)",
+    "model.name": "for VOLTA .bin checkpoints: the preset (or model.volta_config, a VOLTA config JSON)",
+    "data.vocab_file": "real data: bert-base-uncased vocab.txt",
+    "labelmatch.objects_vocab": "real data: Visual Genome's objects_vocab.txt (LabelMatch)",
+}
+
 
 def get_config(arg: str | None = None) -> ConfigDict:
+    """The config of ``arg`` (``ARGUMENT``; the module doc)."""
     args = parse_arg(arg, tiny=False)
     cfg = ConfigDict()
     cfg.checkpoints = ""

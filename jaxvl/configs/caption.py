@@ -7,7 +7,8 @@
     jaxvl caption evaluate --config caption:ort,tiny --workdir runs/ort_tiny
     jaxvl caption analyze --config caption:ort,tiny --workdir runs/ort_tiny
 
-Argument: ``ort[,tiny][,paper_geometry][,xe_only]``.
+Argument: ``ort[,tiny][,paper_geometry][,xe_only]`` (``VARIANTS``; ``REQUIRED``: the keys a full-size run
+must set).
 
 - ``ort``: ORT's sizes and recipe (reference captioning.md section 1.4): XE with Adam (0.9, 0.98, 1e-9)
   under the Noam schedule (warmup 10000, factor 1), element-wise gradient clamp 0.1, no label
@@ -24,8 +25,22 @@ from ml_collections import ConfigDict
 
 from jaxvl.configs import parse_arg
 
+# For `jaxvl caption ... --help`: the argument's form, its words, and the keys a full-size run must set.
+ARGUMENT = "ort[,tiny][,paper_geometry][,xe_only]"
+VARIANTS = {
+    "ort": "ORT's sizes and recipe: XE (Adam, Noam schedule, batch 15 x 5), then SCST (CIDEr-D reward)",
+    "tiny": "test-size captioner on the embedded synthetic captioning world (no download)",
+    "paper_geometry": "the paper's box-embedding formula instead of ORT's +1 widths and w_m/w_n",
+    "xe_only": "no self-critical stage",
+}
+REQUIRED = {
+    "data.dataset": "a dataset prepared by `jaxvl prepare --source coco-karpathy:...` (its version directory) or "
+                    "a source string; tiny runs default to the synthetic captioning world",
+}
+
 
 def get_config(arg: str | None = None) -> ConfigDict:
+    """The config of ``arg`` (``ARGUMENT``; the module doc)."""
     args = parse_arg(arg, model="ort", tiny=False, paper_geometry=False, xe_only=False)
     if args.model != "ort":
         raise ValueError(f"model {args.model!r}; the captioner is 'ort'")

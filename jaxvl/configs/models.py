@@ -8,8 +8,17 @@ from ml_collections import ConfigDict
 
 from jaxvl.configs import parse_arg
 
+# For `jaxvl models --help`: the argument's form, its words, and the keys a run must set (none).
+ARGUMENT = "[tiny]"
+VARIANTS = {
+    "(none)": "the forward pass at VOLTA's ctrl sizes",
+    "tiny": "the forward pass at the test sizes (parameters are still counted at ctrl size)",
+}
+REQUIRED: dict[str, str] = {}
+
 
 def get_config(arg: str | None = None) -> ConfigDict:
+    """The config of ``arg`` (``ARGUMENT``; the module doc)."""
     args = parse_arg(arg, tiny=False)
     cfg = ConfigDict()
     cfg.presets = "visualbert,uniter,vl-bert,lxmert,vilbert"

@@ -7,7 +7,8 @@
     jaxvl pretrain --config pretrain:uniter --workdir runs/uniter \\
         --config.data.dataset=data/jaxvl_volta_cc/default/1.0.0 --config.init.bert_checkpoint=bert/model.safetensors
 
-Argument: ``MODEL[,VARIANT][,tiny][,sweep=NAME]``.
+Argument: ``MODEL[,VARIANT[+VARIANT]][,tiny][,sweep=NAME]`` (``VARIANTS``; ``REQUIRED``: the keys a
+full-size run must set).
 
 - MODEL: ``visualbert``, ``uniter``, ``vl-bert``, ``lxmert``, ``vilbert`` (VOLTA's ctrl plans).
 - VARIANT (several joined by ``+``): ``ctrl`` (default), ``xent`` (MRC-XE instead of MRC-KL),
@@ -33,6 +34,28 @@ from jaxvl.configs import parse_arg
 
 MODELS = ("visualbert", "uniter", "vl-bert", "lxmert", "vilbert")
 THRESHOLDS = {"thr02": 0.2, "thr04": 0.4, "thr06": 0.6, "thr10": None}
+SWEEPS = ("objectives", "seeds", "comasking")
+
+# For `jaxvl pretrain --help`: the argument's form, its words, and the keys a full-size run must set.
+ARGUMENT = "MODEL[,VARIANT[+VARIANT]][,tiny][,sweep=NAME]"
+VARIANTS = {
+    "visualbert, uniter, vl-bert, lxmert, vilbert": "MODEL: one of VOLTA's controlled V&L BERTs (default uniter)",
+    "ctrl": "VOLTA's controlled setup (the default variant)",
+    "xent": "MRC-XE instead of MRC-KL as the region objective",
+    "rnd-vl": "no BERT initialisation of the text stream",
+    "bert-v-vl, rnd-v-vl": "a vision-only stage (MRC-KL only) first, then the V&L stage from its parameters",
+    "thr02, thr04, thr06, thr10": "co-masking IoU threshold 0.2 / 0.4 (VOLTA's) / 0.6 / none",
+    "thr02iot, thr04iot, thr06iot": "the same thresholds with IoT instead of IoU",
+    "tiny": "test-size model on the embedded synthetic world (no download); sizes read off the data",
+    "sweep=objectives|seeds|comasking": "members trained together as one compiled program (MRC-KL vs MRC-XE, "
+                                        "3 seeds, the co-masking thresholds)",
+}
+REQUIRED = {
+    "data.dataset": "a dataset prepared by `jaxvl prepare` (its version directory) or a source string; "
+                    "tiny runs default to the synthetic world",
+    "init.bert_checkpoint": "a HF BertModel / BertForPreTraining .bin or .safetensors, unless rnd-vl / rnd-v-vl "
+                            "(tiny runs without one start from random weights)",
+}
 
 
 def _sweep(name: str) -> list:
@@ -46,10 +69,11 @@ def _sweep(name: str) -> list:
         return [dict(name=f"seed{s}", seed=s) for s in (0, 1, 2)]
     if name == "comasking":
         return [dict(name=f"thr{t}", overlap_threshold=t) for t in (0.2, 0.4, 0.6, 2.0)]
-    raise ValueError(f"sweep={name!r}; named sweeps are objectives, seeds, comasking")
+    raise ValueError(f"sweep={name!r}; named sweeps are {', '.join(SWEEPS)}")
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
+    """The config of ``arg`` (``ARGUMENT``; the module doc)."""
     args = parse_arg(arg, model="uniter", variant="ctrl", tiny=False, sweep="")
     if args.model not in MODELS:
         raise ValueError(f"model {args.model!r}; expected one of {MODELS}")

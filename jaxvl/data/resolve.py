@@ -22,10 +22,13 @@ def resolve_dataset(spec: str, prepare_dir: str, workdir: str, kind: type) -> st
                          "(its version directory) or give a source string such as 'synthetic:num_images=256'")
     if os.path.isfile(os.path.join(spec, "dataset_info.json")):
         return spec
-    from jaxvl.data.sources import SOURCES, build_source, parse_source
+    from jaxvl.data.sources import build_source, parse_source
 
-    if parse_source(spec).name not in SOURCES:
-        raise FileNotFoundError(f"config data.dataset={spec!r} is neither a prepared dataset directory nor a source")
+    try:
+        parse_source(spec)
+    except ValueError as e:  # an unknown source name, or no source at all
+        raise FileNotFoundError(f"config data.dataset={spec!r} is neither a prepared dataset directory (with "
+                                f"dataset_info.json) nor a source ({e})") from e
     out = prepare_dir or os.path.join(workdir, "data")
     builders = [b for b in build_source(spec, out).builders if isinstance(b, kind)]
     if not builders:

@@ -12,15 +12,20 @@
   position; before each save every pending metric is checked, so a state that followed a
   non-finite loss or gradient norm is never written: the run stops with ``TrainingDiverged`` naming
   the step and the last good checkpoint;
-- SIGTERM (or a multi-host preemption notice): a checkpoint where it stands, then status ``preempted``.
+- SIGTERM (or a multi-host preemption notice): a checkpoint where it stands, then status ``preempted``;
+- Ctrl-C (``KeyboardInterrupt``): no new checkpoint (a save being started is let through); pending
+  saves finish, then ``TrainingInterrupted`` (a ``KeyboardInterrupt``, so callers' ``finally`` blocks
+  still run) names the step reached and the latest checkpoint. ``jaxvl`` prints it and exits 130.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -36,6 +41,20 @@ PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect of a terminat
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss or gradient norm: the message names the step and the last good checkpoint."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C in ``train_loop``, raised once pending checkpoint saves are on disk: ``step`` reached,
+    ``checkpoint_step`` (the latest checkpoint's step, None if there is none) in ``directory``."""
+
+    def __init__(self, step: int, checkpoint_step: int | None, directory: str):
+        super().__init__(step, checkpoint_step, directory)
+        self.step, self.checkpoint_step, self.directory = step, checkpoint_step, directory
+
+    def __str__(self) -> str:
+        last = "none" if self.checkpoint_step is None else f"step {self.checkpoint_step}"
+        return (f"stopped at step {self.step}; last checkpoint: {last} in {self.directory}; "
+                f"rerun the same command to resume")
 
 
 @dataclasses.dataclass
@@ -89,6 +108,24 @@ class Preemption:
     def restore(self) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred():
+    """Holds a Ctrl-C that arrives while a checkpoint save is being started and raises it once the save is
+    under way: an Orbax save interrupted half-way leaves background threads writing at interpreter exit."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _per_member(values: Mapping[str, Any], members: Sequence[str] | None) -> list[dict[str, float]]:
@@ -146,10 +183,11 @@ def train_loop(cfg: LoopConfig, step_fn: Callable, state: Any, data_iter: Any,
             last = rows
 
     status = "done"
+    reached = start  # the last step whose update was dispatched
     try:
         for step in range(start, cfg.steps):
             state, metrics = step_fn(state, host_to_global(next(data_iter)))
-            n = step + 1
+            n = reached = step + 1
             pending.append((n, metrics))
             flush(keep_latest=True)
             bar.update(1)
@@ -159,13 +197,17 @@ def train_loop(cfg: LoopConfig, step_fn: Callable, state: Any, data_iter: Any,
             stop = preemption.check(n)
             if n % cfg.checkpoint_every == 0 or n == cfg.steps or stop:
                 flush(keep_latest=False)  # never save a state whose loss was not checked
-                ckpt.save(state, data_iter, meta=dict(loss=[r["loss"] for r in last]))
+                with _ctrl_c_deferred():
+                    ckpt.save(state, data_iter, meta=dict(loss=[r["loss"] for r in last]))
             if stop:
                 ckpt.wait()
                 log(f"\nSIGTERM: checkpoint written at step {n} in {ckpt.directory}; rerun the command to resume")
                 status = "preempted"
                 break
         flush(keep_latest=False)
+    except KeyboardInterrupt as e:
+        ckpt.wait()  # a save under way is finished: it is the checkpoint a rerun resumes from
+        raise TrainingInterrupted(reached, ckpt.latest_step(), ckpt.directory) from e
     finally:
         bar.close()
         preemption.restore()
