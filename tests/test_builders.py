@@ -181,8 +181,11 @@ def test_prepare_command(tmp_path, capsys):
     for name in ("jaxvl_synthetic_pretrain", "jaxvl_synthetic_ablation"):
         assert (tmp_path / name / "cli" / "1.0.0" / "dataset_info.json").exists()
         assert list((tmp_path / name / "cli" / "1.0.0").glob("*.array_record-*"))
-    assert prepare.run(parser.parse_args(["--source", "volta-lmdb:/x", "--out", str(tmp_path)])) == 2
-    assert "available: synthetic" in capsys.readouterr().err
+    from jaxvl.cli import main
+
+    assert main(["prepare", "--source", "volta-lmdb:/x", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jaxvl: error:") and "available: synthetic" in err and len(err.splitlines()) == 1
 
 
 def test_cli_prepare_default_and_knobs(tmp_path):

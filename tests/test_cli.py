@@ -314,3 +314,13 @@ def test_ctrl_c_stops_training_and_the_same_command_resumes(tmp_path):
     assert rerun.returncode == 0, rerun.stderr
     assert f"resumed from {workdir / 'checkpoints'} step {last}" in rerun.stdout
     assert f"done at step {last + 2}" in rerun.stdout
+
+
+def test_a_damaged_dataset_info_is_one_line_naming_the_file(tmp_path, capsys):
+    bad = tmp_path / "ds"
+    bad.mkdir()
+    (bad / "dataset_info.json").write_text("{not json")
+    code = main(["pretrain", "--config", "pretrain:uniter,tiny", "--workdir", str(tmp_path / "w"),
+                 f"--config.data.dataset={str(bad)!r}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("jaxvl: error:") and "dataset_info.json" in err[-1], err

@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 from lmdb_fixtures import cc_datapoint, feature_entries, tensorpack_entries, tsv_row, write_lmdb
 from test_readers_files import ANN_100, ANN_200, SENTENCES_100, SENTENCES_200, region, write_flickr
 
+from jaxvl.cli import main
 from jaxvl.data import prepare
 from jaxvl.data.builders import RegionSpec, decode_ablation, decode_regions
 from jaxvl.data.builders.common import as_str
@@ -37,7 +38,7 @@ D, K1 = 8, 5  # CC fixtures: feature size, classes incl. background
 
 def run(capsys, source: str, out: Path, *flags: str) -> tuple[int, str, str]:
     """``jaxvl prepare --source SOURCE --out OUT --quiet FLAGS`` -> (exit status, stdout, stderr)."""
-    rc = prepare.main(["--source", source, "--out", str(out), "--quiet", *flags])
+    rc = main(["prepare", "--source", source, "--out", str(out), "--quiet", *flags])
     captured = capsys.readouterr()
     return rc, captured.out, captured.err
 
@@ -141,7 +142,7 @@ def test_volta_cc_skip_bad(tmp_path, capsys):
     entries[b"00000001"] = b"\xc1 not msgpack"  # undecodable
     lmdb = write_lmdb(tmp_path / "cc.lmdb", entries.items(), subdir=False)
     rc, _, err = run(capsys, f"volta-cc:{lmdb}", tmp_path / "data")
-    assert rc == 1 and str(lmdb) in err and "'00000001'" in err and "--skip-bad" in err
+    assert rc == 2 and str(lmdb) in err and "'00000001'" in err and "--skip-bad" in err
     rc, out, err = run(capsys, f"volta-cc:{lmdb}", tmp_path / "data", "--skip-bad")
     assert rc == 0, err
     assert "train 2 examples" in out and "skipped 3 (--skip-bad):" in out
@@ -193,7 +194,7 @@ def test_tsv_without_classes_and_missing_captions(tmp_path, capsys):
     captions = tmp_path / "captions.json"
     captions.write_text(json.dumps({"1": "one", "3": "three"}))
     rc, _, err = run(capsys, f"tsv:{tsv},captions={captions}", tmp_path / "data")
-    assert rc == 1 and f"{tsv}: record '2' has no caption in {captions}" in err
+    assert rc == 2 and f"{tsv}: record '2' has no caption in {captions}" in err
     rc, out, err = run(capsys, f"tsv:{tsv},captions={captions}", tmp_path / "data", "--skip-bad")
     assert rc == 0, err
     assert "train 2 examples; regions R=4 D=8 K=None" in out
@@ -266,7 +267,7 @@ def test_flickr30k_missing_features_and_split(tmp_path, capsys):
     features = lmdb_features(tmp_path / "feat.lmdb", {"100": 3})
     source = f"flickr30k-entities:{root},features={features},split=test"
     rc, _, err = run(capsys, source, tmp_path / "data")
-    assert rc == 1 and f"{features}: no features for image '200'" in err
+    assert rc == 2 and f"{features}: no features for image '200'" in err
     rc, out, err = run(capsys, source, tmp_path / "data", "--skip-bad")
     assert rc == 0, err
     assert "test 5 examples" in out and "skipped 3 (--skip-bad):" in out
@@ -335,7 +336,7 @@ def test_bad_source_strings(inputs, source, needles):
 
 def test_bad_source_exit_status_and_help(inputs, capsys):
     rc, _, err = run(capsys, f"tsv:{inputs['tsv']}", Path(inputs["tmp"]) / "data")
-    assert rc == 2 and err.startswith("jaxvl prepare: --source tsv: missing option captions=")
+    assert rc == 2 and err.startswith("jaxvl: error: --source tsv: missing option captions=")
     parser = argparse.ArgumentParser()
     prepare.add_arguments(parser)
     text = parser.format_help()

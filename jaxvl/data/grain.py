@@ -43,7 +43,11 @@ def open_split(dataset: str | os.PathLike, split: str, data_dir: str | os.PathLi
     """
     path = os.fspath(dataset)
     if os.path.isfile(os.path.join(path, "dataset_info.json")):
-        builder = tfds.builder_from_directory(path)
+        try:
+            builder = tfds.builder_from_directory(path)
+        except Exception as e:  # TFDS raises protobuf / JSON / KeyError kinds for a damaged dataset_info.json
+            raise ValueError(f"{os.path.join(path, 'dataset_info.json')}: not a readable TFDS dataset "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
     else:
         import jaxvl.data.builders  # noqa: F401 -- registers the jaxvl builders by name
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 
 from jaxvl.data.sources import SOURCES, build_source
@@ -68,8 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Prepares every dataset of ``args.source`` under ``args.out`` and prints where each went.
 
-    Returns 0; 2 (with a message on stderr) for a bad source string or unusable input files; 1 for a
-    bad record without ``--skip-bad`` (the message names the file and the record). The summary gives
+    Returns 0. A bad source string or unusable input files raise ``SourceError`` / ``ValueError`` /
+    ``OSError``, a bad record without ``--skip-bad`` ``BadRecord`` (the message names the file and the
+    record); ``jaxvl prepare`` prints them as one ``jaxvl: error:`` line and exits 2. The summary gives
     each dataset's splits, region sizes and, with ``--skip-bad``, what was skipped.
     """
     import tensorflow_datasets as tfds
@@ -84,11 +84,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         prepared = build_source(args.source, out, skip_bad=skip_bad)  # reads the first records for the regions
     except BadRecord as e:
-        print(f"jaxvl prepare: {e}{hint}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, OSError) as e:
-        print(f"jaxvl prepare: {e}", file=sys.stderr)
-        return 2
+        raise BadRecord(f"{e}{hint}") from e
     builders = prepared.builders
     mode = tfds.GenerateMode.FORCE_REDOWNLOAD if args.overwrite else tfds.GenerateMode.REUSE_DATASET_IF_EXISTS
     config = tfds.download.DownloadConfig(download_mode=mode, try_download_gcs=False)
@@ -101,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 builder.download_and_prepare(download_config=config, download_dir=os.path.join(out, "downloads"))
             except BadRecord as e:
-                print(f"jaxvl prepare: {builder.name}/{builder.builder_config.name}: {e}{hint}", file=sys.stderr)
-                return 1
+                raise BadRecord(f"{builder.name}/{builder.builder_config.name}: {e}{hint}") from e
     print(f"prepared {len(builders)} datasets from {args.source!r} in {time.perf_counter() - start:.1f} s:")
     for builder in builders:
         splits = ", ".join(f"{name} {info.num_examples}" for name, info in builder.info.splits.items())
@@ -119,14 +114,3 @@ def run(args: argparse.Namespace) -> int:
             for what, n in skipped.items():
                 print(f"      {n} {what}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m jaxvl.data.prepare``: the same command without the ``jaxvl`` entry point."""
-    parser = argparse.ArgumentParser(prog="jaxvl prepare", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
