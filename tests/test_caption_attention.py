@@ -22,7 +22,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from jaxvl.caption import attention as ca
 from jaxvl.caption.data import CaptionPipelineConfig, caption_dataset, caption_vocab_for
-from jaxvl.data import prepare
+from jaxvl.cli import main
 from jaxvl.data.builders.captions import CaptionExample, PhraseLink, encode_phrases
 from jaxvl.data.caption_vocab import CaptionVocab
 from jaxvl.data.grain import open_split
@@ -231,7 +231,7 @@ def test_encode_phrases_cuts_and_refuses():
 def synthetic(tmp_path_factory):
     """8 synthetic captioning images prepared by ``jaxvl prepare``, their two batches of 4 with the analysis fields."""
     out = tmp_path_factory.mktemp("caption_attention")
-    rc = prepare.main(["--source", "synthetic-captions:num_images=8,val_images=0,test_images=0", "--out", str(out),
+    rc = main(["prepare", "--source", "synthetic-captions:num_images=8,val_images=0,test_images=0", "--out", str(out),
                        "--quiet"])
     assert rc == 0
     (path,) = (out / "jaxvl_synthetic_captions").glob("*/1.0.0")

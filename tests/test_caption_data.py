@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 from lmdb_fixtures import feature_entries, write_lmdb
 
 from jaxvl.caption.data import CaptionPipelineConfig, CaptionTransform, caption_dataset, caption_vocab_for
-from jaxvl.data import prepare
+from jaxvl.cli import main
 from jaxvl.data.builders.captions import (
     CaptionConfig,
     CaptionExample,
@@ -280,7 +280,7 @@ def test_region_join_missing_and_zero_valid_boxes(tmp_path, fmt):
 
 
 def run(capsys, source: str, out: Path, *flags: str) -> tuple[int, str, str]:
-    rc = prepare.main(["--source", source, "--out", str(out), "--quiet", *flags])
+    rc = main(["prepare", "--source", source, "--out", str(out), "--quiet", *flags])
     captured = capsys.readouterr()
     return rc, captured.out, captured.err
 
@@ -298,7 +298,7 @@ def coco(tmp_path_factory):
     recs = feature_records()
     val = write_features(tmp / "val2014_obj36.tsv", "tsv", [r for r in recs if r.image_id in ("103", "104", "102")])
     train = write_features(tmp / "train2014_obj36.tsv", "tsv", [r for r in recs if r.image_id in ("101", "105")])
-    rc = prepare.main(["--source", f"coco-karpathy:{path},features={train}+{val}", "--out", str(tmp / "data"),
+    rc = main(["prepare", "--source", f"coco-karpathy:{path},features={train}+{val}", "--out", str(tmp / "data"),
                        "--quiet"])
     assert rc == 0
     (data_dir,) = (tmp / "data" / "jaxvl_caption_images").glob("*/1.0.0")
@@ -341,9 +341,9 @@ def test_prepare_coco_karpathy_skip_bad_and_vocab_options(tmp_path, capsys):
     features = write_features(tmp_path / "feat", "npz", recs)
     source = f"coco-karpathy:{path},features={features},vocab_splits=all,name=mine"
     rc, _, err = run(capsys, source, tmp_path / "data")
-    assert rc == 1 and "record '102' (train image 1 of the split file) has zero valid boxes" in err
+    assert rc == 2 and "record '102' (train image 1 of the split file) has zero valid boxes" in err
     rc, _, err = run(capsys, source, tmp_path / "data", "--skip-bad")
-    assert rc == 1 and "split 'test': no usable images (every image was skipped" in err
+    assert rc == 2 and "split 'test': no usable images (every image was skipped" in err
     rc, out, err = run(capsys, source + ",splits=train+val", tmp_path / "data", "--skip-bad")
     assert rc == 0, err
     assert "train 2, val 1 examples; regions R=3 D=6 K=None" in out
@@ -490,7 +490,7 @@ def test_caption_knobs_and_config_names():
 def synthetic(tmp_path_factory):
     """A tiny synthetic captioning world (12 train, 4 val, 4 test images; R = 10, D = 24), prepared."""
     out = tmp_path_factory.mktemp("captions")
-    rc = prepare.main(["--source", "synthetic-captions:num_images=12,val_images=4,test_images=4", "--out", str(out),
+    rc = main(["prepare", "--source", "synthetic-captions:num_images=12,val_images=4,test_images=4", "--out", str(out),
                        "--quiet"])
     assert rc == 0
     source, info = open_split(out / "jaxvl_synthetic_captions" / "num_images-12+test_images-4+val_images-4" / "1.0.0",

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxvl.data.builders.common import RegionSpec, as_str, decode_regions, encode_regions
+from jaxvl.data.builders.common import ConfiguredBuilder, RegionSpec, as_str, decode_regions, encode_regions
 from jaxvl.data.records import AblationExample, BadRecord, RegionFeatures, check_ablation_example
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class AblationConfig(tfds.core.BuilderConfig):
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-class AblationPhrases(tfds.core.GeneratorBasedBuilder):
+class AblationPhrases(ConfiguredBuilder, tfds.core.GeneratorBasedBuilder):
     """(sentence, grounded phrase) examples with their image's regions, written as ArrayRecord.
 
     Subclasses override ``region_spec``, ``phrase_splits`` and ``dataset_metadata``.
@@ -84,21 +84,10 @@ class AblationPhrases(tfds.core.GeneratorBasedBuilder):
     name = "jaxvl_ablation_phrases"
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First version: phrase fields, ragged ref_boxes, region fields padded to R."}
-
-    def region_spec(self) -> RegionSpec:
-        return self._config().regions
+    config_class = AblationConfig
 
     def phrase_splits(self) -> Mapping[str, PhraseSource]:
-        return self._config().splits
-
-    def dataset_metadata(self) -> dict[str, Any]:
-        return dict(self._config().metadata)
-
-    def _config(self) -> AblationConfig:
-        cfg = self.builder_config
-        if not isinstance(cfg, AblationConfig):
-            raise ValueError(f"{type(self).__name__} needs config=AblationConfig(...); got {cfg!r}")
-        return cfg
+        return self.typed_config().splits
 
     def _info(self) -> tfds.core.DatasetInfo:
         spec = self.region_spec()

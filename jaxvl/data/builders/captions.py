@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxvl.data.builders.common import RegionSpec, encode_regions
+from jaxvl.data.builders.common import ConfiguredBuilder, RegionSpec, encode_regions
 from jaxvl.data.builders.synthetic import DEFAULT_VAL_IMAGES, parse_knobs
 from jaxvl.data.caption_vocab import ORT_MAX_LENGTH, CaptionVocab
 from jaxvl.data.records import BadRecord, RegionFeatures
@@ -147,7 +147,7 @@ class CaptionConfig(tfds.core.BuilderConfig):
     stats: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
-class CaptionImages(tfds.core.GeneratorBasedBuilder):
+class CaptionImages(ConfiguredBuilder, tfds.core.GeneratorBasedBuilder):
     """Images with their regions and captions (module doc), written as ArrayRecord.
 
     Subclasses override ``region_spec``, ``caption_vocab``, ``max_length``, ``max_phrases``, ``caption_splits``,
@@ -157,36 +157,25 @@ class CaptionImages(tfds.core.GeneratorBasedBuilder):
     name = CAPTIONS_NAME
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First version: regions padded to R, region_mask, all captions [N, T], references."}
-
-    def region_spec(self) -> RegionSpec:
-        return self._config().regions
+    config_class = CaptionConfig
 
     def caption_vocab(self) -> CaptionVocab:
-        vocab = self._config().vocab
+        vocab = self.typed_config().vocab
         if vocab is None:
             raise ValueError(f"{self.name}/{self.builder_config.name}: CaptionConfig has no vocab")
         return vocab
 
     def max_length(self) -> int:
-        return self._config().max_length
+        return self.typed_config().max_length
 
     def max_phrases(self) -> int:
-        return self._config().max_phrases
+        return self.typed_config().max_phrases
 
     def caption_splits(self) -> Mapping[str, CaptionSource]:
-        return self._config().splits
-
-    def dataset_metadata(self) -> dict[str, Any]:
-        return dict(self._config().metadata)
+        return self.typed_config().splits
 
     def split_stats(self) -> dict[str, dict[str, Any]]:
-        return self._config().stats
-
-    def _config(self) -> CaptionConfig:
-        cfg = self.builder_config
-        if not isinstance(cfg, CaptionConfig):
-            raise ValueError(f"{type(self).__name__} needs config=CaptionConfig(...); got {cfg!r}")
-        return cfg
+        return self.typed_config().stats
 
     def _info(self) -> tfds.core.DatasetInfo:
         spec, t, p = self.region_spec(), self.max_length(), self.max_phrases()

@@ -119,3 +119,24 @@ def decode_regions(example: Mapping[str, Any]) -> RegionFeatures:
         rec.objects_id = np.asarray(example["objects_id"])[:n]
         rec.objects_conf = np.asarray(example["objects_conf"])[:n]
     return rec
+
+
+class ConfiguredBuilder:
+    """Mixin for jaxvl's TFDS builders whose ``builder_config`` carries the data: ``config_class`` names the
+    config type; ``typed_config()`` checks it; ``region_spec`` and ``dataset_metadata`` read it.
+    Subclasses that generate data themselves override these instead of passing a config."""
+
+    config_class: type = tfds.core.BuilderConfig
+
+    def typed_config(self) -> Any:
+        cfg = self.builder_config
+        if not isinstance(cfg, self.config_class):
+            raise ValueError(f"{type(self).__name__} needs config={self.config_class.__name__}(...); got {cfg!r}")
+        return cfg
+
+    def region_spec(self) -> RegionSpec:
+        return self.typed_config().regions
+
+    def dataset_metadata(self) -> dict[str, Any]:
+        return dict(self.typed_config().metadata)
+

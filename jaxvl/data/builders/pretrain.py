@@ -23,7 +23,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from jaxvl.data.builders.common import RegionSpec, encode_regions
+from jaxvl.data.builders.common import ConfiguredBuilder, RegionSpec, encode_regions
 from jaxvl.data.records import CaptionPair
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class PretrainConfig(tfds.core.BuilderConfig):
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-class PretrainPairs(tfds.core.GeneratorBasedBuilder):
+class PretrainPairs(ConfiguredBuilder, tfds.core.GeneratorBasedBuilder):
     """(image, caption) pairs with fixed-size region features, written as ArrayRecord.
 
     Subclasses (the synthetic world) override ``region_spec``, ``pair_splits`` and
@@ -55,23 +55,14 @@ class PretrainPairs(tfds.core.GeneratorBasedBuilder):
     name = "jaxvl_pretrain_pairs"
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First version: image_id, caption and region fields padded to R."}
+    config_class = PretrainConfig
 
     # what subclasses override ------------------------------------------------------------------
 
-    def region_spec(self) -> RegionSpec:
-        return self._config().regions
-
     def pair_splits(self) -> Mapping[str, PairSource]:
-        return self._config().splits
+        return self.typed_config().splits
 
-    def dataset_metadata(self) -> dict[str, Any]:
-        return dict(self._config().metadata)
 
-    def _config(self) -> PretrainConfig:
-        cfg = self.builder_config
-        if not isinstance(cfg, PretrainConfig):
-            raise ValueError(f"{type(self).__name__} needs config=PretrainConfig(...); got {cfg!r}")
-        return cfg
 
     # tfds ---------------------------------------------------------------------------------------
 
