@@ -177,6 +177,7 @@ def test_nan_loss_stops_naming_the_step_and_saves_no_nan(dataset, tmp_path):
     assert all(np.isfinite(x).all() for x in final_params(tmp_path))
 
 
+@pytest.mark.slow
 def test_vision_first_stages(dataset, tmp_path):
     """bert-v-vl: a vision-only stage (text = one padding token: no MLM targets, no ITM, MRC-KL only), then
     the V&L stage starting from its parameters."""

@@ -209,6 +209,7 @@ def test_member_equals_a_single_run_with_its_settings(k):
     assert int(member.step) == STEPS
 
 
+@pytest.mark.slow
 def test_members_really_differ():
     """Guards the key test against vacuity: the members' curves and parameters differ from each other."""
     sweep = sweep_run("single")
