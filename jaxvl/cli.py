@@ -22,7 +22,6 @@ import importlib
 import os
 import sys
 import textwrap
-import time
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -58,62 +57,15 @@ class Command:
 
 # ------------------------------------------------------------------------------------------------ handlers
 
-# VOLTA's own BertForVLPreTraining parameter counts for the ctrl configs (shared tensors counted once).
-VOLTA_PARAM_COUNTS = {"visualbert": 114_882_941, "uniter": 114_497_405, "vl-bert": 116_066_941,
-                      "lxmert": 211_369_853, "vilbert": 242_076_029}
-
-
-def _example_batch(cfg, batch: int, text_len: int, regions: int, seed: int = 0) -> dict:
-    """A random valid batch: token ids, features, [x1, y1, x2, y2, area] boxes, one padded text row."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    text_mask = np.ones((batch, text_len), np.int32)
-    text_mask[-1, text_len // 2:] = 0
-    ids = rng.integers(1, cfg.vocab_size, (batch, text_len)).astype(np.int32) * text_mask
-    xy = rng.uniform(0, 0.5, (batch, regions, 2))
-    wh = rng.uniform(0.05, 0.5, (batch, regions, 2))
-    boxes = np.concatenate([xy, xy + wh, wh[..., :1] * wh[..., 1:]], -1).astype(np.float32)
-    boxes[:, 0] = [0, 0, 1, 1, 1]  # the global [IMG] row
-    return dict(input_ids=ids, features=rng.normal(size=(batch, regions, cfg.v_feature_size)).astype(np.float32),
-                locations=boxes, text_mask=text_mask, region_mask=np.ones((batch, regions), np.int32))
-
-
 def cmd_models(args: argparse.Namespace) -> int:
-    """Builds each preset, checks its parameter count against VOLTA's, runs one jitted forward pass."""
+    """``jaxvl models``: ``jaxvl.models.volta.summary.describe_presets`` (1 if a count differs from VOLTA's)."""
     if args.config:
         cfg = _config(args)
         for key in ("presets", "size", "batch", "text_len", "regions"):
             setattr(args, key, cfg[key])
-    import jax
+    from jaxvl.models.volta.summary import describe_presets
 
-    from jaxvl.models import count_params, find_segments, get_model, validate_batch
-
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({len(jax.devices())} devices); "
-          f"forward pass at {args.size} size, batch {args.batch}, text {args.text_len}, regions {args.regions}")
-    mismatches = 0
-    for name in args.presets.split(","):
-        full = get_model(name)
-        shapes = jax.eval_shape(lambda m=full: m.init(jax.random.key(0), **m.dummy_inputs()))
-        n_params = count_params(shapes["params"])
-        ok = n_params == VOLTA_PARAM_COUNTS[name]
-        mismatches += not ok
-        segments = " + ".join(f"{s.repeats}x{len(s.sublayers)}" for s in find_segments(full.cfg.sublayers))
-        print(f"\n{name}: {'dual' if full.cfg.dual_stream else 'single'}-stream, {full.cfg.plan.depth} sub-layers "
-              f"({segments}), {n_params:,} parameters (VOLTA: {VOLTA_PARAM_COUNTS[name]:,}, "
-              f"{'equal' if ok else 'DIFFERENT'})")
-        model = full if args.size == "ctrl" else get_model(name, tiny=True)
-        batch = _example_batch(model.cfg, args.batch, args.text_len, args.regions)
-        validate_batch(batch, model.cfg, source=f"{name} example batch")
-        start = time.perf_counter()
-        variables = jax.jit(lambda b, m=model: m.init(jax.random.key(0), **b))(batch)
-        out = jax.block_until_ready(jax.jit(lambda v, b, m=model: m.apply(v, **b))(variables, batch))
-        print(f"  forward ({time.perf_counter() - start:.1f} s incl. init and compile):")
-        for field in ("text", "vision", "pooled", "mlm_logits", "itm_logits"):
-            print(f"    {field:<13} {tuple(getattr(out, field).shape)}")
-        for key, logits in out.visual_logits.items():
-            print(f"    visual[{key}]     {tuple(logits.shape)}")
-    return 1 if mismatches else 0
+    return describe_presets(args.presets.split(","), args.size, args.batch, args.text_len, args.regions)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

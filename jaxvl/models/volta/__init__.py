@@ -3,5 +3,6 @@
 Read top to bottom: ``plan`` (the sub-layer plan, VOLTA's keys) -> ``config`` (``VLConfig``, VOLTA JSON)
 -> ``presets`` (the five ctrl plans) -> ``embeddings`` -> ``encoder`` -> ``heads`` -> ``model``
 (``VLBertModel``, ``VLBertForPreTraining``, ``get_model``); ``objectives`` holds the pretraining heads'
-masking and losses as pure functions.
+masking and losses as pure functions; ``summary`` is ``jaxvl models`` (layouts, parameter counts
+against VOLTA's, one forward pass).
 """
