@@ -101,7 +101,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 def test_volta_checkpoint_gives_the_same_numbers(run, tmp_path):
     """The jaxvl checkpoint written as a VOLTA state dict (``jaxvl.convert.volta``) with its VOLTA config JSON:
     `jaxvl ablate` reads it through the converter and reports the jaxvl checkpoint's results (to float32
-    rounding)."""
+    rounding). One ablation of both checkpoints (the jaxvl workdir ``a`` and the VOLTA file ``v``)."""
     import json
 
     import torch
@@ -116,17 +116,15 @@ def test_volta_checkpoint_gives_the_same_numbers(run, tmp_path):
     params, _ = restore_params(workdir / "checkpoints")
     torch.save({k: torch.from_numpy(v.copy()) for k, v in to_volta(params, model_cfg).items()}, tmp_path / "m.bin")
     (tmp_path / "m.json").write_text(json.dumps(to_volta_dict(model_cfg)))
-    common = ["thresholds=0.5", "n_boot=10", "attention=False"]
-    assert main(_ablate(workdir, data, tmp_path / "jaxvl", *common)) == 0
-    args = _ablate(workdir, data, tmp_path / "volta", *common, f"checkpoints={tmp_path / 'm.bin'}", "names=v",
+    args = _ablate(workdir, data, tmp_path / "out", "thresholds=0.5", "n_boot=10", "attention=False",
+                   f"checkpoints={workdir},{tmp_path / 'm.bin'}", "names=a,v",
                    f"model.volta_config={tmp_path / 'm.json'}", "model.num_object_classes=20")
     assert main(args) == 0
-    with open(tmp_path / "jaxvl" / "results.csv", newline="") as f:
-        ours = {(r["task"], r["condition"], r["metric"], r["subset"]): r["mean"] for r in csv.DictReader(f)
-                if r["model"] == "a"}
-    with open(tmp_path / "volta" / "results.csv", newline="") as f:
-        theirs = {(r["task"], r["condition"], r["metric"], r["subset"]): r["mean"] for r in csv.DictReader(f)}
+    with open(tmp_path / "out" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    ours, theirs = ({(r["task"], r["condition"], r["metric"], r["subset"]): r["mean"] for r in rows
+                     if r["model"] == name} for name in ("a", "v"))
     assert ours.keys() == theirs.keys() and ours
-    # float32 sums of a program compiled for 2 stacked checkpoints vs 1: equal to ~1e-7 relative
+    # the same parameters through two loaders: equal up to float32 rounding (~1e-7 relative)
     for key, value in ours.items():
         assert (value == theirs[key] == "") or float(theirs[key]) == pytest.approx(float(value), rel=1e-5), key

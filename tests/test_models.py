@@ -1,4 +1,10 @@
-"""The V&L BERTs: parameter counts, plan semantics against a numpy reference, scan, dropout, dtypes, axes."""
+"""The V&L BERTs: parameter counts, plan semantics against a numpy reference, scan, dropout, dtypes, axes.
+
+Every program is compiled with ``FAST_COMPILE`` (the tests check semantics, not speed); each tiny preset is
+initialised and run once (``tiny_case``, cached) and the other tests reuse its parameters and outputs.
+"""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +16,7 @@ from flax.traverse_util import flatten_dict
 from jaxvl.models import PRESETS, attention_bias, count_params, get_config, get_model, scan_params, unscan_params
 from jaxvl.models.volta.encoder import AttentionSublayer, FeedForwardSublayer
 from jaxvl.models.volta.plan import Sublayer
+from jaxvl.runtime.compile import FAST_COMPILE
 
 VOLTA_COUNTS = {"visualbert": 114_882_941, "uniter": 114_497_405, "vl-bert": 116_066_941,
                 "lxmert": 211_369_853, "vilbert": 242_076_029}
@@ -18,7 +25,8 @@ VOLTA_COUNTS = {"visualbert": 114_882_941, "uniter": 114_497_405, "vl-bert": 116
 def run(model, variables, batch, **kwargs):
     """``model.apply`` under ``jax.jit`` (eager flax is slow on CPU); static kwargs are closed over."""
     rngs = kwargs.pop("rngs", None)
-    return jax.jit(lambda v, b, r: model.apply(v, **b, rngs=r, **kwargs))(variables, batch, rngs)
+    return jax.jit(lambda v, b, r: model.apply(v, **b, rngs=r, **kwargs),
+                   compiler_options=FAST_COMPILE)(variables, batch, rngs)
 
 
 def param_shapes(model):
@@ -51,13 +59,21 @@ def test_ctrl_parameter_counts_equal_volta(name):
     assert count_params(shapes["params"]) == VOLTA_COUNTS[name]
 
 
+@functools.cache
+def tiny_case(name: str):
+    """The tiny preset ``name``: model, ``make_batch`` inputs, ``init`` params (key 0) and the deterministic
+    forward with every hidden state; computed once per module and shared by the tests below."""
+    model = get_model(name, tiny=True)
+    batch = make_batch(model.cfg)
+    init = jax.jit(lambda b: model.init(jax.random.key(0), **b), compiler_options=FAST_COMPILE)
+    params = nn.meta.unbox(init(batch)["params"])
+    return model, batch, params, run(model, {"params": params}, batch, output_hidden_states=True)
+
+
 @pytest.mark.parametrize("name", PRESETS)
 def test_tiny_forward_shapes_and_scan_equivalence(name):
-    model = get_model(name, tiny=True)
+    model, batch, params, out = tiny_case(name)
     cfg = model.cfg
-    batch = make_batch(cfg)
-    params = nn.meta.unbox(jax.jit(lambda b: model.init(jax.random.key(0), **b))(batch)["params"])
-    out = run(model, {"params": params}, batch, output_hidden_states=True)
     assert out.text.shape == (2, 7, cfg.hidden_size) and out.vision.shape == (2, 5, cfg.v_hidden_size)
     assert out.mlm_logits.shape == (2, 7, cfg.vocab_size)
     assert out.visual_logits["0"].shape == (2, 5, 1601) and out.itm_logits.shape == (2, 2)
@@ -176,11 +192,10 @@ def test_feed_forward_sublayer_passthrough_and_math():
 
 
 def test_dropout_and_deterministic_mode():
-    model = get_model("uniter", tiny=True)  # dropout is shared code: one model covers it
-    batch = make_batch(model.cfg)
-    variables = jax.jit(lambda b: model.init(jax.random.key(0), **b))(batch)
-    eval_a = run(model, variables, batch)  # deterministic by default: no rng needed
-    train = jax.jit(lambda v, b, r: model.apply(v, **b, deterministic=False, rngs={"dropout": r}))
+    model, batch, params, eval_a = tiny_case("uniter")  # dropout is shared code: one model covers it
+    variables = {"params": params}  # eval_a: deterministic by default, no rng needed
+    train = jax.jit(lambda v, b, r: model.apply(v, **b, deterministic=False, rngs={"dropout": r}),
+                    compiler_options=FAST_COMPILE)
     train_a = train(variables, batch, jax.random.key(1))
     train_b = train(variables, batch, jax.random.key(1))
     train_c = train(variables, batch, jax.random.key(2))
@@ -193,27 +208,26 @@ def test_dropout_and_deterministic_mode():
 
 def test_scanned_dropout_runs_and_differs_per_layer():
     model = get_model("uniter", tiny=True, scan_layers=True)
-    batch = make_batch(model.cfg)
-    variables = jax.jit(lambda b: model.init(jax.random.key(0), **b))(batch)
+    _, batch, params, _ = tiny_case("uniter")
+    variables = {"params": scan_params(params, model.cfg)}
     out = run(model, variables, batch, deterministic=False, rngs={"dropout": jax.random.key(3)})
     assert np.isfinite(out.text).all()
 
 
 def test_fused_and_explicit_attention_agree():
-    fused = get_model("lxmert", tiny=True)
+    _, batch, params, a = tiny_case("lxmert")  # the fused (default) forward
     explicit = get_model("lxmert", tiny=True, fused_attention=False)
-    batch = make_batch(fused.cfg)
-    variables = jax.jit(lambda b: fused.init(jax.random.key(0), **b))(batch)
-    a, b = run(fused, variables, batch), run(explicit, variables, batch)
+    b = run(explicit, {"params": params}, batch, output_hidden_states=True)
     np.testing.assert_allclose(a.text, b.text, atol=1e-5)
     np.testing.assert_allclose(a.vision, b.vision, atol=1e-5)
+    for x, y in zip(jax.tree.leaves(a.hidden_states), jax.tree.leaves(b.hidden_states), strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-5)  # every sub-layer, not just the last
 
 
 def test_sown_attention_weights():
     model = get_model("lxmert", tiny=True, sow_weights=True)
-    batch = make_batch(model.cfg)
-    variables = jax.jit(lambda b: model.init(jax.random.key(0), **b))(batch)
-    _, state = run(model, {"params": variables["params"]}, batch, mutable=["intermediates"])
+    _, batch, params, _ = tiny_case("lxmert")  # sowing adds no parameters
+    _, state = run(model, {"params": params}, batch, mutable=["intermediates"])
     sown = flatten_dict(state["intermediates"], sep="/")
     cross = [n for n, s in enumerate(model.cfg.sublayers) if s.tv]
     key = f"bert/encoder/layer_{cross[0]}/t_attend/weights"
@@ -225,11 +239,10 @@ def test_sown_attention_weights():
 
 
 def test_bfloat16_matmuls_run_close_to_float32():
-    f32 = get_model("uniter", tiny=True)
+    _, batch, params, a = tiny_case("uniter")  # float32 parameters and forward
     bf16 = get_model("uniter", tiny=True, dtype="bfloat16")
-    batch = make_batch(f32.cfg)
-    variables = jax.jit(lambda b: f32.init(jax.random.key(0), **b))(batch)
-    a, b = run(f32, variables, batch), run(bf16, variables, batch)
+    variables = {"params": params}
+    b = run(bf16, variables, batch)
     assert jax.tree.leaves(variables["params"])[0].dtype == jnp.float32
     assert np.isfinite(np.asarray(b.text, np.float32)).all()
     np.testing.assert_allclose(np.asarray(b.text, np.float32), a.text, atol=0.1)

@@ -11,7 +11,9 @@ import tensorflow_datasets as tfds
 from jaxvl.data.builders import synthetic_builders, synthetic_config
 from jaxvl.data.grain import PretrainTransform, open_split, tokenizer_for
 from jaxvl.models import get_config, get_model, validate_batch
+from jaxvl.models.volta.presets import _single_stream_plan
 from jaxvl.pretrain.data import PipelineConfig, pretrain_dataset
+from jaxvl.runtime.compile import FAST_COMPILE
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 tfds.disable_progress_bar()
@@ -135,13 +137,14 @@ def test_restored_iterator_continues_exactly(prepared):
 def test_first_batch_fits_a_tiny_model_and_compiles_once(prepared):
     source, tok, _ = prepared
     b1, b2 = batches(source, tok, 2, batch_size=4, seed=0)
-    cfg = get_config("uniter", tiny=True, v_feature_size=D, vocab_size=tok.vocab_size)
+    one_layer = _single_stream_plan(1).to_dict()  # the batch's fit does not depend on depth
+    cfg = get_config("uniter", tiny=True, v_feature_size=D, vocab_size=tok.vocab_size, **one_layer)
     validate_batch(b1, cfg, source="synthetic train")
     validate_batch(b2, cfg, source="synthetic train")
-    model = get_model("uniter", tiny=True, v_feature_size=D, vocab_size=tok.vocab_size)
+    model = get_model("uniter", tiny=True, v_feature_size=D, vocab_size=tok.vocab_size, **one_layer)
     inputs = [{k: b[k] for k in MODEL_KEYS} for b in (b1, b2)]
-    params = jax.jit(lambda x: model.init(jax.random.key(0), **x))(inputs[0])
-    forward = jax.jit(lambda p, x: model.apply(p, **x).mlm_logits)
+    params = jax.jit(lambda x: model.init(jax.random.key(0), **x), compiler_options=FAST_COMPILE)(inputs[0])
+    forward = jax.jit(lambda p, x: model.apply(p, **x).mlm_logits, compiler_options=FAST_COMPILE)
     outs = [forward(params, x) for x in inputs]
     assert forward._cache_size() == 1
     assert outs[1].shape == (4, T, tok.vocab_size) and bool(np.isfinite(np.asarray(outs[1])).all())

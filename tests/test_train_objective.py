@@ -1,4 +1,7 @@
-"""The assembled pretraining objective: modes 0/1/2, negatives, the [IMG] row, gradients."""
+"""The assembled pretraining objective: modes 0/1/2, negatives, the [IMG] row, gradients.
+
+The objective does not depend on the encoder's depth: a one-layer UNITER, every program compiled with
+``FAST_COMPILE`` (semantics, not speed)."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +12,11 @@ from jaxvl.data.regions import region_inputs
 from jaxvl.data.synthetic import World, WorldConfig
 from jaxvl.data.tokenizer import Tokenizer
 from jaxvl.models import get_model
+from jaxvl.models.volta.presets import _single_stream_plan
 from jaxvl.pretrain.loss import ObjectiveConfig, make_negatives, mask_batch, pretraining_loss
+from jaxvl.runtime.compile import FAST_COMPILE
+
+masker = jax.jit(mask_batch, static_argnums=(2, 3, 4), compiler_options=FAST_COMPILE)  # cheaper than eager
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +40,18 @@ def setup():
                          cls_prob=cls, objects_id=oid, objects_conf=conf, **r))
     batch = {k: jnp.asarray(np.stack([row[k] for row in rows])) for k in rows[0]}
     model = get_model("uniter", tiny=True, v_feature_size=24, vocab_size=tok.vocab_size,
-                      visual_target_weights={"0": 1.0, "3": 0.5, "1": 0.1}, num_object_classes=20)
+                      visual_target_weights={"0": 1.0, "3": 0.5, "1": 0.1}, num_object_classes=20,
+                      **_single_stream_plan(1).to_dict())
     params = jax.jit(lambda b: model.init(jax.random.key(0), **{k: b[k] for k in (
-        "input_ids", "features", "locations")}))(batch)["params"]
+        "input_ids", "features", "locations")}), compiler_options=FAST_COMPILE)(batch)["params"]
     ocfg = ObjectiveConfig(mask_id=tok.mask_id, cls_id=tok.cls_id, sep_id=tok.sep_id)
     return model, params, batch, ocfg
 
 
 def test_loss_parts_and_gradients(setup):
     model, params, batch, ocfg = setup
-    fn = jax.jit(jax.value_and_grad(lambda p, k: pretraining_loss(model, p, batch, k, ocfg), has_aux=True))
+    fn = jax.jit(jax.value_and_grad(lambda p, k: pretraining_loss(model, p, batch, k, ocfg), has_aux=True),
+                 compiler_options=FAST_COMPILE)
     (total, parts), grads = fn(params, jax.random.key(1))
     assert set(parts) == {"mlm", "mrc_kl", "mrc_xe", "mrfr", "itm"}
     np.testing.assert_allclose(total, parts["mlm"] + parts["mrc_kl"] + 0.5 * parts["mrc_xe"] + 0.1 * parts["mrfr"]
@@ -55,7 +64,6 @@ def test_loss_parts_and_gradients(setup):
 def test_mode_1_drops_targets_of_mismatched_pairs(setup):
     model, params, batch, ocfg = setup
     always_swap = ObjectiveConfig(**{**ocfg.__dict__, "itm_prob": 1.0, "region_prob": 1.0, "token_prob": 1.0})
-    masker = jax.jit(mask_batch, static_argnums=(2, 3, 4))
     inputs, targets = masker(jax.random.key(2), batch, always_swap, model.cfg.vocab_size, "first")
     assert targets["is_mismatched"].tolist() == [1, 1, 1, 1]
     assert (targets["token_labels"] == -1).all() and (targets["region_labels"] == -1).all()
@@ -80,10 +88,10 @@ def test_global_row_is_recomputed_from_masked_regions(setup):
     model, _, batch, ocfg = setup
     everything = ObjectiveConfig(**{**ocfg.__dict__, "objective": 2, "region_prob": 1.0, "region_zero_prob": 1.0,
                                     "overlap_threshold": None})
-    inputs, _ = mask_batch(jax.random.key(5), batch, everything, model.cfg.vocab_size, "first")
+    inputs, _ = masker(jax.random.key(5), batch, everything, model.cfg.vocab_size, "first")
     assert float(jnp.abs(inputs["features"]).sum()) == 0.0  # every region zeroed, so [IMG] = 0 too
     nothing = ObjectiveConfig(**{**everything.__dict__, "region_prob": 0.0})
-    inputs, _ = mask_batch(jax.random.key(5), batch, nothing, model.cfg.vocab_size, "first")
+    inputs, _ = masker(jax.random.key(5), batch, nothing, model.cfg.vocab_size, "first")
     # no masking: VOLTA's divisor counts all 6 region rows, so [IMG] = sum / 6
     want = batch["features"][:, 1:].sum(1) / 6
     np.testing.assert_allclose(inputs["features"][:, 0], want, rtol=1e-6)
