@@ -7,11 +7,11 @@ stage runner of pretraining runs them (``jaxvl.runtime.stage``): the mesh, param
 shards, Orbax checkpoints with the Grain position (exact resume), the NaN guard, SIGTERM, JSONL and
 TensorBoard metrics and the progress bar. A stage that did not finish starts no SCST stage.
 
-- XE step: one jitted, donated update of ``caption_objective.xe_loss`` (images encoded once).
+- XE step: one jitted, donated update of ``jaxvl.caption.loss.xe_loss`` (images encoded once).
 - SCST step: a jitted ``sample_and_greedy`` (5 samples per image and the greedy baseline, one encoder
   pass, fixed-shape decoding), CIDEr-D rewards on the host (``jaxvl.metrics.CiderD`` with document
   frequencies of the training references, on token-id strings with the end token kept, as ORT),
-  then a jitted, donated update of ``caption_objective.scst_loss``. Deliberate difference: ORT keeps
+  then a jitted, donated update of ``jaxvl.caption.loss.scst_loss``. Deliberate difference: ORT keeps
   the sampling pass's log-probabilities (dropout on while sampling); jaxvl samples without dropout
   and recomputes the samples' log-probabilities teacher-forced with dropout on (the same gradient
   estimator, and it keeps the sampler a pure evaluation-mode program).

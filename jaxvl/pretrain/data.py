@@ -20,7 +20,7 @@ Order of operations (all index-based, so the output depends only on the seed and
 5. per-host split: host ``p`` of ``P`` takes chunks ``p, p + P, ...`` (a finite stream is first cut
    to a multiple of P chunks so every host yields the same number of batches). So global batch
    ``k`` is rows ``[k * batch_size, (k + 1) * batch_size)`` of the shuffled stream whatever P is,
-   host ``p`` holding its ``p``-th slice: with ``global_batch.to_global`` a run on P hosts sees
+   host ``p`` holding its ``p``-th slice: with ``jaxvl.runtime.sharding.to_global`` a run on P hosts sees
    exactly the batches of a run on one (same masking draws, same losses);
 6. ``to_iter_dataset`` with threads and prefetch; the iterator's ``get_state``/``set_state`` save and
    restore the position exactly.

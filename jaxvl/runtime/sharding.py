@@ -172,7 +172,7 @@ def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh,
     """This process's rows ``{field: [b, ...]}`` -> global arrays ``{field: [b * P, ...]}`` on ``mesh``.
 
     Uses ``jax.make_array_from_process_local_data``: process ``p`` contributes rows
-    ``[p * b, (p + 1) * b)`` of the global batch (the order ``pipeline.pretrain_dataset`` shards in).
+    ``[p * b, (p + 1) * b)`` of the global batch (the order ``jaxvl.pretrain.data.pretrain_dataset`` shards in).
     The global batch must divide evenly over the devices of ``data_axes``.
     """
     shards = int(np.prod([mesh.shape[a] for a in data_axes if a in mesh.axis_names]))
