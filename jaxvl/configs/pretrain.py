@@ -93,6 +93,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
         fit_data=args.tiny,  # take v_feature_size / num_object_classes / vocab_size from the data
         dtype="float32",  # matmul dtype: "bfloat16" on accelerators; params stay float32
         scan_layers=False,
+        # Vocabulary and class heads padded to a multiple of this (e.g. 128, so the word table shards over
+        # mesh.tensor); exact at any value: the padding is sliced off every output, export and param count.
+        pad_to_multiple_of=1,
         visual_target_weights={"3": 1.0} if "xent" in variants else {"0": 1.0},
     ))
 

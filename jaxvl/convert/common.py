@@ -89,3 +89,22 @@ def kernel_to_linear(kernel: np.ndarray, n_in_dims: int = 1) -> np.ndarray:
     kernel = np.asarray(kernel)
     n_in = int(np.prod(kernel.shape[:n_in_dims]))
     return kernel.reshape(n_in, -1).T.copy()
+
+
+def pad_to_shape(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Zero-pads ``x`` at the end of each dim up to ``shape`` (``VLConfig.pad_to_multiple_of`` padding: the
+    word table's rows, the class decoders' columns); ``x`` as it is when it already has ``shape``."""
+    x = np.asarray(x)
+    if x.shape == tuple(shape):
+        return x
+    if x.ndim != len(shape) or any(a > b for a, b in zip(x.shape, shape, strict=True)):
+        raise ValueError(f"cannot pad shape {x.shape} to {tuple(shape)}")
+    return np.pad(x, [(0, b - a) for a, b in zip(x.shape, shape, strict=True)])
+
+
+def slice_to_shape(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of ``pad_to_shape``: the leading ``shape`` block of ``x`` (drops padding rows / columns)."""
+    x = np.asarray(x)
+    if x.ndim != len(shape) or any(a < b for a, b in zip(x.shape, shape, strict=True)):
+        raise ValueError(f"cannot slice shape {x.shape} to {tuple(shape)}")
+    return x[tuple(slice(0, b) for b in shape)]

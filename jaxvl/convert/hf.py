@@ -31,6 +31,9 @@ The number of attention heads is not visible in a state dict: ``cfg`` must use t
 head count (``num_attention_heads``), or the attention is split differently without any error.
 
 Results are unboxed (no logical-partitioning metadata), float32, unscanned unless ``cfg.scan_layers``.
+With ``cfg.pad_to_multiple_of`` > 1 the word table (and the MLM bias) are zero-padded to
+``cfg.padded_vocab_size`` rows; the source keeps its true ``vocab_size``. ``lxmert_layout`` and
+``single_stream_layers`` live in ``jaxvl.convert.hf_layouts`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -43,7 +46,15 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from jaxvl.convert.common import StateDict, StateDictError, check_state_dict, linear_to_kernel, to_numpy_state_dict
+from jaxvl.convert.common import (
+    StateDict,
+    StateDictError,
+    check_state_dict,
+    linear_to_kernel,
+    pad_to_shape,
+    to_numpy_state_dict,
+)
+from jaxvl.convert.hf_layouts import lxmert_layout, single_stream_layers
 from jaxvl.models.params import scan_params, unscan_params
 from jaxvl.models.volta.config import VLConfig
 
@@ -89,11 +100,12 @@ class _Tree:
     def get(self, path: Path) -> np.ndarray:
         return self.flat[self.base + path]
 
-    def set(self, path: Path, value: np.ndarray) -> None:
+    def set(self, path: Path, value: np.ndarray, pad: bool = False) -> None:
+        """Writes ``value`` at ``path`` (its shape must be the model's; ``pad``: zero-padded up to it first)."""
         key = self.base + path
         if key not in self.flat:
             raise KeyError(f"jaxvl has no parameter {'/'.join(key)} for this config (converter bug or wrong cfg)")
-        value = np.asarray(value)
+        value = pad_to_shape(value, self.flat[key].shape) if pad else np.asarray(value)
         if value.shape != self.flat[key].shape:
             raise ValueError(f"{'/'.join(key)}: converted shape {value.shape} != model shape {self.flat[key].shape}")
         self.flat[key] = value.astype(self.flat[key].dtype)
@@ -173,7 +185,7 @@ def _text_embedding_shapes(cfg: VLConfig, type_rows: int | None = None) -> Shape
 
 def _put_text_embeddings(tree: _Tree, sd: StateDict) -> None:
     for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
-        tree.set(("embeddings", name, "embedding"), sd[f"embeddings.{name}.weight"])
+        tree.set(("embeddings", name, "embedding"), sd[f"embeddings.{name}.weight"], pad=name == "word_embeddings")
     _put_norm(tree, sd, "embeddings.LayerNorm", ("embeddings", "norm"))
 
 
@@ -186,47 +198,6 @@ def _prepare(state_dict: Mapping, prefix: str) -> StateDict:
 # ------------------------------------------------------------------------------------------------
 # LXMERT.
 # ------------------------------------------------------------------------------------------------
-def lxmert_layout(cfg: VLConfig) -> tuple[int, int, int]:
-    """``(l_layers, r_layers, x_layers)`` of an LXMERT-layout plan; ValueError naming the first misfit.
-
-    Layout: text layers [tt attn, t_ff] at 0..2l-1; vision layers [vv attn, v_ff] beside them at
-    0..2r-1 (r <= l); then x blocks at c = 2l + 3j of [tied tv+vt cross-attention, tt+vv self-attention,
-    t_ff+v_ff], nothing else shared.
-    """
-    subs = cfg.sublayers
-    cross = [i for i, s in enumerate(subs) if s.kind == "attn" and (s.tv or s.vt)]
-    start = cross[0] if cross else len(subs)
-    if start % 2:
-        raise ValueError(f"not an LXMERT layout: the first cross-attention sub-layer {start} is odd")
-    n_text = start // 2
-    r_layers = sum(1 for s in subs[:start] if s.kind == "attn" and s.vv)
-
-    def bad(i: int, want: str) -> ValueError:
-        return ValueError(f"not an LXMERT layout (l={n_text}, r={r_layers}): sub-layer {i} should be {want}, "
-                          f"got {subs[i]}")
-
-    for i in range(n_text):
-        has_v = i < r_layers
-        a, f = subs[2 * i], subs[2 * i + 1]
-        if not (a.kind == "attn" and a.tt and not a.tv and not a.vt and a.vv == has_v and not a.tied):
-            raise bad(2 * i, "a text self-attention" + (" beside a vision self-attention" if has_v else ""))
-        if not (f.kind == "ff" and f.t_ff and f.v_ff == has_v and not f.tied):
-            raise bad(2 * i + 1, "a text feed-forward" + (" beside a vision feed-forward" if has_v else ""))
-    if (len(subs) - start) % 3:
-        raise ValueError(f"not an LXMERT layout: {len(subs) - start} sub-layers after {start} are not blocks of 3")
-    x_layers = (len(subs) - start) // 3
-    for j in range(x_layers):
-        c = start + 3 * j
-        x, s, f = subs[c], subs[c + 1], subs[c + 2]
-        if not (x.kind == "attn" and x.tv and x.vt and not x.tt and not x.vv and x.tied):
-            raise bad(c, "a shared (tied) tv+vt cross-attention")
-        if not (s.kind == "attn" and s.tt and s.vv and not s.tv and not s.vt and not s.tied):
-            raise bad(c + 1, "untied tt+vv self-attention")
-        if not (f.kind == "ff" and f.t_ff and f.v_ff and not f.tied):
-            raise bad(c + 2, "untied text+vision feed-forward")
-    return n_text, r_layers, x_layers
-
-
 def lxmert_state_shapes(cfg: VLConfig) -> Shapes:
     """Names and shapes of the ``LxmertModel`` state dict matching ``cfg`` (pooler excluded)."""
     n_text, r_layers, x_layers = lxmert_layout(cfg)
@@ -309,20 +280,6 @@ def from_hf_lxmert(state_dict: Mapping, cfg: VLConfig, init_params: Params, pref
 # ------------------------------------------------------------------------------------------------
 # VisualBERT.
 # ------------------------------------------------------------------------------------------------
-def single_stream_layers(cfg: VLConfig) -> int:
-    """Number of BERT layers of a single-stream plan (all sub-layers joint and tied); ValueError otherwise."""
-    subs = cfg.sublayers
-    for i, s in enumerate(subs):
-        joint = (s.kind == "attn" and s.tt and s.tv and s.vt and s.vv) if i % 2 == 0 else (s.kind == "ff"
-                                                                                               and s.t_ff and s.v_ff)
-        if not (joint and s.tied):
-            want = "a joint tied attention" if i % 2 == 0 else "a joint tied feed-forward"
-            raise ValueError(f"not a single-stream layout: sub-layer {i} should be {want}, got {s}")
-    if len(subs) % 2:
-        raise ValueError(f"not a single-stream layout: odd depth {len(subs)}")
-    return len(subs) // 2
-
-
 def visualbert_state_shapes(cfg: VLConfig) -> Shapes:
     """Names and shapes of the ``VisualBertModel`` state dict matching ``cfg`` (pooler excluded)."""
     subs, h = cfg.sublayers, cfg.hidden_size
@@ -446,7 +403,7 @@ def bert_into_text_stream(state_dict: Mapping, cfg: VLConfig, init_params: Param
     check_state_dict(sd, shapes, source="BERT state dict", ignore=ignore)
 
     for name in ("word_embeddings", "position_embeddings"):
-        tree.set(("embeddings", name, "embedding"), sd[f"embeddings.{name}.weight"])
+        tree.set(("embeddings", name, "embedding"), sd[f"embeddings.{name}.weight"], pad=name == "word_embeddings")
     types = tree.get(("embeddings", "token_type_embeddings", "embedding")).copy()
     types[:bert_types] = sd[type_key]
     tree.set(("embeddings", "token_type_embeddings", "embedding"), types)
@@ -468,7 +425,7 @@ def bert_into_text_stream(state_dict: Mapping, cfg: VLConfig, init_params: Param
     if load_mlm:
         _put_linear(head, sd, MLM_HEAD_SOURCES[0], ("mlm", "transform"))
         _put_norm(head, sd, MLM_HEAD_SOURCES[1], ("mlm", "norm"))
-        head.set(("mlm", "bias"), sd[MLM_HEAD_SOURCES[2]])
+        head.set(("mlm", "bias"), sd[MLM_HEAD_SOURCES[2]], pad=True)
     return tree.result()
 
 

@@ -29,6 +29,12 @@ sub-layer is ``v_hidden_size`` wide (VOLTA sizes it by ``sublayer2v_attn_hidden_
 its forward pass when the two differ), and feature targets ``"1"``/``"2"``/``"5"`` are ``v_feature_size``
 wide (VOLTA fixes 2048, equal at ctrl sizes).
 
+Padding (``VLConfig.pad_to_multiple_of`` > 1): the word table (``word_embeddings``, the tied
+``cls.predictions.decoder.weight``), ``cls.predictions.bias`` and the class decoders
+(``cls.imagePredictions.decoder_dict.{0,3,4,6}``) are zero-padded to the model's padded sizes on import
+and sliced back to VOLTA's sizes on export (``to_volta`` accepts padded or unpadded trees), so VOLTA's
+state dict and the round trip are the same at any padding.
+
 Checked against VOLTA at 62f78cd: names, order, shapes and tie structure of ``state_dict()`` for the five
 presets (full and tiny) and the VOLTA configs jaxvl accepts (``ctrl_*``, ``lxmert``, ``vilbert_base``).
 """
@@ -49,6 +55,8 @@ from jaxvl.convert.common import (
     kernel_to_linear,
     linear_to_kernel,
     load_state_dict,
+    pad_to_shape,
+    slice_to_shape,
 )
 from jaxvl.models.volta.config import VLConfig
 
@@ -64,7 +72,8 @@ class _Tensor:
     """One VOLTA tensor: its name and shape, the jaxvl parameter it maps to, and how to convert.
 
     ``kind``: ``copy`` (same layout), ``linear`` ([out, in] <-> [in, out]), ``qkv`` ([H*D, in] <->
-    [in, H, D]; bias [H*D] <-> [H, D]), ``out`` ([out, H*D] <-> [H, D, out]).
+    [in, H, D]; bias [H*D] <-> [H, D]), ``out`` ([out, H*D] <-> [H, D, out]). ``padded``: the jaxvl
+    parameter's shape when ``pad_to_multiple_of`` pads it (``jax_shape`` plus zero rows / columns).
     """
 
     name: str
@@ -72,18 +81,26 @@ class _Tensor:
     path: Path
     jax_shape: Shape
     kind: str = "copy"
+    padded: Shape | None = None
 
     def to_jax(self, x: np.ndarray) -> np.ndarray:
-        """VOLTA layout [``shape``] -> jaxvl layout [``jax_shape``]."""
+        """VOLTA layout [``shape``] -> jaxvl layout [``padded`` or ``jax_shape``]."""
         x = np.asarray(x)
         if self.kind in ("linear", "qkv", "out") and x.ndim == 2:
             n_in = self.jax_shape[:-2] if self.kind == "out" else self.jax_shape[:1]
-            return np.ascontiguousarray(linear_to_kernel(x, n_in, self.jax_shape[len(n_in):]))
-        return np.ascontiguousarray(x.reshape(self.jax_shape))
+            x = linear_to_kernel(x, n_in, self.jax_shape[len(n_in):])
+        else:
+            x = x.reshape(self.jax_shape)
+        return np.ascontiguousarray(x if self.padded is None else pad_to_shape(x, self.padded))
 
     def to_volta(self, x: np.ndarray) -> np.ndarray:
-        """jaxvl layout [``jax_shape``] -> VOLTA layout [``shape``]."""
+        """jaxvl layout [``jax_shape``, or ``padded``: the padding is dropped] -> VOLTA layout [``shape``]."""
         x = np.asarray(x)
+        if self.padded is not None:
+            if x.shape not in (self.padded, self.jax_shape):
+                raise ValueError(f"{'/'.join(self.path)}: shape {x.shape}, expected {self.padded} (padded) or "
+                                 f"{self.jax_shape}")
+            x = slice_to_shape(x, self.jax_shape)
         if self.kind in ("linear", "qkv", "out") and len(self.shape) == 2:
             return np.ascontiguousarray(kernel_to_linear(x, 2 if self.kind == "out" else 1))
         return np.ascontiguousarray(x.reshape(self.shape))
@@ -95,13 +112,18 @@ class _Builder:
     def __init__(self):
         self.tensors: list[_Tensor] = []
 
-    def add(self, name: str, shape: Shape, path: Path, jax_shape: Shape | None = None, kind: str = "copy"):
-        self.tensors.append(_Tensor(name, tuple(shape), tuple(path), tuple(jax_shape or shape), kind))
+    def add(self, name: str, shape: Shape, path: Path, jax_shape: Shape | None = None, kind: str = "copy",
+            padded: Shape | None = None):
+        jax_shape = tuple(jax_shape or shape)
+        padded = None if padded is None or tuple(padded) == jax_shape else tuple(padded)
+        self.tensors.append(_Tensor(name, tuple(shape), tuple(path), jax_shape, kind, padded))
 
-    def linear(self, name: str, path: Path, n_in: int, n_out: int):
-        """``nn.Linear(n_in, n_out)`` -> flax ``Dense`` kernel [n_in, n_out] and bias [n_out]."""
-        self.add(f"{name}.weight", (n_out, n_in), path + ("kernel",), (n_in, n_out), "linear")
-        self.add(f"{name}.bias", (n_out,), path + ("bias",))
+    def linear(self, name: str, path: Path, n_in: int, n_out: int, padded_out: int | None = None):
+        """``nn.Linear(n_in, n_out)`` -> flax ``Dense`` kernel [n_in, n_out] and bias [n_out] (``padded_out``
+        columns in jaxvl when given)."""
+        n_pad = padded_out or n_out
+        self.add(f"{name}.weight", (n_out, n_in), path + ("kernel",), (n_in, n_out), "linear", (n_in, n_pad))
+        self.add(f"{name}.bias", (n_out,), path + ("bias",), padded=(n_pad,))
 
     def qkv(self, name: str, path: Path, n_in: int, heads: int, width: int):
         """A query/key/value ``nn.Linear(n_in, width)`` -> kernel [n_in, heads, width // heads]."""
@@ -119,9 +141,9 @@ class _Builder:
         self.add(f"{name}.weight", (size,), path + ("scale",))
         self.add(f"{name}.bias", (size,), path + ("bias",))
 
-    def emb(self, name: str, path: Path, num: int, size: int):
-        """``nn.Embedding(num, size)`` -> flax ``Embed`` table [num, size]."""
-        self.add(f"{name}.weight", (num, size), path + ("embedding",))
+    def emb(self, name: str, path: Path, num: int, size: int, padded_num: int | None = None):
+        """``nn.Embedding(num, size)`` -> flax ``Embed`` table [num, size] (``padded_num`` rows in jaxvl when given)."""
+        self.add(f"{name}.weight", (num, size), path + ("embedding",), padded=(padded_num or num, size))
 
 
 def _check_supported(cfg: VLConfig) -> None:
@@ -143,7 +165,8 @@ def _check_supported(cfg: VLConfig) -> None:
 
 
 def _text_tables(b: _Builder, cfg: VLConfig, prefix: str, path: Path):
-    b.emb(f"{prefix}.word_embeddings", path + ("word_embeddings",), cfg.vocab_size, cfg.hidden_size)
+    b.emb(f"{prefix}.word_embeddings", path + ("word_embeddings",), cfg.vocab_size, cfg.hidden_size,
+          cfg.padded_vocab_size)
     b.emb(f"{prefix}.position_embeddings", path + ("position_embeddings",), cfg.max_position_embeddings,
           cfg.hidden_size)
     b.emb(f"{prefix}.token_type_embeddings", path + ("token_type_embeddings",), cfg.type_vocab_size, cfg.hidden_size)
@@ -239,18 +262,20 @@ def _heads(b: _Builder, cfg: VLConfig):
         b.linear("bert.t_pooler.dense", ("bert", "t_pooler", "dense"), h, cfg.pooler_size)
     if cfg.fusion_method in ("mul", "sum"):
         b.linear("bert.v_pooler.dense", ("bert", "v_pooler", "dense"), vh, cfg.v_pooler_size)
-    b.add("cls.predictions.bias", (cfg.vocab_size,), ("mlm", "bias"))
+    b.add("cls.predictions.bias", (cfg.vocab_size,), ("mlm", "bias"), padded=(cfg.padded_vocab_size,))
     b.linear("cls.predictions.transform.dense", ("mlm", "transform"), h, h)
     b.ln("cls.predictions.transform.LayerNorm", ("mlm", "norm"), h)
     # Tied to the word-embedding table (no bias).
-    b.add("cls.predictions.decoder.weight", (cfg.vocab_size, h), ("bert", "embeddings", "word_embeddings", "embedding"))
+    b.add("cls.predictions.decoder.weight", (cfg.vocab_size, h), ("bert", "embeddings", "word_embeddings", "embedding"),
+          padded=(cfg.padded_vocab_size, h))
     if cfg.fusion_method != "none":
         b.linear("cls.bi_seq_relationship", ("itm",), cfg.pooler_size, cfg.itm_dim)
     b.linear("cls.imagePredictions.transform.dense", ("image_predictions", "transform"), vh, vh)
     if cfg.image_head_ln:
         b.ln("cls.imagePredictions.transform.LayerNorm", ("image_predictions", "norm"), vh)
     for key, size in cfg.visual_targets.items():
-        b.linear(f"cls.imagePredictions.decoder_dict.{key}", ("image_predictions", f"decoder_{key}"), vh, size)
+        b.linear(f"cls.imagePredictions.decoder_dict.{key}", ("image_predictions", f"decoder_{key}"), vh, size,
+                 cfg.padded_visual_targets[key])
 
 
 def _tensors(cfg: VLConfig) -> list[_Tensor]:
@@ -309,7 +334,8 @@ def from_volta(state_dict: Mapping[str, Any], cfg: VLConfig, source: str = "VOLT
 
     ``state_dict`` maps VOLTA names (optionally prefixed ``module.``) to torch tensors or numpy arrays
     in torch layouts. The result is a nested dict of numpy arrays shaped like
-    ``flax.linen.meta.unbox(model.init(...)["params"])`` (dtypes kept as given). Raises
+    ``flax.linen.meta.unbox(model.init(...)["params"])`` (dtypes kept as given; padded tables and decoders,
+    see the module docstring, zero-padded). Raises
     ``StateDictError`` listing every missing, unexpected and mis-shaped tensor, or naming both keys when
     two aliases of one tied tensor hold different values.
     """

@@ -18,9 +18,44 @@ from jaxvl.models.volta.plan import find_segments
 Params = dict[str, Any]
 
 
-def count_params(params: Params) -> int:
-    """Number of scalars in a parameter tree (tied parameters are stored, and counted, once)."""
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(params)))
+def count_params(params: Params, cfg: VLConfig | None = None) -> int:
+    """Number of scalars in a parameter tree (tied parameters are stored, and counted, once).
+
+    With ``cfg``, the padding of ``cfg.pad_to_multiple_of`` is left out (the word table's and MLM bias's rows
+    past ``vocab_size``, the class decoders' columns past their true widths; see ``padding_axis``), so a
+    padded model counts as its unpadded self, e.g. VOLTA's numbers. Leaves may carry leading axes (scanned
+    layers, sweep members); trees without padding count the same with or without ``cfg``.
+    """
+    leaves, _ = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(params))
+    total = 0
+    for path, x in leaves:
+        shape = list(x.shape)
+        padded = None if cfg is None else padding_axis(tuple(str(getattr(k, "key", k)) for k in path), cfg)
+        if padded is not None and len(shape) >= -padded[0] and shape[padded[0]] == padded[2]:
+            shape[padded[0]] = padded[1]
+        total += int(np.prod(shape))
+    return total
+
+
+def padding_axis(path: tuple[str, ...], cfg: VLConfig) -> tuple[int, int, int] | None:
+    """``(axis, true size, padded size)`` of the padded dim of the ``VLBertForPreTraining`` parameter at
+    ``path`` (names from the root or any prefix of it), or None when it has none under ``cfg``.
+
+    Padded: ``.../word_embeddings/embedding`` [.., padded_vocab_size, hidden] (axis -2), ``mlm/bias``
+    [.., padded_vocab_size] and ``decoder_{key}/kernel`` / ``bias`` [.., padded_visual_targets[key]] of the
+    class targets (axis -1).
+    """
+    if path[-2:] == ("word_embeddings", "embedding"):
+        found = (-2, cfg.vocab_size, cfg.padded_vocab_size)
+    elif path[-2:] == ("mlm", "bias"):
+        found = (-1, cfg.vocab_size, cfg.padded_vocab_size)
+    elif len(path) >= 2 and path[-2].startswith("decoder_") and path[-1] in ("kernel", "bias") \
+            and path[-2].removeprefix("decoder_") in cfg.visual_targets:
+        key = path[-2].removeprefix("decoder_")
+        found = (-1, cfg.visual_targets[key], cfg.padded_visual_targets[key])
+    else:
+        return None
+    return None if found[1] == found[2] else found
 
 
 def _encoder_path(params: Params) -> list[str]:

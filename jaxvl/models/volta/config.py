@@ -16,11 +16,13 @@ from jaxvl.models.volta.plan import LIST_KEYS, MAP_KEYS, Sublayer, SublayerPlan
 
 # VOLTA's visual target heads: key -> output size (volta/losses.py `pre_vis_targets`).
 VISUAL_TARGET_SIZES = {"0": 1601, "1": 2048, "2": 2048, "3": 1600, "4": 400, "5": 2048, "6": 1601}
+# The class-scored ones (softmax over detector labels); "1", "2", "5" regress features and are never padded.
+CLASS_TARGETS = frozenset({"0", "3", "4", "6"})
 IMAGE_EMBEDDINGS = ("vilbert", "lxmert", "uniter", "visualbert", "vl-bert")
 DUAL_EMBEDDINGS = ("vilbert", "lxmert")
 # VLConfig fields that VOLTA's JSON does not have (written to / read from VOLTA configs never).
 JAXVL_ONLY = frozenset({"plan", "num_object_classes", "num_attribute_classes", "dtype", "scan_layers",
-                        "fused_attention"})
+                        "fused_attention", "pad_to_multiple_of"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +65,14 @@ class VLConfig:
     # The encoder.
     plan: SublayerPlan = SublayerPlan()
     # jaxvl only: detector label spaces (VOLTA fixes VG's 1600 objects / 400 attributes), matmul dtype,
-    # nn.scan over repeated segments, fused attention kernel.
+    # nn.scan over repeated segments, fused attention kernel, and the multiple the vocabulary and the class
+    # targets' widths are padded to (``padded_vocab_size``; 1: no padding, VOLTA's exact shapes).
     num_object_classes: int = 1600
     num_attribute_classes: int = 400
     dtype: str = "float32"
     scan_layers: bool = False
     fused_attention: bool = True
+    pad_to_multiple_of: int = 1
 
     def __post_init__(self):
         if self.image_embeddings not in IMAGE_EMBEDDINGS:
@@ -88,6 +92,8 @@ class VLConfig:
                 raise ValueError(f"visual_target_weights key {key!r} unknown; expected {sorted(VISUAL_TARGET_SIZES)}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={self.dtype!r}; expected float32, bfloat16 or float16")
+        if not isinstance(self.pad_to_multiple_of, int) or self.pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of={self.pad_to_multiple_of!r}; expected an int >= 1")
         self.sublayers  # noqa: B018 -- validates the plan against the sizes
 
     @property
@@ -107,6 +113,27 @@ class VLConfig:
         sizes = {"0": k + 1, "1": self.v_feature_size, "2": self.v_feature_size, "3": k,
                  "4": self.num_attribute_classes, "5": self.v_feature_size, "6": k + 1}
         return {key: sizes[key] for key, w in self.visual_target_weights if w > 0}
+
+    def padded(self, size: int) -> int:
+        """``size`` rounded up to a multiple of ``pad_to_multiple_of``."""
+        return -(-size // self.pad_to_multiple_of) * self.pad_to_multiple_of
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the word table and width of the MLM bias: ``vocab_size`` padded (e.g. 30522 -> 30592 at 128).
+
+        Padding rows and columns are parameters no output depends on: input ids stay below ``vocab_size``,
+        ``mlm_logits`` and the class targets' logits are sliced back to their true sizes inside the model (so
+        every softmax and loss sees exactly the unpadded model's numbers and padding gets no gradient), the
+        converters slice them off on export, and ``count_params(params, cfg)`` leaves them out.
+        """
+        return self.padded(self.vocab_size)
+
+    @property
+    def padded_visual_targets(self) -> dict[str, int]:
+        """``visual_targets`` with the class targets' (``CLASS_TARGETS``) widths padded, e.g. 1601 -> 1664 at 128:
+        the decoders' parameter widths. Feature targets keep ``v_feature_size``."""
+        return {key: self.padded(size) if key in CLASS_TARGETS else size for key, size in self.visual_targets.items()}
 
     @property
     def sublayers(self) -> tuple[Sublayer, ...]:

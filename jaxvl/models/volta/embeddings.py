@@ -16,6 +16,8 @@ Quirks kept from VOLTA (reference section 2 and 7):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -24,6 +26,34 @@ from jaxvl.models.layers import dense, dropout, embed, layer_norm, normal_init
 from jaxvl.models.volta.config import VLConfig
 
 Embedded = tuple[jax.Array, jax.Array]
+Initializer = Callable[..., jax.Array]
+
+
+def zero_padded_init(init: Initializer, axis: int, size: int) -> Initializer:
+    """``init`` drawn with dim ``axis`` at its true ``size``, then zero-padded along it to the requested shape.
+
+    A parameter padded this way (``VLConfig.pad_to_multiple_of``) starts as the unpadded model's draw (the
+    same key and shape) plus zeros, so padded and unpadded models train identically from the same seed.
+    """
+
+    def padded_init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        true_shape = list(shape)
+        true_shape[axis] = size
+        widths = [(0, 0)] * len(shape)
+        widths[axis] = (0, shape[axis] - size)
+        return jnp.pad(init(key, tuple(true_shape), dtype), widths)
+
+    return padded_init
+
+
+def word_table(cfg: VLConfig) -> nn.Embed:
+    """The word-embedding table [padded_vocab_size, hidden] (logical axes ``vocab``, ``embed``), named
+    ``word_embeddings``; rows past ``vocab_size`` (padding) start at zero and are never looked up."""
+    init = nn.initializers.normal(cfg.initializer_range)
+    if cfg.padded_vocab_size != cfg.vocab_size:
+        init = zero_padded_init(init, 0, cfg.vocab_size)
+    return nn.Embed(cfg.padded_vocab_size, cfg.hidden_size, dtype=jnp.float32, param_dtype=jnp.float32,
+                    name="word_embeddings", embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")))
 
 
 class _TextTables(nn.Module):
@@ -33,7 +63,7 @@ class _TextTables(nn.Module):
 
     def _tables(self):
         c = self.cfg
-        self.word_embeddings = embed(c.vocab_size, c.hidden_size, name="word_embeddings", stddev=c.initializer_range)
+        self.word_embeddings = word_table(c)
         self.position_embeddings = embed(c.max_position_embeddings, c.hidden_size, name="position_embeddings",
                                          stddev=c.initializer_range)
         self.token_type_embeddings = embed(c.type_vocab_size, c.hidden_size, name="token_type_embeddings",

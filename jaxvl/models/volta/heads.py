@@ -6,6 +6,10 @@
 - ``ImagePredictionHead``: dense -> gelu -> LN (optional: off for VL-BERT) -> one decoder per
   visual target (``"0"``: MRC-KL 1601, ``"3"``: MRC-XE 1600, ``"1"``/``"5"``: MRFR 2048, ...).
 - ITM: a dense from the fused pooled vector to ``itm_dim`` (inside ``VLBertForPreTraining``).
+
+With ``VLConfig.pad_to_multiple_of`` > 1 the MLM bias is ``padded_vocab_size`` wide and the class
+decoders ``padded_visual_targets`` wide; both heads slice their logits back to the true sizes, so
+callers (softmaxes, losses, probes) never see padding and padding gets no gradient.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from flax import linen as nn
 
 from jaxvl.models.layers import activation, dense, layer_norm
 from jaxvl.models.volta.config import VLConfig
+from jaxvl.models.volta.embeddings import zero_padded_init
 
 
 class Pooler(nn.Module):
@@ -33,7 +38,8 @@ class Pooler(nn.Module):
 
 
 class MLMHead(nn.Module):
-    """[B, L, hidden] -> [B, L, vocab] logits; ``decode`` maps [.., hidden] onto the word table."""
+    """[B, L, hidden] -> [B, L, vocab_size] logits; ``decode`` maps [.., hidden] onto the (padded) word table,
+    [.., padded_vocab_size]; the bias is [padded_vocab_size] and the padding columns are sliced off."""
 
     cfg: VLConfig
 
@@ -42,12 +48,26 @@ class MLMHead(nn.Module):
         c = self.cfg
         h = dense(c.hidden_size, ("embed", "embed"), dtype=c.dtype, name="transform", xavier=True)(hidden)
         h = layer_norm(c.layer_norm_eps, name="norm")(activation(c.hidden_act)(h))
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)), (c.vocab_size,))
-        return decode(h).astype(jnp.float32) + bias
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+                          (c.padded_vocab_size,))
+        logits = decode(h).astype(jnp.float32) + bias
+        return logits if c.padded_vocab_size == c.vocab_size else logits[..., :c.vocab_size]
+
+
+def padded_decoder(size: int, padded: int, dtype: str, name: str) -> nn.DenseGeneral:
+    """A decoder [.., in] -> [.., padded] (kernel axes ``embed``, ``classes``; xavier-uniform) whose columns past
+    ``size`` start at zero: ``dense(padded, ...)`` with the kernel drawn at its true width (``zero_padded_init``)."""
+    return nn.DenseGeneral(
+        padded, dtype=jnp.dtype(dtype), param_dtype=jnp.float32, name=name,
+        kernel_init=nn.with_logical_partitioning(zero_padded_init(nn.initializers.xavier_uniform(), -1, size),
+                                                 ("embed", "classes")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("classes",)),
+    )
 
 
 class ImagePredictionHead(nn.Module):
-    """[B, Lv, v_hidden] -> {target key: [B, Lv, size]} for every visual target with a positive weight."""
+    """[B, Lv, v_hidden] -> {target key: [B, Lv, size]} for every visual target with a positive weight
+    (decoders ``padded_visual_targets`` wide, outputs sliced to ``visual_targets``' sizes)."""
 
     cfg: VLConfig
 
@@ -58,5 +78,12 @@ class ImagePredictionHead(nn.Module):
                                            xavier=True)(hidden))
         if c.image_head_ln:
             h = layer_norm(c.layer_norm_eps, name="norm")(h)
-        return {key: dense(size, ("embed", "classes"), dtype=c.dtype, name=f"decoder_{key}", xavier=True)(h)
-                .astype(jnp.float32) for key, size in c.visual_targets.items()}
+        out = {}
+        for key, size in c.visual_targets.items():
+            padded = c.padded_visual_targets[key]
+            if padded == size:
+                decoder = dense(size, ("embed", "classes"), dtype=c.dtype, name=f"decoder_{key}", xavier=True)
+                out[key] = decoder(h).astype(jnp.float32)
+            else:
+                out[key] = padded_decoder(size, padded, c.dtype, f"decoder_{key}")(h).astype(jnp.float32)[..., :size]
+        return out

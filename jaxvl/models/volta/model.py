@@ -37,8 +37,8 @@ class VLOutput:
     pooled_vision: jax.Array | None = None  # [B, v_pooler_size]
     pooled: jax.Array | None = None  # [B, pooler_size], fused
     hidden_states: tuple | None = None
-    mlm_logits: jax.Array | None = None  # [B, Lt, vocab]
-    visual_logits: dict[str, jax.Array] | None = None  # {target: [B, Lv, size]}
+    mlm_logits: jax.Array | None = None  # [B, Lt, vocab_size] (never padded)
+    visual_logits: dict[str, jax.Array] | None = None  # {target: [B, Lv, cfg.visual_targets[target]]}
     itm_logits: jax.Array | None = None  # [B, itm_dim]
 
 
@@ -63,7 +63,8 @@ class VLBertModel(nn.Module):
             self.v_pooler = Pooler(c.v_pooler_size, c.fusion_act, c.dtype)
 
     def word_logits(self, hidden: jax.Array) -> jax.Array:
-        """[..., hidden] -> [..., vocab]: scores against the word-embedding table (the tied MLM decoder)."""
+        """[..., hidden] -> [..., padded_vocab_size]: scores against the word-embedding table (the tied MLM
+        decoder), padding rows included (``MLMHead`` slices them off)."""
         return self.embeddings.word_embeddings.attend(hidden.astype(jnp.dtype(self.cfg.dtype)))
 
     def __call__(self, input_ids, features, locations, token_type_ids=None, text_mask=None, region_mask=None,
