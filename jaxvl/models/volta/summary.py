@@ -44,7 +44,7 @@ def describe_presets(presets: Sequence[str], size: str, batch: int, text_len: in
     for name in presets:
         full = get_model(name)
         shapes = jax.eval_shape(lambda m=full: m.init(jax.random.key(0), **m.dummy_inputs()))
-        n_params = count_params(shapes["params"])
+        n_params = count_params(shapes["params"], full.cfg)
         ok = n_params == VOLTA_PARAM_COUNTS[name]
         mismatches += not ok
         segments = " + ".join(f"{s.repeats}x{len(s.sublayers)}" for s in find_segments(full.cfg.sublayers))
