@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 StateDict = dict[str, np.ndarray]
+Params = dict[str, Any]  # a (nested) Flax parameter tree
+Path = tuple[str, ...]  # a parameter's path in it
+Shape = tuple[int, ...]
 
 
 class StateDictError(ValueError):

@@ -39,7 +39,6 @@ With ``cfg.pad_to_multiple_of`` > 1 the word table (and the MLM bias) are zero-p
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -47,6 +46,8 @@ from flax import linen as nn
 from flax import traverse_util
 
 from jaxvl.convert.common import (
+    Params,
+    Path,
     StateDict,
     StateDictError,
     check_state_dict,
@@ -58,8 +59,6 @@ from jaxvl.convert.hf_layouts import lxmert_layout, single_stream_layers
 from jaxvl.models.params import scan_params, unscan_params
 from jaxvl.models.volta.config import VLConfig
 
-Params = dict[str, Any]
-Path = tuple[str, ...]
 Shapes = dict[str, tuple[int, ...]]
 
 # Buffers some checkpoints carry next to the weights; never parameters.

@@ -35,6 +35,9 @@ from typing import Any
 import numpy as np
 
 from jaxvl.convert.common import (
+    Params,
+    Path,
+    Shape,
     StateDict,
     StateDictError,
     check_state_dict,
@@ -44,10 +47,6 @@ from jaxvl.convert.common import (
     to_numpy_state_dict,
 )
 from jaxvl.models.ort.captioner import CaptionerConfig
-
-Params = dict[str, Any]
-Path = tuple[str, ...]
-Shape = tuple[int, ...]
 
 ORT_HEADS = 8
 PE_NAME = "model.tgt_embed.1.pe"

@@ -49,6 +49,9 @@ from typing import Any
 import numpy as np
 
 from jaxvl.convert.common import (
+    Params,
+    Path,
+    Shape,
     StateDict,
     StateDictError,
     check_state_dict,
@@ -59,10 +62,6 @@ from jaxvl.convert.common import (
     slice_to_shape,
 )
 from jaxvl.models.volta.config import VLConfig
-
-Params = dict[str, Any]
-Path = tuple[str, ...]
-Shape = tuple[int, ...]
 
 MODULE_PREFIX = "module."  # DataParallel / DistributedDataParallel checkpoints
 
