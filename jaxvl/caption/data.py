@@ -59,7 +59,7 @@ import tensorflow_datasets as tfds
 import jaxvl.data.builders.captions  # noqa: F401 -- registers the caption builders for open_split by name
 from jaxvl.data.builders.common import as_str
 from jaxvl.data.caption_vocab import CaptionVocab
-from jaxvl.data.grain import host_batch_size
+from jaxvl.data.grain import host_batch_size, host_batches
 
 WINDOWS = ("random", "first")
 
@@ -189,9 +189,4 @@ def caption_dataset(source: Sequence[Mapping[str, Any]], cfg: CaptionPipelineCon
     # before the host split: an image's caption window depends on its global position, not on P
     ds = ds.random_map(CaptionTransform(cfg.captions_per_image, cfg.num_regions, cfg.caption_window,
                                         cfg.analysis_fields), seed=cfg.seed)
-    ds = ds.batch(per_host, drop_remainder=True)
-    if cfg.num_epochs is not None:
-        ds = ds[: len(ds) // shard.shard_count * shard.shard_count]
-    ds = ds[shard.shard_index::shard.shard_count]  # host p: chunks p, p + P, ... = slice p of each global batch
-    return ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.num_threads,
-                                                prefetch_buffer_size=cfg.prefetch_buffer_size))
+    return host_batches(ds, per_host, shard, cfg.num_epochs is not None, cfg.num_threads, cfg.prefetch_buffer_size)

@@ -121,3 +121,14 @@ def host_batch_size(global_batch_size: int, shard: grain.sharding.ShardOptions) 
     return global_batch_size // shard.shard_count
 
 
+def host_batches(ds: grain.MapDataset, per_host: int, shard: grain.sharding.ShardOptions, finite: bool,
+                 num_threads: int, prefetch_buffer_size: int) -> grain.IterDataset:
+    """Transformed examples -> this host's batches: chunks of ``per_host`` consecutive rows (``drop_remainder``);
+    a ``finite`` stream first cut to a multiple of P chunks (every host yields as many batches); host ``p`` takes
+    chunks ``p, p + P, ...`` (slice ``p`` of each global batch); read ahead with threads."""
+    ds = ds.batch(per_host, drop_remainder=True)
+    if finite:
+        ds = ds[: len(ds) // shard.shard_count * shard.shard_count]
+    ds = ds[shard.shard_index::shard.shard_count]
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size))
+

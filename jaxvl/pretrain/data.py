@@ -43,7 +43,7 @@ from typing import Any
 
 import grain
 
-from jaxvl.data.grain import PretrainTransform, host_batch_size
+from jaxvl.data.grain import PretrainTransform, host_batch_size, host_batches
 from jaxvl.data.tokenizer import VOLTA_MAX_SEQ_LENGTH, Tokenizer
 
 
@@ -95,9 +95,4 @@ def pretrain_dataset(source: Sequence[Mapping[str, Any]], tokenizer: Tokenizer, 
         ds = ds.shuffle(seed=cfg.seed)
     ds = ds.repeat(cfg.num_epochs)
     ds = ds.map(PretrainTransform(tokenizer, cfg.max_seq_length, cfg.num_regions, cfg.add_global_imgfeat))
-    ds = ds.batch(per_host, drop_remainder=True)
-    if cfg.num_epochs is not None:
-        ds = ds[: len(ds) // shard.shard_count * shard.shard_count]
-    ds = ds[shard.shard_index::shard.shard_count]
-    return ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.num_threads,
-                                                prefetch_buffer_size=cfg.prefetch_buffer_size))
+    return host_batches(ds, per_host, shard, cfg.num_epochs is not None, cfg.num_threads, cfg.prefetch_buffer_size)
