@@ -127,6 +127,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compile(args: argparse.Namespace) -> int:
+    """``jaxvl compile``: ``jaxvl.aot.run.run`` (the config read first, so its errors come before libtpu loads)."""
+    cfg = _config(args)
+    from jaxvl.aot.run import run
+
+    run(args, cfg)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """``jaxvl bench NAME``: ``jaxvl.benchmarks.NAME.run(args)``; its refusal of a flag is a user error."""
     name = args.jaxvl_command.name.split()[-1]
@@ -228,6 +237,11 @@ BENCHMARKS = {  # name: (summary, description, example)
     "caption": ("captioner decoding captions/s (batched vs per-image) and XE / SCST steps/s",
                 "Captioner decoding, batched against a per-image loop and an ORT-style decoder, and XE and SCST "
                 "training steps per second.", "jaxvl bench caption --sizes tiny --parts decode"),
+    "topologies": ("the pretraining step compiled for TPU slices: fits?, collectives, estimated step time",
+                   "Each ctrl preset's pretraining step compiled ahead of time for TPU slices (v5e-16, v5e-256, "
+                   "v5p-128, v6e-64) under data parallelism, FSDP and FSDP + tensor parallelism: memory per chip "
+                   "against HBM, collective bytes, an estimated step time and MFU; and the largest model that fits. "
+                   "Needs libtpu (the tpu extra).", "jaxvl bench topologies --presets uniter --topologies v5e-16"),
     "ablate": ("the ablation as one compiled sweep vs a per-condition loop",
                "Examples x conditions per second of the cross-modal ablation as ONE compiled sweep over conditions, "
                "thresholds and stacked checkpoints, against a per-condition loop.", "jaxvl bench ablate --sizes tiny"),
@@ -289,6 +303,16 @@ COMMANDS: tuple[Command, ...] = (
              "jaxvl ablate --config ablate --workdir runs/ablate_f30k --config.checkpoints=runs/uniter/vl "
              "--config.data.dataset=data/jaxvl_ablation_phrases/f30k/1.0.0 --config.data.vocab_file=vocab.txt"),
             cmd_ablate, _ablate_args, config="ablate"),
+    Command("compile", "compile a config's train step for a TPU slice on this machine: memory, collectives, time",
+            "Compiles a config's real train step ahead of time for a TPU slice (v5e-16 ... v5e-256, v5p, v6e; "
+            "several slices with --num-slices) or for this process's devices (--local), without the accelerator, "
+            "and prints the memory per device against the chip's HBM, the step's FLOPs, the collectives per step and "
+            "an estimated step time (a lower bound). TPU targets need libtpu: pip install 'jaxvl[tpu]'.",
+            ("jaxvl compile --config pretrain:uniter --topology v5e-256 --config.model.dtype=bfloat16 "
+             "--config.model.pad_to_multiple_of=128",
+             "jaxvl compile --config pretrain:lxmert --topology v5p-128 --mesh fsdp+tp --batch 1024",
+             "jaxvl compile --config pretrain:uniter,tiny --local --mesh data=2,fsdp=2,tensor=2"),
+            cmd_compile, _module_args("jaxvl.aot.run"), config="pretrain"),
     Command("demo", "the main job: pretrain tiny models on the synthetic world, run the ablation",
             "The whole research loop in minutes on a CPU: a synthetic world with planted cross-modal structure, a "
             "tiny single-stream (UNITER) and dual-stream (LXMERT) model each pretrained as one compiled sweep "

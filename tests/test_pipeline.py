@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from jaxvl.data.builders import synthetic_builders, synthetic_config
 from jaxvl.data.grain import PretrainTransform, open_split, tokenizer_for
 from jaxvl.models import get_config, get_model, validate_batch
-from jaxvl.models.volta.presets import _single_stream_plan
+from jaxvl.models.volta.presets import single_stream_plan
 from jaxvl.pretrain.data import PipelineConfig, pretrain_dataset
 from jaxvl.runtime.compile import FAST_COMPILE
 
@@ -137,7 +137,7 @@ def test_restored_iterator_continues_exactly(prepared):
 def test_first_batch_fits_a_tiny_model_and_compiles_once(prepared):
     source, tok, _ = prepared
     b1, b2 = batches(source, tok, 2, batch_size=4, seed=0)
-    one_layer = _single_stream_plan(1).to_dict()  # the batch's fit does not depend on depth
+    one_layer = single_stream_plan(1).to_dict()  # the batch's fit does not depend on depth
     cfg = get_config("uniter", tiny=True, v_feature_size=D, vocab_size=tok.vocab_size, **one_layer)
     validate_batch(b1, cfg, source="synthetic train")
     validate_batch(b2, cfg, source="synthetic train")
@@ -156,3 +156,17 @@ def test_open_split_by_name_and_errors(prepared):
     assert len(source) == 8 and info.metadata["split_ranges"]["val"] == [12, 16]
     with pytest.raises(ValueError, match="no split 'test'"):
         open_split("jaxvl_synthetic_pretrain/num_images-12+val_images-4", "test", data_dir=out)
+
+
+def test_compile_batch_spec_is_the_pipelines_batch(prepared):
+    """``jaxvl compile`` lowers the step on ``aot.targets.pretrain_batch_spec``: the same fields, dtypes and
+    shapes as the pipeline's batch (without ``num_boxes``, which the trainer drops)."""
+    from jaxvl.aot.targets import pretrain_batch_spec
+    from jaxvl.models.volta.config import VLConfig
+
+    source, tok, _ = prepared
+    batch = batches(source, tok, 1, batch_size=4)[0]
+    spec = pretrain_batch_spec(VLConfig(v_feature_size=D, num_object_classes=K), 4, T, R + 1)
+    assert set(spec) == set(batch) - {"num_boxes"}
+    for key, s in spec.items():
+        assert (s.shape, s.dtype) == (batch[key].shape, batch[key].dtype), key

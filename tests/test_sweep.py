@@ -23,7 +23,7 @@ import pytest
 from jaxvl.models import get_model
 from jaxvl.models.volta.model import VLBertForPreTraining, get_config
 from jaxvl.models.volta.objectives import NO_OVERLAP
-from jaxvl.models.volta.presets import _single_stream_plan
+from jaxvl.models.volta.presets import single_stream_plan
 from jaxvl.pretrain.loss import ObjectiveConfig, mask_batch
 from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer, set_peak_learning_rate
 from jaxvl.pretrain.step import init_state, jit_train_step, state_shardings
@@ -48,7 +48,7 @@ STEPS = 3
 MASK, CLS, SEP = 3, 1, 2
 # Every width divides over 8 devices, so FSDP really shards. 20 object classes (21-way MRC-KL head).
 SIZES = dict(vocab_size=128, hidden_size=32, v_hidden_size=32, intermediate_size=64, v_intermediate_size=64,
-             v_feature_size=24, num_object_classes=20, **_single_stream_plan(1).to_dict())
+             v_feature_size=24, num_object_classes=20, **single_stream_plan(1).to_dict())
 OCFG = ObjectiveConfig(mask_id=MASK, cls_id=CLS, sep_id=SEP)
 OPT = OptimizerConfig(total_steps=STEPS, warmup_fraction=0.0, learning_rate=1e-3)
 # Members differ in seed and lr (and MRC-XE instead of MRC-KL), masking probabilities and co-masking

@@ -12,7 +12,7 @@ from jaxvl.data.regions import region_inputs
 from jaxvl.data.synthetic import World, WorldConfig
 from jaxvl.data.tokenizer import Tokenizer
 from jaxvl.models import get_model
-from jaxvl.models.volta.presets import _single_stream_plan
+from jaxvl.models.volta.presets import single_stream_plan
 from jaxvl.pretrain.loss import ObjectiveConfig, make_negatives, mask_batch, pretraining_loss
 from jaxvl.runtime.compile import FAST_COMPILE
 
@@ -41,7 +41,7 @@ def setup():
     batch = {k: jnp.asarray(np.stack([row[k] for row in rows])) for k in rows[0]}
     model = get_model("uniter", tiny=True, v_feature_size=24, vocab_size=tok.vocab_size,
                       visual_target_weights={"0": 1.0, "3": 0.5, "1": 0.1}, num_object_classes=20,
-                      **_single_stream_plan(1).to_dict())
+                      **single_stream_plan(1).to_dict())
     params = jax.jit(lambda b: model.init(jax.random.key(0), **{k: b[k] for k in (
         "input_ids", "features", "locations")}), compiler_options=FAST_COMPILE)(batch)["params"]
     ocfg = ObjectiveConfig(mask_id=tok.mask_id, cls_id=tok.cls_id, sep_id=tok.sep_id)

@@ -26,7 +26,7 @@ from jaxvl.convert.common import pad_to_shape
 from jaxvl.convert.hf import bert_into_text_stream
 from jaxvl.convert.volta import from_volta, to_volta
 from jaxvl.models import PRESETS, count_params, get_config, get_model
-from jaxvl.models.volta.presets import _single_stream_plan
+from jaxvl.models.volta.presets import single_stream_plan
 from jaxvl.pretrain.loss import ObjectiveConfig, pretraining_loss
 from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.pretrain.step import init_state, jit_train_step, state_shardings
@@ -46,7 +46,7 @@ def setup() -> tuple[Any, Any, Any, dict[str, np.ndarray]]:
     host, tok = synthetic_batch()
     vocab = 4 * (tok.vocab_size // 4) + 6  # > the tokenizer's ids, and 2 mod 4
     sizes = dict(vocab_size=vocab, v_feature_size=24, num_object_classes=20,
-                 visual_target_weights={"0": 1.0, "3": 0.5, "1": 0.1}, **_single_stream_plan(1).to_dict())
+                 visual_target_weights={"0": 1.0, "3": 0.5, "1": 0.1}, **single_stream_plan(1).to_dict())
     plain = get_model("uniter", tiny=True, **sizes)
     padded = get_model("uniter", tiny=True, pad_to_multiple_of=PAD, **sizes)
     ocfg = ObjectiveConfig(mask_id=tok.mask_id, cls_id=tok.cls_id, sep_id=tok.sep_id)

@@ -6,7 +6,7 @@ mis-shaped tensor at once. Parameters that have no counterpart in the source (ja
 heads, the vision stream when loading BERT, ...) keep the values of ``init_params`` -- pass
 ``model.init(...)["params"]`` -- so the result is always a complete tree for ``cfg``.
 
-- ``from_hf_lxmert``: ``LxmertModel`` -> an LXMERT-layout plan (``presets._lxmert_plan``):
+- ``from_hf_lxmert``: ``LxmertModel`` -> an LXMERT-layout plan (``presets.lxmert_plan``):
   ``encoder.layer.i`` -> text sub-layers 2i (attention) / 2i+1 (feed-forward);
   ``encoder.r_layers.i`` -> the ``v_`` parameters of sub-layers 2i / 2i+1;
   ``encoder.x_layers.j`` -> sub-layers c = 2 l_layers + 3j: ``visual_attention`` (query/key/value and

@@ -1,6 +1,6 @@
 """Which encoder plans the HuggingFace converters (``jaxvl.convert.hf``) map onto, read off a ``VLConfig``.
 
-- ``lxmert_layout``: ``(l_layers, r_layers, x_layers)`` of an LXMERT-layout plan (``presets._lxmert_plan``).
+- ``lxmert_layout``: ``(l_layers, r_layers, x_layers)`` of an LXMERT-layout plan (``presets.lxmert_plan``).
 - ``single_stream_layers``: the BERT depth of a single-stream plan (VisualBERT, UNITER, VL-BERT).
 
 Both raise ``ValueError`` naming the first sub-layer that does not fit.

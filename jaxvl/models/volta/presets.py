@@ -16,7 +16,7 @@ from jaxvl.models.volta.plan import SublayerPlan
 PRESETS = ("visualbert", "uniter", "vl-bert", "lxmert", "vilbert")
 
 
-def _single_stream_plan(num_layers: int = 12) -> SublayerPlan:
+def single_stream_plan(num_layers: int = 12) -> SublayerPlan:
     attn, ff = tuple(range(0, 2 * num_layers, 2)), tuple(range(1, 2 * num_layers, 2))
     every = tuple(range(2 * num_layers))
     return SublayerPlan(
@@ -27,7 +27,7 @@ def _single_stream_plan(num_layers: int = 12) -> SublayerPlan:
     )
 
 
-def _lxmert_plan(l_layers: int = 9, r_layers: int = 5, x_layers: int = 5, bert_layers: int = 12) -> SublayerPlan:
+def lxmert_plan(l_layers: int = 9, r_layers: int = 5, x_layers: int = 5, bert_layers: int = 12) -> SublayerPlan:
     text = 2 * l_layers  # sub-layers 0..2l-1 are text layers; vision layers run at 0..2r-1 beside them
     cross = tuple(text + 3 * j for j in range(x_layers))
     self_attn = tuple(c + 1 for c in cross)
@@ -47,7 +47,7 @@ def _lxmert_plan(l_layers: int = 9, r_layers: int = 5, x_layers: int = 5, bert_l
     )
 
 
-def _vilbert_plan(t_layers: int = 6, blocks: int = 6) -> SublayerPlan:
+def vilbert_plan(t_layers: int = 6, blocks: int = 6) -> SublayerPlan:
     text = 2 * t_layers
     co = tuple(text + 4 * j for j in range(blocks))
     co_ff = tuple(c + 1 for c in co)
@@ -68,16 +68,16 @@ def _vilbert_plan(t_layers: int = 6, blocks: int = 6) -> SublayerPlan:
 def preset_config(name: str) -> VLConfig:
     """The VOLTA ctrl configuration of ``name`` (one of ``PRESETS``) at full size."""
     if name == "visualbert":
-        return VLConfig(image_embeddings="visualbert", plan=_single_stream_plan())
+        return VLConfig(image_embeddings="visualbert", plan=single_stream_plan())
     if name == "uniter":
-        return VLConfig(image_embeddings="uniter", plan=_single_stream_plan())
+        return VLConfig(image_embeddings="uniter", plan=single_stream_plan())
     if name == "vl-bert":
-        return VLConfig(image_embeddings="vl-bert", plan=_single_stream_plan(), type_vocab_size=3,
+        return VLConfig(image_embeddings="vl-bert", plan=single_stream_plan(), type_vocab_size=3,
                         v_coordinate_embeddings_dim=256, image_head_ln=False)
     if name == "lxmert":
-        return VLConfig(image_embeddings="lxmert", plan=_lxmert_plan())
+        return VLConfig(image_embeddings="lxmert", plan=lxmert_plan())
     if name == "vilbert":
-        return VLConfig(image_embeddings="vilbert", plan=_vilbert_plan())
+        return VLConfig(image_embeddings="vilbert", plan=vilbert_plan())
     raise ValueError(f"unknown model {name!r}; expected one of {PRESETS}")
 
 
@@ -88,7 +88,7 @@ def tiny_overrides(name: str) -> dict[str, Any]:
                  pooler_size=24, v_pooler_size=24)
     if name == "vl-bert":
         sizes["v_coordinate_embeddings_dim"] = 3  # 4 coords x (sin, cos) x 3 = 24 = v_feature_size
-    plan = {"visualbert": _single_stream_plan(2), "uniter": _single_stream_plan(2), "vl-bert": _single_stream_plan(2),
-            "lxmert": _lxmert_plan(l_layers=3, r_layers=2, x_layers=2, bert_layers=4),
-            "vilbert": _vilbert_plan(t_layers=2, blocks=2)}[name]
+    plan = {"visualbert": single_stream_plan(2), "uniter": single_stream_plan(2), "vl-bert": single_stream_plan(2),
+            "lxmert": lxmert_plan(l_layers=3, r_layers=2, x_layers=2, bert_layers=4),
+            "vilbert": vilbert_plan(t_layers=2, blocks=2)}[name]
     return {**sizes, **plan.to_dict()}

@@ -1,0 +1,159 @@
+"""``jaxvl bench topologies``: the five ctrl pretraining steps compiled for TPU slices, and the largest model that fits.
+
+For each preset x slice x strategy the pretraining step (``jaxvl compile``'s target: bf16 matmuls, vocabulary and
+classes padded to 128, scanned layers, the config's optimizer) is compiled ahead of time on this machine for the
+slice's compile-only devices (libtpu, the ``tpu`` extra), and its ``jaxvl.aot.report.CompileReport`` is recorded:
+memory per chip against HBM, collective bytes per step, the estimated step time (a lower bound) and MFU.
+Strategies: ``dp`` (data=N), ``fsdp`` (fsdp=N), ``fsdp+tp`` (fsdp=N/4, tensor=4). The global batch is
+``--per-chip-batch`` x chips, clipped to [256, 4096].
+
+``--largest``: per slice, the widest/deepest single-stream model (UNITER's plan at BERT proportions, from
+``--ladder``) whose FSDP step still fits HBM at the same global batch; the ladder is searched by bisection.
+
+    jaxvl bench topologies --out /tmp/topo.json --markdown
+    jaxvl bench topologies --presets uniter --topologies v5e-16 --strategies fsdp --largest
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from jaxvl.benchmarks.common import csv_choices, log, markdown_table, save_json
+
+PRESETS = ("visualbert", "uniter", "vl-bert", "lxmert", "vilbert")
+TOPOLOGIES = ("v5e-16", "v5e-256", "v5p-128", "v6e-64")
+STRATEGIES = ("dp", "fsdp", "fsdp+tp")
+# (hidden, layers): BERT-base, BERT-large, then wider and deeper (about 0.1, 0.3, 0.7, 1.2, 2.6, 6.5, 13 B).
+LADDER = ((768, 12), (1024, 24), (1536, 24), (2048, 24), (2560, 32), (4096, 32), (5120, 40))
+COLUMNS = ("preset", "slice", "strategy", "mesh (d,f,t)", "global batch", "fits?", "GiB / chip (HBM)",
+           "collective GiB / step", "est. step ms", "est. MFU", "compile s")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--presets", type=csv_choices(PRESETS), default=list(PRESETS), help="comma-separated presets")
+    p.add_argument("--topologies", type=lambda s: s.split(","), default=list(TOPOLOGIES),
+                   help="comma-separated slices (default v5e-16,v5e-256,v5p-128,v6e-64)")
+    p.add_argument("--strategies", type=csv_choices(STRATEGIES), default=list(STRATEGIES))
+    p.add_argument("--per-chip-batch", type=int, default=16)
+    p.add_argument("--largest", action="store_true", help="also search the largest model that fits per slice")
+    p.add_argument("--largest-only", action="store_true", help="only the largest-model search")
+    p.add_argument("--out", default=None, help="JSON results, rewritten after every row")
+    p.add_argument("--markdown", action="store_true", help="print the markdown tables at the end")
+
+
+def global_batch(chips: int, per_chip: int) -> int:
+    """``per_chip`` x ``chips`` clipped to [256, 4096]."""
+    return max(256, min(4096, per_chip * chips))
+
+
+def _config(preset: str) -> Any:
+    from jaxvl.configs import load_config
+
+    return load_config(f"pretrain:{preset}", ["model.dtype=bfloat16", "model.pad_to_multiple_of=128",
+                                               "model.scan_layers=True"])
+
+
+def compile_row(preset: str, topology: str, strategy: str, per_chip: int,
+                model_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One compile (module doc) -> its row: the report's fields, or ``error`` where it did not compile."""
+    from jaxvl.aot.chips import parse_slice
+    from jaxvl.aot.run import compile_report
+
+    slice_ = parse_slice(topology)
+    batch = global_batch(slice_.chips, per_chip)
+    row: dict[str, Any] = dict(preset=preset, slice=topology, strategy=strategy, batch=batch,
+                               model_overrides=model_overrides or {})
+    start = time.perf_counter()
+    try:
+        report = compile_report(_config(preset), f"pretrain:{preset}", slice_, 1, strategy, batch, model_overrides)
+    except Exception as e:  # noqa: BLE001 -- a row that does not compile is a result (recorded), not a crash
+        row.update(error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", wall_s=time.perf_counter() - start)
+        return row
+    row.update(report.to_dict(), wall_s=time.perf_counter() - start)
+    return row
+
+
+def largest_that_fits(topology: str, per_chip: int, ladder: tuple = LADDER, strategy: str = "fsdp",
+                      rows: list | None = None) -> dict[str, Any]:
+    """Bisection over ``ladder`` for the last rung whose ``strategy`` step fits HBM; every compile is appended to
+    ``rows``. Returns {slice, largest: (hidden, layers) or None, params, tried}."""
+    from jaxvl.aot.targets import scaled_single_stream
+
+    lo, hi, best = 0, len(ladder) - 1, None
+    tried = []
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        hidden, layers = ladder[mid]
+        row = compile_row("uniter", topology, strategy, per_chip, scaled_single_stream(hidden, layers))
+        row.update(hidden=hidden, layers=layers)
+        tried.append(row)
+        if rows is not None:
+            rows.append(row)
+        log(f"  {topology} {hidden}x{layers}: {_fit_text(row)}")
+        if row.get("fits"):
+            best, lo = row, mid + 1
+        else:
+            hi = mid - 1
+    return dict(slice=topology, strategy=strategy,
+                largest=None if best is None else (best["hidden"], best["layers"]),
+                params=None if best is None else best["params"],
+                gib=None if best is None else best["peak_bytes"] / 2**30, tried=len(tried))
+
+
+def _fit_text(row: dict[str, Any]) -> str:
+    if "error" in row:
+        return f"error ({row['error'][:80]})"
+    return f"{'fits' if row['fits'] else 'does not fit'}, {row['peak_bytes'] / 2**30:.2f} GiB"
+
+
+def table_row(row: dict[str, Any]) -> list[str]:
+    """A row of ``COLUMNS``."""
+    mesh = row.get("mesh") or {}
+    head = [row["preset"], row["slice"], row["strategy"],
+            f"({mesh.get('data', '-')},{mesh.get('fsdp', '-')},{mesh.get('tensor', '-')})", str(row["batch"])]
+    if "error" in row:
+        return [*head, "error", row["error"][:60], "-", "-", "-", f"{row['wall_s']:.0f}"]
+    coll = sum(row["collective_bytes"].values()) / 2**30
+    return [*head, "yes" if row["fits"] else "**no**",
+            f"{row['peak_bytes'] / 2**30:.2f} ({row['hbm_bytes'] / 2**30:.0f})", f"{coll:.2f}",
+            f"{row['estimate_s'] * 1e3:.1f}", f"{row['mfu_estimate']:.0%}", f"{row['compile_s']:.0f}"]
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    out = [markdown_table(COLUMNS, [table_row(r) for r in result["rows"]])]
+    if result.get("largest"):
+        out += ["", markdown_table(("slice", "strategy", "largest (hidden x layers)", "params", "GiB / chip",
+                                    "compiles"),
+                                   [[r["slice"], r["strategy"], "none" if r["largest"] is None else
+                                     f"{r['largest'][0]} x {r['largest'][1]}",
+                                     "-" if r["params"] is None else f"{r['params'] / 1e9:.2f} B",
+                                     "-" if r["gib"] is None else f"{r['gib']:.2f}", str(r["tried"])]
+                                    for r in result["largest"]])]
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from jaxvl.aot.chips import parse_slice
+
+    for t in args.topologies:
+        parse_slice(t)  # a bad name fails before any compile
+    result: dict[str, Any] = dict(command="jaxvl bench topologies", rows=[], largest=[], largest_rows=[])
+    if not args.largest_only:
+        for preset in args.presets:
+            for topology in args.topologies:
+                for strategy in args.strategies:
+                    log(f"{preset} {topology} {strategy} ...")
+                    row = compile_row(preset, topology, strategy, args.per_chip_batch)
+                    result["rows"].append(row)
+                    save_json(result, args.out)
+                    log("  " + " | ".join(table_row(row)[5:]))
+    if args.largest or args.largest_only:
+        for topology in args.topologies:
+            log(f"largest model on {topology} ...")
+            result["largest"].append(largest_that_fits(topology, args.per_chip_batch, rows=result["largest_rows"]))
+            save_json(result, args.out)
+    if args.markdown:
+        print(format_markdown(result))
+    return result

@@ -1,0 +1,155 @@
+# ruff: noqa: E501 -- the HLO below keeps XLA's long lines as XLA prints them
+"""``jaxvl compile``: the HLO collective reader, TPU slice names, meshes, the compile report on local devices,
+its command-line errors, and (slow, with libtpu) the tiny UNITER step compiled for a v5e-16 slice."""
+
+import importlib.util
+import json
+
+import pytest
+
+from jaxvl.aot.chips import CHIPS, parse_slice
+from jaxvl.aot.hlo import collectives
+from jaxvl.aot.run import compile_report, parse_mesh, resolve_sizes
+from jaxvl.cli import main
+from jaxvl.configs import load_config
+
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+
+# A hand-written module in XLA's spellings: a loop of 12 (TPU-style condition) holding an async all-gather and,
+# nested, a loop of 3 (known_trip_count) holding an all-reduce; a reduce-scatter and an all-to-all at the top.
+HLO = """HloModule jit_step, is_scheduled=true
+
+%add (x: f32[], y: f32[]) -> f32[] {
+  ROOT %a = f32[] add(%x, %y)
+}
+
+%inner_cond (p: (s32[], f32[64])) -> pred[] {
+  %c = s32[] constant(99)
+  ROOT %lt = pred[] compare(%g, %c), direction=LT
+}
+
+%inner_body (p: (s32[], f32[64])) -> (s32[], f32[64]) {
+  %ar = f32[64]{0} all-reduce(%x), channel_id=1, replica_groups={{0,1,2,3},{4,5,6,7}}, to_apply=%add
+  ROOT %t = (s32[], f32[64]) tuple(%i, %ar)
+}
+
+%outer_cond (p: (s32[], bf16[8,16])) -> pred[] {
+  %constant.7 = s32[]{:T(128)} constant(12)
+  %gte = s32[] get-tuple-element(%p), index=0
+  ROOT %lt.2 = pred[]{:T(512)} compare(%gte, %constant.7), direction=LT, metadata={op_name="cond"}
+}
+
+%outer_body (p: (s32[], bf16[8,16])) -> (s32[], bf16[8,16]) {
+  %ags = (bf16[1,16]{1,0}, bf16[8,16]{1,0}) all-gather-start(%y), channel_id=2, replica_groups=[1,8]<=[8], dimensions={0}
+  %agd = bf16[8,16]{1,0} all-gather-done(%ags)
+  %w = (s32[], f32[64]) while(%t0), condition=%inner_cond, body=%inner_body, backend_config={"known_trip_count":{"n":"3"}}
+  ROOT %t = (s32[], bf16[8,16]) tuple(%i, %agd)
+}
+
+ENTRY %main (a: f32[1024]) -> f32[128] {
+  %loop = (s32[], bf16[8,16]) while(%init), condition=%outer_cond, body=%outer_body
+  %rs = f32[128]{0} reduce-scatter(%a), channel_id=3, replica_groups=mesh['axis_0'=2,'axis_1'=8] {'axis_1'}, dimensions={0}, to_apply=%add
+  ROOT %a2a = f32[128]{0} all-to-all(%rs), channel_id=4, replica_groups=[2,4]<=[8], dimensions={0}
+}
+"""
+
+
+def test_collectives_counted_per_step_with_loop_trip_counts():
+    s = collectives(HLO, 8)
+    assert s.counts == {"all-gather": 12, "all-reduce": 36, "reduce-scatter": 1, "all-to-all": 1}
+    assert s.unknown_loops == 0
+    ag = 12 * (7 / 8) * 8 * 16 * 2  # the gathered [8, 16] bf16 output, 8 participants
+    ar = 36 * 2 * (3 / 4) * 64 * 4  # groups of 4
+    rs = 7 * 128 * 4  # output shard x (n - 1), 8 participants ('axis_1')
+    a2a = (3 / 4) * 128 * 4
+    assert s.bytes == pytest.approx({"all-gather": ag, "all-reduce": ar, "reduce-scatter": rs, "all-to-all": a2a})
+
+
+def test_loop_without_a_readable_trip_count_counts_once_and_is_reported():
+    hlo = HLO.replace("compare(%gte, %constant.7), direction=LT", "compare(%gte, %gte), direction=NE")
+    s = collectives(hlo, 8)
+    assert s.counts["all-gather"] == 1 and s.counts["all-reduce"] == 3 and s.unknown_loops == 1
+
+
+def test_slice_names():
+    v5e = parse_slice("v5e-256")
+    assert (v5e.chips, v5e.shape, v5e.topology_name, v5e.wrap) == (256, (16, 16), "v5e:16x16", (True, True, False))
+    v5p = parse_slice("v5p-128")  # TensorCores: 64 chips
+    assert (v5p.chips, v5p.shape, v5p.topology_name, v5p.accelerator_type) == (64, (4, 4, 4), "v5:4x4x4", "v5p-128")
+    assert parse_slice("v6e-64").shape == (8, 8) and parse_slice("v5litepod-16").chips == 16
+    assert CHIPS["v5e"].hbm_bytes == 16 * 2**30 and CHIPS["v5p"].hbm_bytes == 95 * 2**30
+    for bad, words in [("v7-8", "expected CHIP-N"), ("v5e-12", "no v5e slice of 12 chips"),
+                       ("v5p-7", "2 per chip")]:
+        with pytest.raises(ValueError, match=words):
+            parse_slice(bad)
+
+
+def test_mesh_specs():
+    cfg_mesh = {"data": -1, "fsdp": 1, "tensor": 1}
+    assert resolve_sizes(parse_mesh(None, cfg_mesh), 16) == {"data": 16, "fsdp": 1, "tensor": 1}
+    assert resolve_sizes(parse_mesh("fsdp+tp", cfg_mesh), 64) == {"data": 1, "fsdp": 16, "tensor": 4}
+    assert resolve_sizes(parse_mesh("data=2,fsdp=-1", cfg_mesh), 8) == {"data": 2, "fsdp": 4, "tensor": 1}
+    with pytest.raises(ValueError, match="expected AXIS=SIZE"):
+        parse_mesh("model=4", cfg_mesh)
+    with pytest.raises(ValueError, match="has 6 devices; the target has 8"):
+        resolve_sizes(parse_mesh("data=3,fsdp=2", cfg_mesh), 8)
+
+
+def test_local_data_parallel_report_counts_the_gradient_all_reduce():
+    """On 8 CPU devices, pure data parallelism: the all-reduce bytes are at least the ring cost of the float32
+    gradient, 2 (n - 1) / n x 4 bytes x parameters, and at most a quarter more (XLA reduces some gradients in
+    parts before summing them, e.g. the word table's from the lookup and from the tied MLM decoder); no
+    parameter is gathered."""
+    cfg = load_config("pretrain:uniter,tiny")
+    report = compile_report(cfg, "pretrain:uniter,tiny", None, 1, "data=8", 16)
+    n_params = report.params  # the config's model: its heads are the ones its objective weighs
+    gradient = 2 * 7 / 8 * 4 * n_params
+    assert gradient <= report.collective_bytes["all-reduce"] <= 1.25 * gradient
+    # No parameter is gathered: the only all-gathers are the text rows ITM swaps between examples ([B, T] x 3).
+    assert report.collective_bytes.get("all-gather", 0) <= 3 * 16 * 16 * 4 and "reduce-scatter" not in report.collective_counts
+    assert report.memory["argument_size_in_bytes"] > 4 * n_params  # params + two Adam moments, replicated
+    text = report.format()
+    assert "data=8 x fsdp=1 x tensor=1" in text and "no estimated step time" in text
+    assert json.loads(report.to_json())["devices"] == 8
+
+
+def test_local_caption_report():
+    """The captioner's XE step compiles through the same path: data parallel over 8 devices, its gradient
+    all-reduced (ring cost of the float32 gradient at least), matmul FLOPs counted from the traced step."""
+    report = compile_report(load_config("caption:ort,tiny"), "caption:ort,tiny", None, 1, "dp", 16)
+    assert report.description.startswith("caption XE tiny") and report.model_flops > 0
+    assert report.collective_bytes["all-reduce"] >= 2 * 7 / 8 * 4 * report.params
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--topology", "v9-16"], "topology 'v9-16': expected CHIP-N"),
+    (["--local", "--mesh", "data=3"], "mesh {'data': 3, 'fsdp': 1, 'tensor': 1} has 3 devices; the target has 8"),
+    (["--local", "--num-slices", "2"], "--num-slices needs --topology"),
+    (["--topology", "v5e-16", "--local"], "not allowed with argument"),
+    (["--local", "--config", "ablate:tiny"], "the ablation sweep is not wired in yet"),
+], ids=["unknown-chip", "mesh-does-not-cover", "slices-without-topology", "two-targets", "ablation"])
+def test_compile_command_errors_are_one_line(argv, words, capsys):
+    assert main(["compile", "--config", "pretrain:uniter,tiny", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu absent: install the tpu extra (pip install 'jaxvl[tpu]')")
+def test_tiny_uniter_compiles_for_v5e_16(tmp_path, capsys):
+    """The tiny UNITER step for a v5e-16 slice on this CPU: the memory report against v5e's 16 GiB, data
+    parallelism's gradient all-reduce over 16 chips, FSDP's all-gathers, an estimate from v5e's figures."""
+    out = tmp_path / "dp.json"
+    assert main(["compile", "--config", "pretrain:uniter,tiny", "--topology", "v5e-16", "--mesh", "dp", "--batch", "32",
+                 "--json", str(out)]) == 0
+    dp = json.loads(out.read_text())
+    assert dp["devices"] == 16 and dp["hbm_bytes"] == 16 * 2**30 and dp["fits"]
+    assert 0 < dp["peak_bytes"] < 2**30 and dp["memory"]["temp_size_in_bytes"] > 0
+    assert dp["collective_counts"].get("all-reduce", 0) >= 1 and dp["collective_bytes"]["all-reduce"] > 0
+    assert dp["peak_flops_per_chip"] == 197e12 and dp["estimate_s"] > 0
+    assert "FITS" in capsys.readouterr().out
+    assert main(["compile", "--config", "pretrain:uniter,tiny", "--topology", "v5e-16", "--mesh", "fsdp",
+                 "--batch", "32", "--json", str(out)]) == 0
+    fsdp = json.loads(out.read_text())
+    assert fsdp["collective_counts"].get("all-gather", 0) >= 1
+    assert fsdp["memory"]["argument_size_in_bytes"] < dp["memory"]["argument_size_in_bytes"]
