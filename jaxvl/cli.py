@@ -242,6 +242,11 @@ BENCHMARKS = {  # name: (summary, description, example)
                    "v5p-128, v6e-64) under data parallelism, FSDP and FSDP + tensor parallelism: memory per chip "
                    "against HBM, collective bytes, an estimated step time and MFU; and the largest model that fits. "
                    "Needs libtpu (the tpu extra).", "jaxvl bench topologies --presets uniter --topologies v5e-16"),
+    "device": ("one GPU run that measures everything, within a time budget",
+               "On one accelerator, within a time budget that includes compilation: the five ctrl pretraining steps "
+               "in bf16 (MFU), sweeps vs sequential runs, the ablation sweep, beam decoding and the data pipeline; "
+               "JSON and markdown written part by part. --smoke runs it all at tiny sizes on CPU.",
+               "jaxvl bench device --smoke --out /tmp/device"),
     "ablate": ("the ablation as one compiled sweep vs a per-condition loop",
                "Examples x conditions per second of the cross-modal ablation as ONE compiled sweep over conditions, "
                "thresholds and stacked checkpoints, against a per-condition loop.", "jaxvl bench ablate --sizes tiny"),

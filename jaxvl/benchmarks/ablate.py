@@ -149,6 +149,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: vmap)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="matmul dtype of the model (parameters stay float32)")
+    parser.add_argument("--scan-layers", action="store_true",
+                        help="scanned layer stacks (scan_layers=True): faster compiles on an accelerator")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed sweep calls and loop passes first (default 2; 0 for ctrl on CPU)")
     parser.add_argument("--iters", type=int, default=None,
@@ -236,12 +238,13 @@ def ablation_inputs(size: str, feature_dim: int, num_classes: int, batch: int, t
     return first, index.mean_feature, tokenizer
 
 
-def build_model(name: str, size: str, dtype: str, tokenizer: Tokenizer | None = None) -> VLBertForPreTraining:
+def build_model(name: str, size: str, dtype: str, tokenizer: Tokenizer | None = None,
+                scan_layers: bool = False) -> VLBertForPreTraining:
     """``name`` at ``size``: ctrl as VOLTA configures it; tiny with the tiny world's vocabulary and classes."""
     if size == "ctrl":
-        return get_model(name, dtype=dtype)
+        return get_model(name, dtype=dtype, scan_layers=scan_layers)
     extra = {} if tokenizer is None else {"vocab_size": tokenizer.vocab_size}
-    return get_model(name, tiny=True, dtype=dtype, num_object_classes=TINY_CLASSES, **extra)
+    return get_model(name, tiny=True, dtype=dtype, num_object_classes=TINY_CLASSES, scan_layers=scan_layers, **extra)
 
 
 def init_checkpoints(model: VLBertForPreTraining, batch: Arrays, k: int, seed: int,
@@ -303,7 +306,7 @@ def bench_model(name: str, size: str, args: argparse.Namespace, device: jax.Devi
     classes = TINY_CLASSES if size == "tiny" else base.num_object_classes
     host, mean_feature, tokenizer = ablation_inputs(size, base.v_feature_size, classes, args.batch, args.text_len,
                                                     args.regions, args.seed, base.add_global_imgfeat)
-    model = build_model(name, size, args.dtype, tokenizer)
+    model = build_model(name, size, args.dtype, tokenizer, args.scan_layers)
     spec = AblationSpec(tokenizer.mask_id, vis4lang=tuple(args.vis4lang), lang4vis=tuple(args.lang4vis),
                         thresholds=tuple(args.thresholds), model_batch_size=args.model_batch)
     members = {task: spec.members(task) for task in TASKS}
@@ -323,6 +326,7 @@ def bench_model(name: str, size: str, args: argparse.Namespace, device: jax.Devi
               "members": len(flat), "vis4lang_members": len(members["vis4lang"]),
               "lang4vis_members": len(members["lang4vis"]), "thresholds": list(spec.thresholds),
               "model_batch_size": spec.model_batch_size, "fast_compile": bool(args.fast_compile),
+              "scan_layers": args.scan_layers,
               "params_per_model": count_params(singles[0]), "init_s": init_s}
 
     loop: list[Any] = []

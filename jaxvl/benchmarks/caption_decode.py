@@ -17,7 +17,7 @@ captions on the host. ``jaxvl.benchmarks.caption`` documents the rows.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -183,9 +183,9 @@ def _decode_row(size: str, cfg: CaptionerConfig, method: str, k: int, mode: str,
 
 
 def bench_decoding(size: str, model: Captioner, params: Any, args: argparse.Namespace, device: jax.Device,
-                   result: dict[str, Any], save: Callable[[], None]) -> None:
-    """Greedy and beam decoding rows (module doc) of ``model`` (``size``) with ``params``, appended to
-    ``result['decode']`` as measured (``save()`` after each method)."""
+                   result: dict[str, Any], save: Callable[[], None], methods: Sequence[str] = METHODS) -> None:
+    """The decoding rows (module doc) of each of ``methods`` (greedy, beam) of ``model`` (``size``) with
+    ``params``, appended to ``result['decode']`` as measured (``save()`` after each method)."""
     cfg = model.cfg
     d = defaults(size, device.platform != "cpu", args)
     log(f"{size} decoding: batch {d['batch']}, {d['loop_images']} images per loop, {args.dtype}, max_len "
@@ -193,7 +193,7 @@ def bench_decoding(size: str, model: Captioner, params: Any, args: argparse.Name
     variables = {"params": params}
     x = {k: jax.device_put(v, device) for k, v in random_regions(cfg, d["batch"], args.regions, args.seed).items()}
     ort = OrtStyleDecoder(model, variables, args.max_len, compiler_options(args))
-    for method in METHODS:
+    for method in methods:
         rows = bench_method(size, cfg, method, 1 if method == "greedy" else args.beam, model, variables, x,
                             None if args.no_ort_style else ort, args, d)
         for row in rows[1:]:

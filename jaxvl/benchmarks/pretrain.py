@@ -68,7 +68,7 @@ from jaxvl.pretrain.loss import ObjectiveConfig
 from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.pretrain.step import init_state, jit_train_step, state_shardings
 from jaxvl.pretrain.sweep import init_sweep_state, jit_sweep_step, members_from_config, sweep_state_shardings
-from jaxvl.runtime.compile import memory_stats
+from jaxvl.runtime.compile import FAST_COMPILE, memory_stats
 from jaxvl.runtime.sharding import batch_sharding, make_mesh
 
 SIZES = ("tiny", "ctrl")
@@ -106,6 +106,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="untimed steps first (default: 3; 1 for ctrl on CPU)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="matmul dtype of the model (parameters and optimizer state stay float32)")
+    parser.add_argument("--scan-layers", action="store_true",
+                        help="scanned layer stacks (scan_layers=True): faster compiles on an accelerator")
+    parser.add_argument("--fast-compile", action="store_true",
+                        help="compile with jaxvl.runtime.compile.FAST_COMPILE (faster CPU compiles, slower "
+                             "programs: smoke runs only, not for the numbers)")
     parser.add_argument("--text-len", type=int, default=TEXT_LEN, help="text length (default: VOLTA's 38)")
     parser.add_argument("--regions", type=int, default=REGIONS, help="regions incl. [IMG] (default: VOLTA's 37)")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
@@ -295,7 +300,7 @@ def bench_one(name: str, size: str, args: argparse.Namespace, device: jax.Device
     batch_size, warmup, steps = _defaults(size, device.platform != "cpu", args)
     log(f"{name}/{size}: batch {batch_size}, {args.dtype}, {warmup} warm-up + {steps} timed steps")
     probe = Probe()
-    model = get_model(name, tiny=size == "tiny", dtype=args.dtype)
+    model = get_model(name, tiny=size == "tiny", dtype=args.dtype, scan_layers=args.scan_layers)
     cfg = model.cfg
     mesh = make_mesh(1, 1, 1, devices=[device])
     batch = jax.device_put(make_batch(cfg, batch_size, args.text_len, args.regions, args.seed), batch_sharding(mesh))
@@ -304,10 +309,12 @@ def bench_one(name: str, size: str, args: argparse.Namespace, device: jax.Device
     tx = make_optimizer(opt_cfg)
     shardings = state_shardings(model, tx, batch, mesh)
 
+    options = FAST_COMPILE if args.fast_compile else None
     start = time.perf_counter()
-    state = jax.block_until_ready(init_state(model, tx, jax.random.key(args.seed), batch, mesh))
+    state = jax.block_until_ready(init_state(model, tx, jax.random.key(args.seed), batch, mesh,
+                                             compiler_options=options))
     init_s = time.perf_counter() - start
-    jitted = jit_train_step(model, ocfg, tx, mesh, shardings, batch_sharding(mesh))
+    jitted = jit_train_step(model, ocfg, tx, mesh, shardings, batch_sharding(mesh), options)
     compiled, lower_s, compile_s = _aot(jitted, state, batch, mesh)
     log(f"  compiled in {lower_s + compile_s:.1f} s (lower {lower_s:.1f} s)")
     fwd = forward_flops(cfg, args.text_len, args.regions)
@@ -315,7 +322,8 @@ def bench_one(name: str, size: str, args: argparse.Namespace, device: jax.Device
     xla = _xla_flops(compiled)
     row: dict[str, Any] = {
         "preset": name, "size": size, "batch": batch_size, "dtype": args.dtype, "text_len": args.text_len,
-        "regions": args.regions, "device": f"{device.platform}: {device.device_kind}", "warmup": warmup,
+        "regions": args.regions, "scan_layers": args.scan_layers, "fast_compile": args.fast_compile,
+        "device": f"{device.platform}: {device.device_kind}", "warmup": warmup,
         "steps": steps, "params": count_params(state.params), "init_s": init_s, "lower_s": lower_s,
         "compile_s": lower_s + compile_s, "memory": memory_stats(compiled),
         "forward_flops_per_example": fwd, "train_flops_per_step": step_flops, "xla_flops_per_step": xla,
@@ -351,8 +359,10 @@ def bench_sweep(model: VLBertForPreTraining, ocfg: ObjectiveConfig, opt_cfg: Opt
                                   model.cfg, ocfg, opt_cfg, seed=args.seed)
     sweep_tx = make_optimizer(opt_cfg, injected_peak=True)
     shardings = sweep_state_shardings(model, sweep_tx, batch, mesh, k)
-    sweep_state = jax.block_until_ready(init_sweep_state(model, sweep_tx, members, batch, mesh))
-    jitted = jit_sweep_step(model, ocfg, sweep_tx, mesh, shardings, batch_sharding(mesh))
+    options = FAST_COMPILE if args.fast_compile else None
+    sweep_state = jax.block_until_ready(init_sweep_state(model, sweep_tx, members, batch, mesh,
+                                                         compiler_options=options))
+    jitted = jit_sweep_step(model, ocfg, sweep_tx, mesh, shardings, batch_sharding(mesh), options)
     compiled, lower_s, compile_s = _aot(jitted, sweep_state, batch, mesh)
     log(f"  sweep compiled in {lower_s + compile_s:.1f} s")
     _, sweep_state = time_steps(compiled, sweep_state, batch, 0, warmup)
@@ -360,7 +370,7 @@ def bench_sweep(model: VLBertForPreTraining, ocfg: ObjectiveConfig, opt_cfg: Opt
     tx = make_optimizer(opt_cfg)
     run_ms, sweep_times = [], []
     for i in range(k):
-        state = init_state(model, tx, jax.random.key(args.seed + i), batch, mesh)
+        state = init_state(model, tx, jax.random.key(args.seed + i), batch, mesh, compiler_options=options)
         times, state = time_steps(single, state, batch, warmup, steps)
         run_ms.append(1e3 * statistics.median(times))
         del state
