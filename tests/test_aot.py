@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from jaxvl.aot.chips import CHIPS, parse_slice
+from jaxvl.aot.chips import CHIPS, gpu_spec, parse_slice
 from jaxvl.aot.hlo import collectives
 from jaxvl.aot.run import compile_report, parse_mesh, resolve_sizes
 from jaxvl.cli import main
@@ -78,6 +78,7 @@ def test_slice_names():
     assert (v5p.chips, v5p.shape, v5p.topology_name, v5p.accelerator_type) == (64, (4, 4, 4), "v5:4x4x4", "v5p-128")
     assert parse_slice("v6e-64").shape == (8, 8) and parse_slice("v5litepod-16").chips == 16
     assert CHIPS["v5e"].hbm_bytes == 16 * 2**30 and CHIPS["v5p"].hbm_bytes == 95 * 2**30
+    assert gpu_spec("NVIDIA H100 80GB HBM3").name == "H100" and gpu_spec("cpu") is None
     for bad, words in [("v7-8", "expected CHIP-N"), ("v5e-12", "no v5e slice of 12 chips"),
                        ("v5p-7", "2 per chip")]:
         with pytest.raises(ValueError, match=words):

@@ -60,6 +60,21 @@ CHIPS: dict[str, ChipSpec] = {
                    ici_note="assumed: not on the Cloud TPU v4 page (6 links x 50 GB/s, TPU v4 paper)"),
 }
 
+# GPUs a ``--local`` compile may find itself on (matched on ``device_kind``): dense bf16 peak, HBM and NVLink
+# (bidirectional per GPU), from NVIDIA's H100 and H200 product pages / datasheets (SXM parts).
+GPUS: dict[str, ChipSpec] = {
+    "H100": ChipSpec("H100", "NVIDIA H100", 80 * 10**9, 989e12, 900e9, 0.0, "", "", 0, 1,
+                     "https://www.nvidia.com/en-us/data-center/h100/ (SXM, dense bf16)"),
+    "H200": ChipSpec("H200", "NVIDIA H200", 141 * 10**9, 989e12, 900e9, 0.0, "", "", 0, 1,
+                     "https://www.nvidia.com/en-us/data-center/h200/ (SXM, dense bf16)"),
+}
+
+
+def gpu_spec(device_kind: str) -> ChipSpec | None:
+    """The ``GPUS`` entry a device's ``device_kind`` names (``NVIDIA H100 80GB HBM3`` -> H100), else None."""
+    return next((spec for name, spec in GPUS.items() if name in device_kind), None)
+
+
 # Chips -> the slice's physical shape (Cloud TPU's supported shapes for each chip generation).
 SHAPES_2D = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16), 256: (16, 16)}
 SHAPES_3D = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4), 128: (4, 4, 8),
@@ -143,14 +158,4 @@ def topology_devices(slice_: Slice, num_slices: int = 1) -> list:
     return devices
 
 
-def hbm_per_device(slice_: Slice) -> int:
-    """HBM bytes of one JAX device (one chip: megacore drives both TensorCores of v4/v5p as one device)."""
-    return slice_.chip.hbm_bytes
-
-
-def peak_flops(slice_: Slice, num_slices: int = 1) -> float:
-    """bf16 peak FLOP/s of all chips of ``num_slices`` slices."""
-    return slice_.chip.bf16_flops * slice_.chips * num_slices
-
-
-__all__ = ["CHIPS", "ChipSpec", "GIB", "Slice", "hbm_per_device", "parse_slice", "peak_flops", "topology_devices"]
+__all__ = ["CHIPS", "ChipSpec", "GIB", "GPUS", "Slice", "gpu_spec", "parse_slice", "topology_devices"]

@@ -73,9 +73,10 @@ class CompileReport:
     def from_compiled(cls, compiled: Any, *, target: str, description: str, mesh: dict[str, int], params: int,
                       model_flops: float, slice_: Slice | None, num_slices: int = 1, grad_bytes: int = 0,
                       compile_s: float = 0.0, hbm_bytes: int | None = None, peak_flops: float | None = None,
-                      ici_bytes_per_s: float | None = None) -> CompileReport:
+                      ici_bytes_per_s: float | None = None, sources: str = "") -> CompileReport:
         """The report of ``compiled`` (module doc). ``slice_`` gives the chip's HBM, peak and links; without one
-        (a local compile) pass ``hbm_bytes``/``peak_flops``/``ici_bytes_per_s`` or get zeros (no estimate).
+        (a local compile) pass ``hbm_bytes``/``peak_flops``/``ici_bytes_per_s``/``sources`` or get zeros (no
+        estimate).
         ``grad_bytes``: gradient bytes per device (the multislice DCN term)."""
         devices = 1
         for size in mesh.values():
@@ -89,8 +90,8 @@ class CompileReport:
         compute_s = model_flops / (devices * peak) if peak else 0.0
         ici_s = summary.total_bytes / (ici / 2) if ici else 0.0
         dcn_s = (2 * (num_slices - 1) / num_slices * grad_bytes / dcn) if (num_slices > 1 and dcn) else 0.0
-        sources = (f"{chip.source}{' (' + chip.ici_note + ')' if chip.ici_note else ''}" if chip
-                   else "given on the command line")
+        if chip:
+            sources = f"{chip.source}{' (' + chip.ici_note + ')' if chip.ici_note else ''}"
         return cls(target=target, description=description, mesh=dict(mesh), devices=devices, params=params,
                    memory=memory_stats(compiled), hbm_bytes=hbm, model_flops=model_flops,
                    xla_flops_per_device=_xla_flops(compiled), collective_counts=dict(summary.counts),

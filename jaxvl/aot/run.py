@@ -9,7 +9,9 @@ report, on a machine without the accelerator.
 
 TPU targets need libtpu (``pip install 'jaxvl[tpu]'``); ``--local`` compiles for the devices this process sees
 instead (a GPU host's GPUs, or CPU devices), which is how a GPU mesh is checked: XLA's GPU compiler needs the
-CUDA plugin and a description of the GPU, so compiling for GPUs one does not have is not offered here.
+CUDA plugin and a description of the GPU, so compiling for GPUs one does not have is not offered here. On an
+H100 or H200 the report uses NVIDIA's figures (``chips.GPUS``) for the estimate, so it can be set beside the
+step time ``jaxvl bench device`` measures on the same GPU.
 The report (``jaxvl.aot.report``) is printed, and written as JSON with ``--json PATH``.
 """
 
@@ -24,7 +26,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
-from jaxvl.aot.chips import Slice, parse_slice, topology_devices
+from jaxvl.aot.chips import Slice, gpu_spec, parse_slice, topology_devices
 from jaxvl.aot.report import CompileReport
 from jaxvl.aot.targets import caption_target, pretrain_target
 from jaxvl.runtime.sharding import MESH_AXES, make_mesh
@@ -110,9 +112,12 @@ def compile_report(cfg: Any, config_name: str, slice_: Slice | None, num_slices:
     name = f"{slice_.name}{f' x {num_slices} slices' if num_slices > 1 else ''}" if slice_ else \
         f"local {devices[0].platform} ({len(devices)} devices)"
     grads = per_device_bytes(target.args[0].params)
+    gpu = None if slice_ else gpu_spec(devices[0].device_kind)
+    figures = {} if gpu is None else dict(hbm_bytes=gpu.hbm_bytes, peak_flops=gpu.bf16_flops,
+                                          ici_bytes_per_s=gpu.ici_bytes_per_s, sources=gpu.source)
     return CompileReport.from_compiled(compiled, target=name, description=target.description, mesh=sizes,
                                        params=target.params, model_flops=target.model_flops, slice_=slice_,
-                                       num_slices=num_slices, grad_bytes=grads, compile_s=seconds)
+                                       num_slices=num_slices, grad_bytes=grads, compile_s=seconds, **figures)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
