@@ -303,6 +303,8 @@ CC_CASES = {
     "box-x2-lt-x1": (_set("boxes", _flip), None, "x2 < x1"),
     "missing-field": (lambda dp: dp[:-1], None, "must have 13 fields"),
     "missing-caption": (_set("caption", None), None, "'caption' is missing"),
+    "empty-caption": (_set("caption", ""), None, "caption is empty"),
+    "blank-caption": (_set("caption", " \t"), None, "caption is empty"),
     "key-listed-but-absent": (None, lambda e: e.pop(b"00000002"), "listed in '__keys__' but absent"),
     "num-boxes-not-numeric": (_set("num_boxes", "thirty-six"), None, "num_boxes must be an integer"),
     "num-boxes-mismatch": (_set("num_boxes", "9"), None, "num_boxes is 9"),

@@ -2,11 +2,13 @@
 
 A fresh run; a run stopped by SIGTERM and resumed gives the parameters of an uninterrupted one bitwise;
 a finished stage has nothing to do; ``init_from``; a task-built step; stage chains stop at a stage that
-did not finish.
+did not finish; a stage stopped before its first checkpoint (refused init, Ctrl-C) leaves no empty
+``checkpoints/`` and no half-written ``run.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -162,6 +164,42 @@ def test_task_initialisation_and_stage_checks(tmp_path):
     assert not any(p.any() for p in params_of(state))
     with pytest.raises(ValueError, match="exactly one of jitted_step"):
         linear_stage(1, build_step=lambda state, example: None)
+
+
+class _CtrlCWhenWritten:
+    """A run fact whose ``str`` is Ctrl-C: pressed while ``run.json`` is being written."""
+
+    def __str__(self) -> str:
+        raise KeyboardInterrupt
+
+
+def _refuse(state: TrainState):
+    raise ValueError("init.checkpoint does not fit the model")
+
+
+def _ctrl_c_at_first_batch(stage: Stage) -> Stage:
+    def host_to_global(host):
+        raise KeyboardInterrupt
+
+    return dataclasses.replace(stage, host_to_global=host_to_global)
+
+
+@pytest.mark.parametrize("stop, error", [
+    (lambda: linear_stage(4, initialise=_refuse), ValueError),
+    (lambda: linear_stage(4, run_info={"task": "linear", "ctrl-c": _CtrlCWhenWritten()}), KeyboardInterrupt),
+    (lambda: _ctrl_c_at_first_batch(linear_stage(4)), KeyboardInterrupt),
+], ids=["refused-init", "ctrl-c-writing-run-json", "ctrl-c-before-first-checkpoint"])
+def test_a_stage_stopped_before_its_first_checkpoint_leaves_nothing_half_written(tmp_path, stop, error):
+    """No empty ``checkpoints/`` (so a refused init leaves no trace of a run), and ``run.json`` is whole or untouched:
+    the previous one stays as it was."""
+    previous = '{"task": "previous run"}'
+    (tmp_path / "run.json").write_text(previous)
+    with pytest.raises(error):
+        run_stage(stop(), str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / "run.json.tmp").exists()
+    run_json = (tmp_path / "run.json").read_text()
+    assert run_json == previous or json.loads(run_json)["task"] == "linear"
 
 
 def test_stage_chains_stop_at_an_unfinished_stage(monkeypatch, tmp_path):

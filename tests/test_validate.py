@@ -64,3 +64,28 @@ def test_too_long_for_position_table(cfg):
     batch = good_batch(cfg, text_len=cfg.max_position_embeddings + 1)
     with pytest.raises(BatchError, match="max_position_embeddings=64"):
         validate_batch(batch, cfg)
+
+
+@pytest.mark.parametrize("over", [0.02, 0.05])
+def test_locations_just_outside_the_unit_box_are_accepted_with_one_warning(cfg, caplog, over):
+    """A box that overshoots the image border (VOLTA's loaders do not clip: 1.02 happens) is used as it is, and
+    every such value is counted in one warning; the batch itself is not changed."""
+    batch = good_batch(cfg)
+    batch["locations"][0, 1, 2] = 1 + over
+    batch["locations"][1, 3, 0] = -over / 2
+    before = batch["locations"].copy()
+    with caplog.at_level("WARNING", logger="jaxvl.models.validate"):
+        validate_batch(batch, cfg, source="f30k")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and warnings[0].startswith("f30k: field 'locations' holds 2 value(s) outside [0, 1]")
+    np.testing.assert_array_equal(batch["locations"], before)
+
+
+@pytest.mark.parametrize("value", [1.06, -0.06])
+def test_locations_beyond_the_tolerance_are_refused(cfg, caplog, value):
+    batch = good_batch(cfg)
+    batch["locations"][1, 2, 1] = value
+    with pytest.raises(BatchError, match=r"'locations' must be normalised to \[0, 1\] \(within 0.05\); example 1, "
+                                         r"region 2"):
+        validate_batch(batch, cfg)
+    assert not caplog.records

@@ -14,6 +14,13 @@ same values) and ``to_volta`` writes every alias, so a round trip is bitwise exa
 jaxvl's unscanned layout (``layer_{n}``); use ``jaxvl.models.scan_params`` / ``unscan_params`` for
 the scanned one.
 
+Two layouts of UNITER are read: VOLTA's (418 tensors at ctrl size) and that of the copy of VOLTA inside
+e-bug/cross-modal-ablation (417), whose ``UniterEmbeddings`` has no ``image_token_type_embeddings`` and looks
+the image rows up in ``token_type_embeddings`` itself: the same computation, so the missing alias is derived
+from the table it aliases. Only such a *derivable* alias may be absent. The other aliases are required: both
+codes write them, and a state dict without a shared sub-layer's vision names may equally come from another
+plan, which must not load silently. ``to_volta`` writes VOLTA's layout.
+
 Layouts: torch ``Linear.weight`` is ``[out, in]``; jaxvl dense kernels are ``[in, out]``, attention
 query/key/value kernels ``[in, heads, head_dim]`` with bias ``[heads, head_dim]``, and the attention
 output kernel ``[heads, head_dim, out]``. LayerNorm ``weight`` is jaxvl's ``scale``; ``nn.Embedding``
@@ -73,6 +80,7 @@ class _Tensor:
     ``kind``: ``copy`` (same layout), ``linear`` ([out, in] <-> [in, out]), ``qkv`` ([H*D, in] <->
     [in, H, D]; bias [H*D] <-> [H, D]), ``out`` ([out, H*D] <-> [H, D, out]). ``padded``: the jaxvl
     parameter's shape when ``pad_to_multiple_of`` pads it (``jax_shape`` plus zero rows / columns).
+    ``derivable``: an alias that a state dict may lack (module doc); it is then read from the name it aliases.
     """
 
     name: str
@@ -81,6 +89,7 @@ class _Tensor:
     jax_shape: Shape
     kind: str = "copy"
     padded: Shape | None = None
+    derivable: bool = False
 
     def to_jax(self, x: np.ndarray) -> np.ndarray:
         """VOLTA layout [``shape``] -> jaxvl layout [``padded`` or ``jax_shape``]."""
@@ -112,10 +121,10 @@ class _Builder:
         self.tensors: list[_Tensor] = []
 
     def add(self, name: str, shape: Shape, path: Path, jax_shape: Shape | None = None, kind: str = "copy",
-            padded: Shape | None = None):
+            padded: Shape | None = None, derivable: bool = False):
         jax_shape = tuple(jax_shape or shape)
         padded = None if padded is None or tuple(padded) == jax_shape else tuple(padded)
-        self.tensors.append(_Tensor(name, tuple(shape), tuple(path), jax_shape, kind, padded))
+        self.tensors.append(_Tensor(name, tuple(shape), tuple(path), jax_shape, kind, padded, derivable))
 
     def linear(self, name: str, path: Path, n_in: int, n_out: int, padded_out: int | None = None):
         """``nn.Linear(n_in, n_out)`` -> flax ``Dense`` kernel [n_in, n_out] and bias [n_out] (``padded_out``
@@ -140,9 +149,10 @@ class _Builder:
         self.add(f"{name}.weight", (size,), path + ("scale",))
         self.add(f"{name}.bias", (size,), path + ("bias",))
 
-    def emb(self, name: str, path: Path, num: int, size: int, padded_num: int | None = None):
+    def emb(self, name: str, path: Path, num: int, size: int, padded_num: int | None = None, derivable: bool = False):
         """``nn.Embedding(num, size)`` -> flax ``Embed`` table [num, size] (``padded_num`` rows in jaxvl when given)."""
-        self.add(f"{name}.weight", (num, size), path + ("embedding",), padded=(padded_num or num, size))
+        self.add(f"{name}.weight", (num, size), path + ("embedding",), padded=(padded_num or num, size),
+                 derivable=derivable)
 
 
 def _check_supported(cfg: VLConfig) -> None:
@@ -192,8 +202,10 @@ def _embeddings(b: _Builder, cfg: VLConfig):
         b.ln(f"{p}.LayerNorm", jp + ("norm",), h)
         b.linear(f"{p}.image_embeddings", jp + ("image_embeddings",), feat, vh)
         b.linear(f"{p}.image_location_embeddings", jp + ("image_location_embeddings",), cfg.num_locs, vh)
-        # An alias of token_type_embeddings (VOLTA's UniterEmbeddings with model="bert").
-        b.emb(f"{p}.image_token_type_embeddings", jp + ("token_type_embeddings",), cfg.type_vocab_size, h)
+        # An alias of token_type_embeddings (VOLTA's UniterEmbeddings with model="bert"); absent from the
+        # cross-modal-ablation copy of VOLTA, which reads token_type_embeddings directly (module doc).
+        b.emb(f"{p}.image_token_type_embeddings", jp + ("token_type_embeddings",), cfg.type_vocab_size, h,
+              derivable=True)
         b.ln(f"{p}.image_layer_norm", jp + ("image_norm",), h)
         b.ln(f"{p}.image_location_layer_norm", jp + ("image_location_norm",), h)
         b.ln(f"{p}.v_LayerNorm", jp + ("v_norm",), h)
@@ -334,17 +346,20 @@ def from_volta(state_dict: Mapping[str, Any], cfg: VLConfig, source: str = "VOLT
     ``state_dict`` maps VOLTA names (optionally prefixed ``module.``) to torch tensors or numpy arrays
     in torch layouts. The result is a nested dict of numpy arrays shaped like
     ``flax.linen.meta.unbox(model.init(...)["params"])`` (dtypes kept as given; padded tables and decoders,
-    see the module docstring, zero-padded). Raises
-    ``StateDictError`` listing every missing, unexpected and mis-shaped tensor, or naming both keys when
-    two aliases of one tied tensor hold different values.
+    see the module docstring, zero-padded). A derivable alias (UNITER's ``image_token_type_embeddings``, module
+    docstring) may be absent. Raises ``StateDictError`` listing every missing, unexpected and mis-shaped tensor, or
+    naming both keys when two aliases of one tied tensor hold different values.
     """
     tensors = _tensors(cfg)
     state = _strip_module_prefix(state_dict)
-    check_state_dict(state, {t.name: t.shape for t in tensors}, source=source)
+    derivable = tuple(t.name for t in tensors if t.derivable)  # not required; shape-checked when present
+    check_state_dict(state, {t.name: t.shape for t in tensors}, source=source, ignore=derivable)
     params: Params = {}
     first: dict[Path, tuple[str, np.ndarray]] = {}
     mismatched = []
     for t in tensors:
+        if t.name not in state:  # a derivable alias: its tensor is read under the name it aliases
+            continue
         value = _as_numpy(state[t.name])
         if t.path in first:
             name0, value0 = first[t.path]

@@ -3,32 +3,96 @@
 ``resolve_dataset("synthetic:num_images=256", ...)`` builds the source's datasets under the prepare
 directory once (JAX process 0 writes; every process waits for it on multi-host runs) and returns the
 version directory of the one of the wanted kind; a path that already holds ``dataset_info.json`` is
-returned as it is.
+returned as it is once its kind is checked: an ablation dataset handed to pretraining is an error naming
+what the directory holds, not a ``KeyError`` inside Grain. A path that does not exist is reported as
+such, not as an unknown source.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
 
 
+def _builder_names(kind: type) -> set[str]:
+    """The TFDS names of builder class ``kind`` and of every subclass of it (e.g. the synthetic world's)."""
+    names, todo = set(), [kind]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.name)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
+def _stored_name(path: str) -> str | None:
+    """The builder name a prepared dataset's ``dataset_info.json`` records; None when it cannot be read
+    (``open_split`` then reports the damaged file)."""
+    try:
+        with open(os.path.join(path, "dataset_info.json"), encoding="utf-8") as f:
+            name = json.load(f).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _reader_of(name: str) -> str | None:
+    """What a dataset called ``name`` is and which command reads it, when a jaxvl builder writes it."""
+    from jaxvl.data.builders import AblationPhrases, PretrainPairs
+    from jaxvl.data.builders.captions import CaptionImages
+
+    commands = {PretrainPairs: "jaxvl pretrain", AblationPhrases: "jaxvl ablate", CaptionImages: "jaxvl caption"}
+    return next((f"{kind.__name__}, read by `{command}`" for kind, command in commands.items()
+                 if name in _builder_names(kind)), None)
+
+
+def check_dataset_kind(path: str, kind: type) -> None:
+    """``ValueError`` unless the prepared dataset at ``path`` was written by builder class ``kind`` or a subclass
+    (the name its ``dataset_info.json`` records), naming what the directory holds and the command that reads it."""
+    name = _stored_name(path)
+    if name is None or name in _builder_names(kind):
+        return
+    what = _reader_of(name)
+    holds = f"a {name} dataset" + (f" ({what})" if what else "")
+    raise ValueError(f"config data.dataset={path!r} holds {holds}, not the {kind.__name__} dataset this task reads "
+                     f"({', '.join(sorted(_builder_names(kind)))})")
+
+
+def _not_a_dataset(spec: str, source_error: ValueError) -> Exception:
+    """The error for a ``data.dataset`` that is neither a prepared dataset nor a valid source string: the source's
+    own error when ``spec`` names a known source, else what is wrong with it as a path."""
+    from jaxvl.data.sources import SOURCES
+
+    if spec.partition(":")[0].strip() in SOURCES:
+        return ValueError(f"config data.dataset={spec!r}: {source_error}")
+    if os.path.isdir(spec):
+        return FileNotFoundError(f"config data.dataset={spec!r} is neither a prepared dataset directory (it holds no "
+                                 "dataset_info.json: give the version directory `jaxvl prepare` wrote, "
+                                 "OUT/NAME/CONFIG/VERSION) nor a source string")
+    if os.path.exists(spec):
+        return FileNotFoundError(f"config data.dataset={spec!r} is a file, not a prepared dataset directory")
+    return FileNotFoundError(f"config data.dataset={spec!r}: no such dataset directory (nor a source string: "
+                             f"sources are {', '.join(SOURCES)})")
+
+
 def resolve_dataset(spec: str, prepare_dir: str, workdir: str, kind: type) -> str:
     """The version directory of the dataset of builder class ``kind`` (e.g. ``PretrainPairs``,
     ``CaptionImages``) named by ``spec``: a prepared directory, or a ``jaxvl prepare`` source string
-    prepared under ``prepare_dir`` (default ``<workdir>/data``)."""
+    prepared under ``prepare_dir`` (default ``<workdir>/data``). A prepared directory of another kind, a path that
+    does not exist and a bad source string are ``ValueError`` / ``FileNotFoundError`` naming the cause."""
     if not spec:
         raise ValueError("config data.dataset is empty: point it at a dataset prepared by `jaxvl prepare` "
                          "(its version directory) or give a source string such as 'synthetic:num_images=256'")
     if os.path.isfile(os.path.join(spec, "dataset_info.json")):
+        check_dataset_kind(spec, kind)
         return spec
     from jaxvl.data.sources import build_source, parse_source
 
     try:
         parse_source(spec)
-    except ValueError as e:  # an unknown source name, or no source at all
-        raise FileNotFoundError(f"config data.dataset={spec!r} is neither a prepared dataset directory (with "
-                                f"dataset_info.json) nor a source ({e})") from e
+    except ValueError as e:  # a bad source string, an unknown source name, or no source at all
+        raise _not_a_dataset(spec, e) from e
     out = prepare_dir or os.path.join(workdir, "data")
     builders = [b for b in build_source(spec, out).builders if isinstance(b, kind)]
     if not builders:

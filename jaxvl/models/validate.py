@@ -2,17 +2,31 @@
 
 Every entry point calls ``validate_batch`` on its first batch (and readers on every record), so bad
 input fails with the field's name instead of an XLA trace or silently wrong numbers.
+
+Normalised locations: values up to ``LOCATION_TOLERANCE`` (0.05) outside [0, 1] are accepted and counted in
+one warning per call. Detector boxes overshoot the image border by a pixel or two, so a box divided by the
+image size reads e.g. 1.02, and VOLTA computes with such values as they are (its loaders do not clip);
+the batch is not changed here, so a model given VOLTA's inputs computes what VOLTA computes. jaxvl's own
+pipeline clips to [0, 1] when it normalises (``jaxvl.data.regions.normalised_locations``). A value further
+out is not a rounding of the border but a box that is not normalised (pixels, or the wrong image size):
+a ``BatchError``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
+from typing import NoReturn
 
 import numpy as np
 
 from jaxvl.models.volta.config import VLConfig
 
+log = logging.getLogger(__name__)
+
 REQUIRED = ("input_ids", "features", "locations")
+LOCATION_TOLERANCE = 0.05
+"""How far outside [0, 1] a normalised location may lie and still be accepted (with a warning): module doc."""
 
 
 class BatchError(ValueError):
@@ -23,7 +37,8 @@ def validate_batch(batch: Mapping, cfg: VLConfig, source: str = "batch") -> None
     """Checks shapes, ranges and finiteness of a V&L batch against ``cfg``; raises ``BatchError``.
 
     Expected: ``input_ids`` [B, Lt] ints in [0, vocab_size); ``features`` [B, Lv, v_feature_size]
-    finite; ``locations`` [B, Lv, num_locs] in [0, 1] with x2 >= x1 and y2 >= y1; optional
+    finite; ``locations`` [B, Lv, num_locs] in [0, 1] (within ``LOCATION_TOLERANCE``, with a warning: module
+    doc) with x2 >= x1 and y2 >= y1; optional
     ``token_type_ids`` [B, Lt] in [0, type_vocab_size), ``text_mask`` [B, Lt], ``region_mask`` [B, Lv].
     """
     def fail(field: str, msg: str):
@@ -58,10 +73,7 @@ def validate_batch(batch: Mapping, cfg: VLConfig, source: str = "batch") -> None
         fail("locations", f"must be [{batch_size}, {num_regions}, num_locs={cfg.num_locs}]; got shape {locs.shape}")
     if not np.all(np.isfinite(locs)):
         fail("locations", "holds NaN or Inf")
-    if locs.size and (locs.min() < 0 or locs.max() > 1):
-        where = np.argwhere((locs < 0) | (locs > 1))[0]
-        fail("locations", f"must be normalised to [0, 1]; example {where[0]}, region {where[1]} holds "
-                          f"{locs[where[0], where[1]].tolist()}")
+    _check_location_range(locs, source, fail)
     if cfg.num_locs >= 4:
         flipped = (locs[..., 2] < locs[..., 0]) | (locs[..., 3] < locs[..., 1])
         if flipped.any():
@@ -83,3 +95,18 @@ def validate_batch(batch: Mapping, cfg: VLConfig, source: str = "batch") -> None
     longest = text_len + (num_regions + 1 if cfg.image_embeddings == "vl-bert" else 0)
     if longest > cfg.max_position_embeddings:
         fail("input_ids", f"needs {longest} positions but max_position_embeddings={cfg.max_position_embeddings}")
+
+
+def _check_location_range(locs: np.ndarray, source: str, fail: Callable[[str, str], NoReturn]) -> None:
+    """Locations in [0, 1]; up to ``LOCATION_TOLERANCE`` outside: one warning counting them; further: ``fail``."""
+    outside = (locs < 0) | (locs > 1)
+    if not outside.any():
+        return
+    far = (locs < -LOCATION_TOLERANCE) | (locs > 1 + LOCATION_TOLERANCE)
+    if far.any():
+        b, r = np.argwhere(far)[0][:2]
+        fail("locations", f"must be normalised to [0, 1] (within {LOCATION_TOLERANCE}); example {b}, region {r} "
+                          f"holds {locs[b, r].tolist()}")
+    worst = float(np.max(np.maximum(-locs, locs - 1)))
+    log.warning("%s: field 'locations' holds %d value(s) outside [0, 1] by at most %.3g (within the tolerance %s); "
+                "used as they are, as VOLTA does", source, int(outside.sum()), worst, LOCATION_TOLERANCE)

@@ -11,11 +11,14 @@ One checkpoint (``<workdir>/checkpoints/<step>/``) holds three items:
 
 A save is atomic (Orbax writes to a temporary directory and renames it), so a process killed
 mid-write leaves the previous checkpoint as the latest. The caller must never hand ``save`` a state
-whose loss was not finite: the trainer checks before it saves.
+whose loss was not finite: the trainer checks before it saves. A directory the ``Checkpointer`` created
+and never wrote a checkpoint into (an initialisation that was refused, Ctrl-C before the first save) is
+removed again by ``close``, so a failed start leaves no empty ``checkpoints/`` behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -57,6 +60,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True):
         self.directory = os.path.abspath(os.fspath(directory))
+        self._created = not os.path.exists(self.directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
@@ -90,8 +94,13 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
+        """Waits for pending saves and releases the manager; removes ``directory`` when this ``Checkpointer``
+        created it and it is still empty (process 0; ``os.rmdir`` leaves a directory with anything in it)."""
         self.manager.wait_until_finished()
         self.manager.close()
+        if self._created and jax.process_index() == 0:
+            with contextlib.suppress(OSError):  # not empty: it holds checkpoints (or someone else's files)
+                os.rmdir(self.directory)
 
     # ------------------------------------------------------------------------------------ restoring
 

@@ -2,7 +2,8 @@
 V&L stage), caption XE and SCST. A task fills a ``Stage`` with its pieces; ``run_stage(stage, workdir)``
 runs the skeleton they share, in named sections:
 
-1. The workdir and its ``Checkpointer`` (``<workdir>/checkpoints``).
+1. The workdir and its ``Checkpointer`` (``<workdir>/checkpoints``, removed again if the stage ends before
+   its first checkpoint, e.g. a refused initialisation or Ctrl-C).
 2. The state: created in its shards (``stage.init_state()``), then resumed from the latest checkpoint
    (parameters, optimizer state, step, rng and the data iterator's position: exact resume), else
    initialised: from another workdir's parameters (``stage.init_from``) or the task's own way
@@ -131,11 +132,15 @@ def take_batches(data: Iterable[Mapping[str, Any]], host_to_global: Callable[[Ma
 
 
 def write_run_info(workdir: str, info: Mapping[str, Any]) -> None:
-    """``<workdir>/run.json`` (process 0 only): ``info`` as indented JSON, anything else as its ``str``."""
+    """``<workdir>/run.json`` (process 0 only): ``info`` as indented JSON, anything else as its ``str``. Written
+    whole or not at all (a temporary file renamed into place), so Ctrl-C never leaves half a ``run.json``."""
     if jax.process_index() != 0:
         return
-    with open(os.path.join(workdir, "run.json"), "w") as f:
-        json.dump(dict(info), f, indent=1, default=str)
+    path = os.path.join(workdir, "run.json")
+    text = json.dumps(dict(info), indent=1, default=str)
+    with open(f"{path}.tmp", "w") as f:
+        f.write(text)
+    os.replace(f"{path}.tmp", path)
 
 
 def resume_or_initialise(stage: Stage, ckpt: Checkpointer, data_iter: Any) -> tuple[Any, str]:

@@ -22,7 +22,8 @@ Two layouts (reference section 4.1):
 Safety: an LMDB from the internet must never reach ``pickle.loads``; the values are decoded by
 :mod:`jaxvl.data.readers.volta_records` (restricted msgpack-numpy and pickle decoding, documented there), whose
 names this module re-exports. This module holds the LMDB side: opening, the key lists, one shared environment per
-file and process, iteration and random access.
+file and process, iteration and random access. A file cut short is refused when it is opened (its size against
+what its meta page says it uses), before LMDB's memory map could read past its end and kill the process (SIGBUS).
 
 Every record passes :func:`jaxvl.data.records.check_region_features`; a bad one raises :class:`BadRecord` naming
 the file and the record, or with ``skip_bad=True`` is counted, logged and skipped (``reader.errors.skipped``).
@@ -75,18 +76,48 @@ FEATURE_KEYS_KEY = b"keys"
 
 
 def open_lmdb(path: str | os.PathLike) -> lmdb.Environment:
-    """Open an LMDB read-only, as a directory (``data.mdb`` inside) or as a single file (``subdir=False``)."""
+    """Open an LMDB read-only, as a directory (``data.mdb`` inside) or as a single file (``subdir=False``).
+
+    Raises ``FileNotFoundError`` for a missing path and ``ValueError`` naming the file for anything that is not a
+    complete LMDB (not an LMDB at all, or truncated: see :func:`_check_not_truncated`).
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such LMDB file or directory")
     subdir = os.path.isdir(path)
-    if subdir and not os.path.exists(os.path.join(path, "data.mdb")):
+    data_file = os.path.join(path, "data.mdb") if subdir else path
+    if subdir and not os.path.exists(data_file):
         raise ValueError(f"{path}: a directory without data.mdb is not an LMDB")
+    if os.path.getsize(data_file) == 0:
+        raise ValueError(f"{data_file}: the file is empty (0 bytes), not an LMDB")
     try:
-        return lmdb.open(path, subdir=subdir, readonly=True, lock=False, readahead=False, meminit=False,
-                         max_readers=256)
+        env = lmdb.open(path, subdir=subdir, readonly=True, lock=False, readahead=False, meminit=False,
+                        max_readers=256)
     except lmdb.Error as e:
         raise ValueError(f"{path}: cannot open as an LMDB ({e})") from e
+    try:
+        _check_not_truncated(env, data_file)
+    except ValueError:
+        env.close()
+        raise
+    return env
+
+
+def _check_not_truncated(env: lmdb.Environment, data_file: str) -> None:
+    """``ValueError`` naming ``data_file`` when it is shorter than its own meta page says it is.
+
+    LMDB reads its pages through a memory map, so a read past the end of a file that was cut short (an
+    interrupted copy or download) kills the process with SIGBUS instead of raising. The newest of the two meta
+    pages (pages 0 and 1, which ``lmdb.open`` has already read with ``pread``) records the last page the
+    database uses (``last_pgno``) and the page size (``psize``): a sound file holds at least
+    ``(last_pgno + 1) * psize`` bytes. Nothing beyond the meta pages is read here.
+    """
+    pages, page_size = env.info()["last_pgno"] + 1, env.stat()["psize"]
+    needed, size = pages * page_size, os.path.getsize(data_file)
+    if size < needed:
+        raise ValueError(f"{data_file}: truncated LMDB: the file has {size} bytes but its header says it uses "
+                         f"{pages} pages of {page_size} bytes ({needed} bytes); it was cut short (an interrupted "
+                         "copy or download?)")
 
 
 def _key_text(key: bytes) -> str:

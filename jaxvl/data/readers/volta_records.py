@@ -172,7 +172,8 @@ def _check_rows(arr: np.ndarray | None, name: str, num_boxes: int) -> None:
 
 def parse_cc_datapoint(dp: Any, source: str, feature_dim: int | None = VOLTA_FEATURE_DIM,
                        num_classes: int | None = VOLTA_NUM_CLASSES) -> CaptionPair:
-    """One decoded datapoint (see :data:`CC_FIELDS`) -> checked :class:`CaptionPair`; ``ValueError`` if unusable.
+    """One decoded datapoint (see :data:`CC_FIELDS`) -> checked :class:`CaptionPair`; ``ValueError`` if unusable
+    (an empty or blank caption included, as the TSV + caption JSON path refuses it).
 
     ``attr_scores`` is read for its shape only: :class:`RegionFeatures` has no field for it.
     """
@@ -200,8 +201,11 @@ def parse_cc_datapoint(dp: Any, source: str, feature_dim: int | None = VOLTA_FEA
     rec = RegionFeatures(image_id=image_id, image_h=_as_int(f["h"], "h"), image_w=_as_int(f["w"], "w"),
                          boxes=boxes, features=features, cls_prob=opt["cls_prob"], objects_id=opt["objects_id"],
                          objects_conf=opt["objects_conf"], attrs_id=opt["attrs_id"], attrs_conf=opt["attrs_conf"])
+    caption = _as_text(f["caption"], "caption")
+    if not caption.strip():
+        raise ValueError(f"caption is empty ({caption!r}); a pair needs text")
     check_region_features(rec, source, feature_dim=feature_dim, num_classes=num_classes)
-    return CaptionPair(regions=rec, caption=_as_text(f["caption"], "caption"))
+    return CaptionPair(regions=rec, caption=caption)
 
 
 # ---------------------------------------------------------------------------------------------------------------
