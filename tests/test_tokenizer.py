@@ -168,3 +168,33 @@ def test_vocab_file_keeps_line_ids(tmp_path):
     path = tmp_path / "vocab.txt"
     path.write_bytes("\r\n".join(tokens).encode("utf-8"))
     assert read_vocab_file(path) == tokens
+
+
+def test_hf_tokenizer_json_is_the_same_vocabulary(tmp_path, real, minilm_vocab):
+    """``data.vocab_file`` may be the model's HF ``tokenizer.json``: the same tokens and ids as its ``vocab.txt``;
+    a tokenizer.json of another kind, or with gaps in its ids, is refused naming the file."""
+    path = tmp_path / "tokenizer.json"
+    with zipfile.ZipFile(minilm_zip()) as zf:
+        path.write_bytes(zf.read("tokenizer.json"))
+    from_json, from_txt = Tokenizer.from_vocab_file(path), real[0]
+    assert from_json.vocab_size == from_txt.vocab_size and from_json.mask_id == from_txt.mask_id
+    text = "a man rides a Horse, near two dogs!"
+    assert from_json.encode(text, 16)[0].tolist() == from_txt.encode(text, 16)[0].tolist()
+    bpe = tmp_path / "bpe.json"
+    bpe.write_text(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}}}), encoding="utf-8")
+    with pytest.raises(ValueError, match="bpe.json: expected a WordPiece"):
+        Tokenizer.from_vocab_file(bpe)
+    gaps = tmp_path / "gaps.json"
+    gaps.write_text(json.dumps({"model": {"type": "WordPiece", "vocab": {"[PAD]": 0, "x": 2}}}), encoding="utf-8")
+    with pytest.raises(ValueError, match="gaps.json: model.vocab ids are not 0..1"):
+        Tokenizer.from_vocab_file(gaps)
+
+
+def test_dataset_without_words_names_the_config_key():
+    """A prepared dataset with no word list of its own (real captions) needs ``data.vocab_file``: the error says so."""
+    from types import SimpleNamespace
+
+    from jaxvl.data.grain import tokenizer_for
+
+    with pytest.raises(ValueError, match="set --config.data.vocab_file=PATH"):
+        tokenizer_for(SimpleNamespace(metadata={}, full_name="jaxvl_volta_cc/default/1.0.0"))

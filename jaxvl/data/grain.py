@@ -58,13 +58,16 @@ def open_split(dataset: str | os.PathLike, split: str, data_dir: str | os.PathLi
 
 
 def tokenizer_for(info: tfds.core.DatasetInfo, vocab_file: str | os.PathLike | None = None) -> Tokenizer:
-    """The tokenizer of a dataset: from ``vocab_file`` when given (e.g. bert-base-uncased's ``vocab.txt``),
-    else from the word list the dataset's metadata carries (the synthetic world's vocabulary)."""
+    """The tokenizer of a dataset: from ``vocab_file`` when given (e.g. bert-base-uncased's ``vocab.txt`` or its
+    HF ``tokenizer.json``), else from the word list the dataset's metadata carries (the synthetic world's
+    vocabulary). A dataset without one needs the config key ``data.vocab_file``: the error names it."""
     if vocab_file is not None:
         return Tokenizer.from_vocab_file(vocab_file)
     words = (info.metadata or {}).get("words")
     if not words:
-        raise ValueError(f"dataset {info.full_name} carries no word list in its metadata; pass a vocabulary file")
+        raise ValueError(f"dataset {info.full_name} carries no word list of its own: set --config.data.vocab_file="
+                         f"PATH, the vocabulary its text was written for (a BERT vocab.txt, e.g. bert-base-uncased's, "
+                         f"or its HF tokenizer.json)")
     return Tokenizer.from_words(words)
 
 

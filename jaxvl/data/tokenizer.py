@@ -8,9 +8,10 @@ and ablation script; reference section 4.1).
 
 Two ways to build one:
 
-- ``Tokenizer.from_vocab_file(path)``: a BERT ``vocab.txt`` (one token per line, the line number is
-  the id). Special-token ids are looked up in the vocabulary, never assumed (bert-base-uncased has
-  ``[PAD]`` 0, ``[UNK]`` 100, ``[CLS]`` 101, ``[SEP]`` 102, ``[MASK]`` 103).
+- ``Tokenizer.from_vocab_file(path)``: a BERT ``vocab.txt`` (one token per line, the line number is the id)
+  or the same vocabulary's HF ``tokenizer.json`` (``model.vocab``). Special-token ids are looked up in the
+  vocabulary, never assumed (bert-base-uncased has ``[PAD]`` 0, ``[UNK]`` 100, ``[CLS]`` 101, ``[SEP]`` 102,
+  ``[MASK]`` 103).
 - ``Tokenizer.from_words(words)``: the synthetic world's closed vocabulary. The special tokens come
   first (``[PAD]`` 0, ``[UNK]`` 1, ``[CLS]`` 2, ``[SEP]`` 3, ``[MASK]`` 4), then the words in the given
   order, so padding with 0 (as VOLTA does) pads with ``[PAD]``.
@@ -57,6 +58,29 @@ def read_vocab_file(path: str | os.PathLike) -> list[str]:
     return tokens
 
 
+def read_tokenizer_json(path: str | os.PathLike) -> list[str]:
+    """The tokens of a HF ``tokenizer.json`` of a WordPiece (BERT) tokenizer, in id order (``model.vocab``:
+    token -> id, ids 0..V-1 without gaps). Another tokenizer kind, or gaps, raise ``ValueError`` naming the file."""
+    import json
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"vocabulary file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            model = json.load(f).get("model") or {}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a HF tokenizer.json ({e})") from None
+    vocab = model.get("vocab")
+    if model.get("type") != "WordPiece" or not isinstance(vocab, dict) or not vocab:
+        raise ValueError(f"{path}: expected a WordPiece (BERT) tokenizer.json with a model.vocab table; got model "
+                         f"type {model.get('type')!r}")
+    tokens = sorted(vocab, key=vocab.get)
+    if [vocab[t] for t in tokens] != list(range(len(tokens))):
+        raise ValueError(f"{path}: model.vocab ids are not 0..{len(tokens) - 1} without gaps")
+    return tokens
+
+
 class Tokenizer:
     """BERT WordPiece (uncased) over a fixed vocabulary; ids equal ``BertTokenizerFast``'s.
 
@@ -94,8 +118,10 @@ class Tokenizer:
 
     @classmethod
     def from_vocab_file(cls, path: str | os.PathLike) -> Tokenizer:
-        """From a BERT ``vocab.txt`` (e.g. bert-base-uncased's 30,522 lines)."""
-        return cls(read_vocab_file(path), source=os.fspath(path))
+        """From a BERT ``vocab.txt`` (e.g. bert-base-uncased's 30,522 lines) or a HF ``tokenizer.json`` (by its
+        ``.json`` suffix) of the same vocabulary."""
+        read = read_tokenizer_json if os.fspath(path).endswith(".json") else read_vocab_file
+        return cls(read(path), source=os.fspath(path))
 
     @classmethod
     def from_words(cls, words: Iterable[str]) -> Tokenizer:
