@@ -18,7 +18,8 @@ Sources (``jaxvl.data.sources``, which documents each one and the region options
   image-caption pair) and ``jaxvl_synthetic_ablation`` (one example per grounded phrase), each with
   ``train`` and ``val`` splits, under ``<out>/<dataset>/<config>/1.0.0``.
 - ``volta-cc:LMDB_DIR_OR_FILE[,val=LMDB]``: VOLTA's Conceptual Captions LMDBs -> ``jaxvl_pretrain_pairs``
-  (``train``, and ``val`` from ``val=`` or a ``validation_feat_all.lmdb`` next to the train LMDB).
+  (``train``, and ``val`` from ``val=`` or a ``validation_feat_all.lmdb`` next to the train LMDB); captions
+  are the ones stored in the LMDB records (VOLTA's caption json files are not read).
 - ``tsv:FEATURES.tsv,captions=CAPTIONS.json[,val=VAL.tsv,val_captions=VAL.json]``: a bottom-up-attention
   TSV and VOLTA's caption json -> ``jaxvl_pretrain_pairs``.
 - ``flickr30k-entities:ROOT,features=FEATURE_LMDB|TSV|NPZ_DIR[,split=val]``: Flickr30k Entities phrases

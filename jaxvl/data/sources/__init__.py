@@ -14,7 +14,8 @@ Sources (``SOURCES`` maps each name to its builder factory; one small function p
 - ``volta-cc:LMDB[,val=LMDB]``: pretraining pairs from VOLTA's Conceptual Captions LMDBs
   (``jaxvl.data.readers.volta_lmdb.ConceptualCaptionsLMDB``), ``train`` from LMDB and ``val`` from
   ``val=``. LMDB is an LMDB file or directory, or a directory holding VOLTA's ``training_feat_all.lmdb``
-  (and ``validation_feat_all.lmdb``, picked up as ``val`` unless ``val=`` says otherwise);
+  (and ``validation_feat_all.lmdb``, picked up as ``val`` unless ``val=`` says otherwise). The caption
+  of each pair is the one stored in its LMDB record; VOLTA's caption json files are not read;
 - ``tsv:FEATURES.tsv,captions=CAPTIONS.json[,val=VAL.tsv][,val_captions=VAL.json]``: pretraining pairs
   from a bottom-up-attention TSV (``TsvFeatureReader``) and VOLTA's caption json ``{image_id: caption}``
   (a value may be a list of captions: one pair each). A TSV image with no caption is a bad record;
@@ -183,7 +184,8 @@ SOURCES: dict[str, SourceEntry] = {
         options=None, needs_path=False),
     "volta-cc": SourceEntry(
         volta_cc_source, "volta-cc:LMDB_DIR_OR_FILE[,val=LMDB][,num_regions=36,...]",
-        "pretraining pairs (train/val) from VOLTA's Conceptual Captions LMDBs",
+        "pretraining pairs (train/val) from VOLTA's Conceptual Captions LMDBs; the caption is the one stored in "
+        "each LMDB record (VOLTA's caption json files are not read: use tsv: for captions from a json)",
         options=_FILE_OPTIONS | {"val"}),
     "tsv": SourceEntry(
         tsv_source, "tsv:FEATURES.tsv,captions=CAPTIONS.json[,val=VAL.tsv,val_captions=VAL.json][,num_regions=36,...]",
