@@ -11,7 +11,7 @@ from flax import linen as nn
 from jaxvl.benchmarks.pretrain import CLS_ID, MASK_ID, SEP_ID, make_batch
 from jaxvl.models import get_model
 from jaxvl.models.volta.plan import LIST_KEYS, MAP_KEYS
-from jaxvl.models.volta.presets import PRESETS, _single_stream_plan, tiny_overrides
+from jaxvl.models.volta.presets import PRESETS, single_stream_plan, tiny_overrides
 from jaxvl.pretrain.flops import (
     dot_flops,
     embedding_flops,
@@ -40,7 +40,7 @@ def _forward(model):
 def test_hand_count_one_layer_single_stream():
     # UNITER at the tiny widths (hidden 32, 4 heads, FFN 37, vocab 99, 24-d features, 24-d poolers, 1601 MRC-KL
     # classes), one [joint attention, feed-forward] layer, 5 tokens and 3 region rows (8 positions in one stream).
-    model = get_model("uniter", tiny=True, **_single_stream_plan(1).to_dict())
+    model = get_model("uniter", tiny=True, **single_stream_plan(1).to_dict())
     hand = {
         "embeddings": 2 * 3 * 24 * 32 + 2 * 3 * 5 * 32,  # W_f f and W_l l on 3 regions (5-d boxes)
         "attention_projections": 4 * (2 * 8 * 32 * 32),  # Q, K, V, O on all 8 positions

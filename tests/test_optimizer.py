@@ -8,7 +8,7 @@ import pytest
 from flax import linen as nn
 
 from jaxvl.models import get_model
-from jaxvl.models.volta.presets import _single_stream_plan
+from jaxvl.models.volta.presets import single_stream_plan
 from jaxvl.pretrain.optimizer import OptimizerConfig, decay_mask, learning_rate_schedule, make_optimizer
 from jaxvl.runtime.state import current_learning_rate
 
@@ -24,7 +24,7 @@ def flat_mask(params):
 
 
 def test_decay_mask_of_a_tiny_uniter():
-    params = nn.meta.unbox(abstract_params("uniter", **_single_stream_plan(1).to_dict()))
+    params = nn.meta.unbox(abstract_params("uniter", **single_stream_plan(1).to_dict()))
     decayed = {
         "bert/embeddings/image_embeddings/kernel", "bert/embeddings/image_location_embeddings/kernel",
         "bert/embeddings/position_embeddings/embedding", "bert/embeddings/token_type_embeddings/embedding",

@@ -21,7 +21,7 @@ from jaxvl.data.regions import region_inputs
 from jaxvl.data.synthetic import World, WorldConfig
 from jaxvl.data.tokenizer import Tokenizer
 from jaxvl.models import get_model
-from jaxvl.models.volta.presets import _lxmert_plan, _single_stream_plan
+from jaxvl.models.volta.presets import lxmert_plan, single_stream_plan
 from jaxvl.pretrain.loss import ObjectiveConfig, pretraining_loss
 from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.pretrain.step import init_state, jit_train_step, state_shardings, train_step
@@ -37,7 +37,7 @@ MESHES = {"single": (1, 1, 1), "data": (8, 1, 1), "fsdp": (1, 8, 1), "tensor": (
 # dims do not divide over 8 and stay replicated). 20 object classes: the synthetic world's detector.
 SIZES = dict(vocab_size=1024, hidden_size=64, v_hidden_size=64, intermediate_size=128, v_intermediate_size=128,
              v_feature_size=24, num_object_classes=20, visual_target_weights={"0": 1.0, "3": 0.5, "1": 0.1})
-PLANS = {"uniter": _single_stream_plan(1), "lxmert": _lxmert_plan(l_layers=1, r_layers=1, x_layers=1, bert_layers=2)}
+PLANS = {"uniter": single_stream_plan(1), "lxmert": lxmert_plan(l_layers=1, r_layers=1, x_layers=1, bert_layers=2)}
 # Same parameters and same random bits on every mesh (threefry is partitionable), so runs differ only in
 # the order of float32 sums (sharded matmuls and reductions, all-reduces): ~1e-7 relative per op; after 3
 # Adam steps (lr 1e-3) the loss agrees to ~1e-6, so 1e-5 (about 100 float32 ulps) leaves margin.

@@ -86,6 +86,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     cfg.seed = 42  # VOLTA's default seed
     cfg.steps = 0  # optimizer updates; 0: derived from `epochs` and the train split's size
     cfg.epochs = 10.0
+    # Gradient accumulation: each update averages the gradients of this many microbatches of
+    # data.batch_size / grad_accum_steps rows (the global batch must divide); 1: one pass over the batch.
+    cfg.grad_accum_steps = 1
 
     cfg.model = ConfigDict(dict(
         name=args.model,
@@ -96,6 +99,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
         # Vocabulary and class heads padded to a multiple of this (e.g. 128, so the word table shards over
         # mesh.tensor); exact at any value: the padding is sliced off every output, export and param count.
         pad_to_multiple_of=1,
+        # Activation rematerialisation in the backward pass: "none" (keep every activation), "full" (recompute
+        # each encoder sub-layer / scanned block) or "dots" (keep only matmul outputs, recompute the rest).
+        remat="none",
         visual_target_weights={"3": 1.0} if "xent" in variants else {"0": 1.0},
     ))
 

@@ -4,6 +4,11 @@ Logical axes used across jaxvl (mapped to mesh axes by the trainer's rules):
 ``embed`` (model width), ``heads`` and ``kv`` (attention heads and head size), ``mlp`` (feed-forward
 width), ``vocab`` (token and type tables), ``feature`` (region feature width), ``pooler``,
 ``classes`` (head outputs), ``layers`` (the stacked axis of scanned segments).
+
+Activations carry logical axes too (``jaxvl.runtime.sharding.constrain``): ``constrain_stream`` splits a
+stream [B, L, hidden] over the batch axes only (parameters split ``embed`` over 'fsdp'; activations never
+do), and ``Embed`` looks rows up in its table as FSDP gathers it. Outside a sharded step (no rules in
+context) both are no-ops.
 """
 
 from __future__ import annotations
@@ -14,7 +19,11 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxvl.runtime.sharding import constrain, constrain_gathered
+
 Axes = tuple[str | None, ...]
+
+STREAM_AXES: Axes = ("batch", None, None)  # a stream [B, L, hidden]
 
 
 def normal_init(stddev: float, axes: Axes):
@@ -42,10 +51,24 @@ def layer_norm(eps: float, *, axis_name: str = "embed", name: str | None = None)
     )
 
 
+class Embed(nn.Embed):
+    """``nn.Embed`` (same parameter, same values) whose lookup reads the table as FSDP gathers it
+    (``constrain_gathered`` with the table's logical ``axes``), so that under a sharded step the rows it
+    returns [..., features] follow the ids' batch split rather than the table's split of ``embed``."""
+
+    axes: Axes = ("vocab", "embed")
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        if self.num_embeddings == 1 or not jnp.issubdtype(inputs.dtype, jnp.integer):
+            return super().__call__(inputs)
+        table = constrain_gathered(self.embedding, self.axes)
+        return jnp.take(table if self.dtype is None else table.astype(self.dtype), inputs, axis=0)
+
+
 def embed(num: int, features: int, *, name: str | None = None, stddev: float = 0.02,
-          axes: Axes = ("vocab", "embed"), dtype: str = "float32") -> nn.Embed:
-    return nn.Embed(num, features, dtype=jnp.dtype(dtype), param_dtype=jnp.float32, name=name,
-                    embedding_init=normal_init(stddev, axes))
+          axes: Axes = ("vocab", "embed"), dtype: str = "float32") -> Embed:
+    return Embed(num, features, dtype=jnp.dtype(dtype), param_dtype=jnp.float32, name=name,
+                 embedding_init=normal_init(stddev, axes), axes=axes)
 
 
 def activation(name: str):
@@ -63,3 +86,8 @@ def dropout(module: nn.Module, x: jax.Array, rate: float, deterministic: bool) -
         return x
     keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def constrain_stream(x: jax.Array) -> jax.Array:
+    """A stream [B, L, hidden] split over the batch axes only (``STREAM_AXES``)."""
+    return constrain(x, STREAM_AXES)

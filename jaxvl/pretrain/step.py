@@ -30,25 +30,40 @@ from jax.sharding import Mesh, NamedSharding
 from jaxvl.models.volta.model import VLBertForPreTraining
 from jaxvl.pretrain.loss import Batch, ObjectiveConfig, pretraining_loss
 from jaxvl.runtime.compile import jit_step
-from jaxvl.runtime.sharding import DEFAULT_RULES, Rules
+from jaxvl.runtime.sharding import DEFAULT_RULES, Rules, activation_rules
 from jaxvl.runtime.state import TrainState, apply_gradients, boxed_shardings, boxed_state_init, init_sharded
 
 INIT_INPUTS = ("input_ids", "features", "locations")
 
 
 def train_step(state: TrainState, batch: Batch, *, model: VLBertForPreTraining, ocfg: ObjectiveConfig,
-               tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+               tx: optax.GradientTransformation, accumulate_steps: int = 1, rules: Rules = DEFAULT_RULES,
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One pretraining update on the global ``batch`` (``jaxvl.data.grain`` fields, [B, ...]), dropout on.
 
     Metrics (float32 []): ``loss`` and its parts (``mlm``, ``itm``, ``mrc_kl``, ...; see
     ``pretraining_loss``), ``grad_norm`` (global norm before clipping) and ``lr`` (the learning rate
     this update used, when ``tx`` is a ``make_optimizer`` transformation).
+
+    The model runs under ``runtime.sharding.activation_rules(rules)``, so under a mesh its activation
+    constraints resolve with the parameters' rules: the streams split over the batch axes only, embedding
+    tables read as FSDP gathers them (``jaxvl.models.layers``).
+
+    ``accumulate_steps`` k > 1: the gradient is the mean of k microbatches' gradients ([B/k, ...] each, rows
+    ``j, j + k, ...``; ``runtime.state.apply_gradients``), then one update; k must divide B. This is a
+    different sample of the same objective, not the k = 1 update computed in pieces: each microbatch draws
+    its own masking, negatives and dropout (key ``fold_in(step key, j)``), ITM negatives are swapped within a
+    microbatch, and MLM, MRC-KL, MRC-XE and MRFR are means over the microbatch's masked tokens / regions (a
+    mean of k ratios, not the ratio of the sums). Only ITM (a mean over examples) would match, given the same
+    draws. The equality of accumulated and large-batch updates holds for per-example-mean losses without
+    randomness (tested with ``apply_gradients``).
     """
 
     def loss_fn(params, batch, rng):
         return pretraining_loss(model, params, batch, rng, ocfg, deterministic=False)
 
-    return apply_gradients(state, batch, loss_fn, tx)
+    with activation_rules(rules):
+        return apply_gradients(state, batch, loss_fn, tx, accumulate_steps)
 
 
 def boxed_init(model: VLBertForPreTraining, tx: optax.GradientTransformation,
@@ -83,10 +98,13 @@ def init_state(model: VLBertForPreTraining, tx: optax.GradientTransformation, rn
 
 def jit_train_step(model: VLBertForPreTraining, ocfg: ObjectiveConfig, tx: optax.GradientTransformation, mesh: Mesh,
                    state_shardings: TrainState, batch_sharding: NamedSharding | Mapping[str, NamedSharding],
-                   compiler_options: dict[str, Any] | None = None,
+                   compiler_options: dict[str, Any] | None = None, *, accumulate_steps: int = 1,
+                   rules: Rules = DEFAULT_RULES,
                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """``train_step`` under ``jax.jit``: state in and out with ``state_shardings`` (the input state is
     donated: do not reuse it after the call), the batch with ``batch_sharding`` (one sharding for every
-    field, or a dict), metrics replicated. ``compiler_options``: XLA options (see ``FAST_COMPILE``)."""
-    fn = functools.partial(train_step, model=model, ocfg=ocfg, tx=tx)
+    field, or a dict), metrics replicated. ``compiler_options``: XLA options (see ``FAST_COMPILE``).
+    ``accumulate_steps``: gradient accumulation over that many microbatches (``train_step``); ``rules``: the
+    logical rules ``state_shardings`` were made with (they also place the activations)."""
+    fn = functools.partial(train_step, model=model, ocfg=ocfg, tx=tx, accumulate_steps=accumulate_steps, rules=rules)
     return jit_step(fn, mesh, state_shardings, batch_sharding, compiler_options)

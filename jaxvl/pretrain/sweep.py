@@ -241,9 +241,10 @@ def visual_weights(model_cfg: VLConfig, hp: SweepHParams) -> dict[str, jax.Array
 
 
 def _member_step(state: SweepState, batch: Batch, *, model: VLBertForPreTraining, ocfg: ObjectiveConfig,
-                 tx: optax.GradientTransformation) -> tuple[SweepState, dict[str, jax.Array]]:
+                 tx: optax.GradientTransformation, accumulate_steps: int = 1,
+                 ) -> tuple[SweepState, dict[str, jax.Array]]:
     """``step.train_step`` for one member (an unstacked ``state``): its settings from ``state.hparams``,
-    its peak learning rate put into the optimizer state, then ``step.apply_gradients``."""
+    its peak learning rate put into the optimizer state, then ``runtime.state.apply_gradients``."""
     hp = state.hparams
 
     def loss_fn(params, batch, rng):
@@ -252,18 +253,22 @@ def _member_step(state: SweepState, batch: Batch, *, model: VLBertForPreTraining
                                 visual_weights=visual_weights(model.cfg, hp))
 
     state = state.replace(opt_state=set_peak_learning_rate(state.opt_state, hp.learning_rate))
-    return apply_gradients(state, batch, loss_fn, tx)
+    return apply_gradients(state, batch, loss_fn, tx, accumulate_steps)
 
 
 def sweep_train_step(state: SweepState, batch: Batch, *, model: VLBertForPreTraining, ocfg: ObjectiveConfig,
-                     tx: optax.GradientTransformation) -> tuple[SweepState, dict[str, jax.Array]]:
+                     tx: optax.GradientTransformation, accumulate_steps: int = 1,
+                     ) -> tuple[SweepState, dict[str, jax.Array]]:
     """One update of every member on the shared global ``batch`` ([B, ...], not stacked), dropout on.
 
     ``tx``: a ``make_optimizer(cfg, injected_peak=True)`` transformation (the members' peaks come from
     ``state.hparams.learning_rate``). ``ocfg``: the shared static settings (its probabilities and
     threshold are replaced by the members'). Metrics: those of ``step.train_step``, float32 [K] each.
+    ``accumulate_steps``: each member's gradient averaged over that many microbatches of the shared batch
+    (``step.train_step``'s caveats apply). Unlike ``step.train_step``, no logical rules are in context, so the
+    model's activation constraints are off in a sweep (the members' rules may leave out the member axis).
     """
-    fn = functools.partial(_member_step, model=model, ocfg=ocfg, tx=tx)
+    fn = functools.partial(_member_step, model=model, ocfg=ocfg, tx=tx, accumulate_steps=accumulate_steps)
     return jax.vmap(fn, in_axes=(_AXES, None), out_axes=(_AXES, 0))(state, batch)
 
 
@@ -334,13 +339,14 @@ def init_sweep_state(model: VLBertForPreTraining, tx: optax.GradientTransformati
 
 def jit_sweep_step(model: VLBertForPreTraining, ocfg: ObjectiveConfig, tx: optax.GradientTransformation, mesh: Mesh,
                    state_shardings: SweepState, batch_sharding: NamedSharding | Mapping[str, NamedSharding],
-                   compiler_options: dict[str, Any] | None = None,
+                   compiler_options: dict[str, Any] | None = None, *, accumulate_steps: int = 1,
                    ) -> Callable[[SweepState, Batch], tuple[SweepState, dict[str, jax.Array]]]:
     """``sweep_train_step`` under ``jax.jit`` like ``step.jit_train_step``: the state in and out with
     ``state_shardings`` (donated: do not reuse the input state), the batch with ``batch_sharding``,
-    metrics [K] replicated. Compile it ahead of time with ``step.compile_step``."""
-    return jit_step(functools.partial(sweep_train_step, model=model, ocfg=ocfg, tx=tx), mesh, state_shardings,
-                    batch_sharding, compiler_options)
+    metrics [K] replicated. Compile it ahead of time with ``step.compile_step``. ``accumulate_steps``: see
+    ``sweep_train_step``."""
+    fn = functools.partial(sweep_train_step, model=model, ocfg=ocfg, tx=tx, accumulate_steps=accumulate_steps)
+    return jit_step(fn, mesh, state_shardings, batch_sharding, compiler_options)
 
 
 def unstack_member(state: SweepState, k: int) -> TrainState:

@@ -11,7 +11,8 @@ init, step, evaluation; sections 1-2 below) and ``jaxvl.runtime.stage.run_stage`
 3. State: resumed from the stage's latest checkpoint (parameters, optimizer state, step, rng and
    the data iterator's position), else initialised in its shards (random, BERT text stream, a jaxvl
    checkpoint or a VOLTA state dict).
-4. The train step compiled ahead of time, its per-device memory printed.
+4. The train step compiled ahead of time (its gradient accumulated over ``grad_accum_steps`` microbatches when
+   that is above 1), its per-device memory printed.
 5. The loop: a progress bar, metrics per step to JSONL and TensorBoard (fetched one step late, so
    the host never waits on the step it just dispatched), periodic evaluation, asynchronous
    checkpoints. A non-finite loss or gradient stops the run naming the step and the last good
@@ -76,6 +77,17 @@ def fit_model_to_data(cfg: ConfigDict, info: Any, tokenizer: Tokenizer, dataset:
         raise ValueError(f"model {cfg.model.name!r} does not match dataset {dataset}: {'; '.join(bad)} "
                          f"(set model.fit_data=True to size the model from the data)")
     return {}
+
+
+def grad_accum_steps(cfg: ConfigDict) -> int:
+    """``cfg.grad_accum_steps`` (default 1), checked against ``data.batch_size`` before anything is built."""
+    steps = cfg.get("grad_accum_steps", 1)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"config grad_accum_steps={steps!r}; expected a positive int")
+    if cfg.data.batch_size % steps:
+        raise ValueError(f"config grad_accum_steps={steps} does not divide data.batch_size={cfg.data.batch_size} "
+                         f"(each update averages grad_accum_steps microbatches of batch_size / grad_accum_steps rows)")
+    return steps
 
 
 def vision_only_batch(batch: Mapping[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
@@ -184,6 +196,7 @@ def pretrain_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, ini
     1-5). ``init_from``: a workdir whose parameters start the stage (else ``cfg.init``); ``run_dir``: the
     run's top directory, where a source string's data is prepared (default ``workdir``)."""
     compiler_options = FAST_COMPILE if cfg.fast_compile else None
+    accumulate = grad_accum_steps(cfg)
 
     # ----------------------------------------------------------------------------------- data
     from jaxvl.data.builders.pretrain import PretrainPairs
@@ -196,7 +209,8 @@ def pretrain_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, ini
     # -------------------------------------------------------------------- model and optimizer
     model = get_model(cfg.model.name, cfg.model.tiny, dtype=cfg.model.dtype, scan_layers=cfg.model.scan_layers,
                       visual_target_weights=dict(cfg.model.visual_target_weights),
-                      pad_to_multiple_of=cfg.model.get("pad_to_multiple_of", 1), **fitted)
+                      pad_to_multiple_of=cfg.model.get("pad_to_multiple_of", 1),
+                      remat=cfg.model.get("remat", "none"), **fitted)
     stage_cfg = cfg.vision_stage if vision_only else cfg
     steps = int(stage_cfg.steps) or math.ceil(stage_cfg.epochs * len(source) / cfg.data.batch_size)
     opt_cfg = OptimizerConfig(total_steps=steps, **cfg.optimizer.to_dict())
@@ -225,13 +239,15 @@ def pretrain_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, ini
     # ------------------------------------------------------------------------------ the state
     if members:
         shardings = sweep.sweep_state_shardings(model, tx, example, mesh, len(members))
-        jitted = sweep.jit_sweep_step(model, ocfg, tx, mesh, shardings, batch_sharding(mesh), compiler_options)
+        jitted = sweep.jit_sweep_step(model, ocfg, tx, mesh, shardings, batch_sharding(mesh), compiler_options,
+                                      accumulate_steps=accumulate)
 
         def fresh_state() -> Any:
             return sweep.init_sweep_state(model, tx, members, example, mesh, compiler_options=compiler_options)
     else:
         shardings = make_state_shardings(model, tx, example, mesh)
-        jitted = jit_train_step(model, ocfg, tx, mesh, shardings, batch_sharding(mesh), compiler_options)
+        jitted = jit_train_step(model, ocfg, tx, mesh, shardings, batch_sharding(mesh), compiler_options,
+                                accumulate_steps=accumulate)
 
         def fresh_state() -> Any:
             return init_state(model, tx, jax.random.key(cfg.seed), example, mesh, compiler_options=compiler_options)
@@ -317,5 +333,5 @@ def pretrain(cfg: ConfigDict, workdir: str) -> list[StageResult]:
     return [first, run_stage(cfg, vl_dir, init_from=vision_dir, run_dir=workdir)]
 
 
-__all__ = ["finish_sweep", "fit_model_to_data", "initial_params", "pretrain", "pretrain_evaluation",
+__all__ = ["finish_sweep", "fit_model_to_data", "grad_accum_steps", "initial_params", "pretrain", "pretrain_evaluation",
            "pretrain_stage", "run_stage", "vision_only_batch"]

@@ -22,10 +22,17 @@ taken), with two differences: a name may appear twice in one parameter (the head
 kernels are ``('embed', 'embed')``, which flax's resolver rejects) and a dim whose size does not
 divide over a rule's mesh axes skips that rule (a later rule may still place it; otherwise it is
 replicated) and the skip is logged at INFO instead of failing at ``device_put``.
+
+Activations follow the same rules inside a step traced under ``activation_rules`` and a mesh
+(``jax.set_mesh``): models call ``constrain`` (e.g. a stream [B, L, H] as ``("batch", None, None)``: rows over
+the data axes) and ``constrain_gathered`` (a parameter at its use, as FSDP all-gathers it); outside such a
+step both return their input untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -165,6 +172,66 @@ def bytes_per_device(tree: Any, shardings: Any) -> int:
     return total
 
 
+_ACTIVATION_RULES: contextvars.ContextVar[Rules | None] = contextvars.ContextVar("activation_rules", default=None)
+
+
+@contextlib.contextmanager
+def activation_rules(rules: Rules = DEFAULT_RULES) -> Iterator[None]:
+    """Within this context (while a step is traced), ``constrain`` places activations by ``rules``.
+
+    jaxvl's own context rather than ``nn.logical_axis_rules``: under flax's, every boxed parameter init
+    constrains its value while flax checks parameter shapes, which fails for ``DenseGeneral``'s flattened
+    kernels (a rank-2 value with rank-3 names)."""
+    token = _ACTIVATION_RULES.set(rules)
+    try:
+        yield
+    finally:
+        _ACTIVATION_RULES.reset(token)
+
+
+def rules_in_context() -> Rules | None:
+    """The rules of the innermost ``activation_rules`` context, or None outside any."""
+    return _ACTIVATION_RULES.get()
+
+
+def constrain(x: jax.Array, names: Sequence[str | None], rules: Rules | None = None) -> jax.Array:
+    """``x`` (an activation inside a traced function) constrained to the sharding its logical ``names`` (one per
+    dim, e.g. ``("batch", None, None)`` for a stream [B, L, H]) resolve to by ``logical_to_mesh_spec`` on the
+    mesh in context (``jax.set_mesh``, as ``runtime.compile.compile_step`` lowers under).
+
+    ``rules``: default those of ``activation_rules`` in context (the pretraining step sets them). Without a mesh
+    of more than one device or without rules this is ``x`` itself, so models used outside a sharded step
+    (single device, VOLTA parity, evaluation) trace exactly as before. Dims whose size does not divide over a
+    rule's mesh axes are left unsharded (silently: activations are resolved on every trace).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    rules = rules_in_context() if rules is None else rules
+    if mesh.empty or mesh.size == 1 or not rules:
+        return x
+    spec, _ = logical_to_mesh_spec(names, x.shape, mesh, rules, "activation")
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def gathered_rules(rules: Rules) -> Rules:
+    """``rules`` with the ``batch`` rule's mesh axes taken out of every other rule: where a parameter lies
+    while it is used, once FSDP (parameters split over a batch axis) has all-gathered it. Tensor-parallel
+    axes stay."""
+    batch_axes = set().union(*(_as_tuple(axes) for name, axes in rules if name == "batch"))
+    out = []
+    for name, axes in rules:
+        kept = _as_tuple(axes) if name == "batch" else tuple(a for a in _as_tuple(axes) if a not in batch_axes)
+        out.append((name, kept[0] if len(kept) == 1 else kept or None))
+    return tuple(out)
+
+
+def constrain_gathered(param: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """A parameter with logical ``names`` constrained, at its use, to its FSDP-gathered sharding
+    (``gathered_rules`` of the ``activation_rules`` in context): the all-gather FSDP does anyway, made explicit
+    where XLA would otherwise reshard the activations instead (an embedding lookup from a table split over
+    'fsdp' gives rows split by width, which cannot become rows split by batch without a full
+    rematerialization). A no-op where ``constrain`` is."""
+    rules = rules_in_context()
+    return param if rules is None else constrain(param, names, gathered_rules(rules))
 
 
 def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh,

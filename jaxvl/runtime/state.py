@@ -1,7 +1,8 @@
 """The state every jaxvl trainer steps, and the pure core of every train step.
 
 ``TrainState`` (step, params, optimizer state, rng) is what a step reads and writes and what a
-checkpoint holds; ``apply_gradients`` is one update given any ``loss_fn(params, batch, rng)``;
+checkpoint holds; ``apply_gradients`` is one update given any ``loss_fn(params, batch, rng)`` (optionally
+with its gradient accumulated over microbatches, ``split_microbatches``);
 ``boxed_state_init`` turns any model's parameter init into a boxed ``TrainState`` init (what every task
 creates its state from), ``boxed_shardings`` gives that state's shardings on a mesh and
 ``init_sharded`` runs it straight into its shards; ``current_learning_rate`` reads the learning rate an
@@ -20,7 +21,7 @@ from flax import linen as nn
 from flax import struct
 from jax.sharding import Mesh
 
-from jaxvl.runtime.sharding import DEFAULT_RULES, Rules, param_shardings
+from jaxvl.runtime.sharding import DEFAULT_RULES, Rules, constrain, param_shardings, rules_in_context
 
 Batch = dict[str, jax.Array]
 
@@ -40,16 +41,86 @@ class TrainState:
 LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
 
-def apply_gradients(state: TrainState, batch: Batch, loss_fn: LossFn, tx: optax.GradientTransformation
-                    ) -> tuple[TrainState, dict[str, jax.Array]]:
+def check_accumulate_steps(batch: Batch, accumulate_steps: int) -> None:
+    """A ``ValueError`` (raised while tracing, before anything compiles) unless ``accumulate_steps`` is a
+    positive int that, when above 1, divides the rows of every ``batch`` field."""
+    if isinstance(accumulate_steps, bool) or not isinstance(accumulate_steps, int) or accumulate_steps < 1:
+        raise ValueError(f"accumulate_steps={accumulate_steps!r}; expected a positive int")
+    if accumulate_steps == 1:
+        return
+    for key, value in batch.items():
+        if value.ndim == 0 or value.shape[0] % accumulate_steps:
+            raise ValueError(f"accumulate_steps={accumulate_steps} does not divide the batch: field {key!r} has shape "
+                             f"{tuple(value.shape)}; the global batch size must be a multiple of accumulate_steps")
+
+
+def split_microbatches(batch: Batch, accumulate_steps: int) -> Batch:
+    """``{field: [B, ...]}`` -> ``{field: [k, B/k, ...]}`` with ``k = accumulate_steps``: microbatch ``j``
+    holds rows ``j, j + k, j + 2k, ...`` (a strided split: a device holding a contiguous block of rows holds
+    an equal share of every microbatch, so the split moves no data). Under a mesh (``jax.set_mesh``) each
+    microbatch's rows are constrained to the mesh's batch axes, as ``batch_sharding`` splits the batch (the
+    ``batch`` rule of the ``sharding.activation_rules`` in context, else of ``DEFAULT_RULES``)."""
+    check_accumulate_steps(batch, accumulate_steps)
+    rules = rules_in_context() or DEFAULT_RULES
+
+    def split(x: jax.Array) -> jax.Array:
+        x = jnp.moveaxis(x.reshape(x.shape[0] // accumulate_steps, accumulate_steps, *x.shape[1:]), 1, 0)
+        return constrain(x, (None, "batch") + (None,) * (x.ndim - 2), rules)
+
+    return {key: split(value) for key, value in batch.items()}
+
+
+def _value_and_grad(loss_fn: LossFn, params: Any, batch: Batch, rng: jax.Array
+                    ) -> tuple[Any, dict[str, jax.Array]]:
+    """The gradient of ``loss_fn`` at ``params`` and the metrics ``{"loss": loss, **parts}``."""
+    (loss, parts), grads = jax.value_and_grad(lambda p: loss_fn(p, batch, rng), has_aux=True)(params)
+    return grads, {"loss": loss, **parts}
+
+
+def _accumulated_value_and_grad(loss_fn: LossFn, params: Any, batch: Batch, rng: jax.Array, accumulate_steps: int
+                                ) -> tuple[Any, dict[str, jax.Array]]:
+    """``_value_and_grad`` averaged over ``accumulate_steps`` microbatches (``split_microbatches``) under
+    ``jax.lax.scan``, so only one microbatch's activations are live at a time; microbatch ``j`` uses the
+    key ``fold_in(rng, j)``. Gradients (in the parameters' dtype) and metrics are summed, then divided by k."""
+    micro = split_microbatches(batch, accumulate_steps)
+    first = jax.tree.map(lambda x: x[0], micro)
+    shapes = jax.eval_shape(lambda: _value_and_grad(loss_fn, params, first, rng))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def body(carry: tuple[Any, dict[str, jax.Array]], xs: tuple[jax.Array, Batch]):
+        j, microbatch = xs
+        step = _value_and_grad(loss_fn, params, microbatch, jax.random.fold_in(rng, j))
+        return jax.tree.map(jnp.add, carry, step), None
+
+    total, _ = jax.lax.scan(body, zeros, (jnp.arange(accumulate_steps), micro))
+    return jax.tree.map(lambda x: x / accumulate_steps, total)
+
+
+def apply_gradients(state: TrainState, batch: Batch, loss_fn: LossFn, tx: optax.GradientTransformation,
+                    accumulate_steps: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
     """The pure core of every jaxvl train step: ``loss_fn(params, batch, rng) -> (loss, parts)`` with the
-    step's key ``fold_in(state.rng, state.step)``, its gradient, one ``tx`` update. Metrics: ``loss``,
-    the parts, ``grad_norm`` (before any clipping) and ``lr`` when ``tx`` injects one."""
+    step's key ``rng = fold_in(state.rng, state.step)``, its gradient, one ``tx`` update. Metrics: ``loss``,
+    the parts, ``grad_norm`` (before any clipping) and ``lr`` when ``tx`` injects one.
+
+    ``accumulate_steps`` (k > 1): gradient accumulation for a batch [B, ...] larger than memory. The batch is
+    split into k microbatches [B/k, ...] (``split_microbatches``: rows ``j, j + k, ...`` form microbatch
+    ``j``; a ``ValueError`` naming the field's rows and k, before compiling, when k does not divide B), their
+    gradients computed one after another under ``jax.lax.scan`` and averaged, then ONE ``tx`` update;
+    ``loss`` and the parts are the microbatches' means. Microbatch ``j`` gets the key ``fold_in(rng, j)``
+    (k = 1 keeps ``rng`` itself, so the default is bitwise today's step). For a loss that is a mean over
+    examples with no randomness the update equals the k = 1 update up to float32 summation order; losses
+    normalised per batch (by counts of masked tokens, say) or drawing random numbers differ (see
+    ``jaxvl.pretrain.step.train_step``).
+    """
+    check_accumulate_steps(batch, accumulate_steps)
     rng = jax.random.fold_in(state.rng, state.step)
-    (loss, parts), grads = jax.value_and_grad(lambda p: loss_fn(p, batch, rng), has_aux=True)(state.params)
+    if accumulate_steps == 1:
+        grads, metrics = _value_and_grad(loss_fn, state.params, batch, rng)
+    else:
+        grads, metrics = _accumulated_value_and_grad(loss_fn, state.params, batch, rng, accumulate_steps)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads)}
+    metrics["grad_norm"] = optax.tree.norm(grads)
     try:
         metrics["lr"] = current_learning_rate(opt_state)
     except ValueError:

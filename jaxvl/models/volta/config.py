@@ -22,7 +22,9 @@ IMAGE_EMBEDDINGS = ("vilbert", "lxmert", "uniter", "visualbert", "vl-bert")
 DUAL_EMBEDDINGS = ("vilbert", "lxmert")
 # VLConfig fields that VOLTA's JSON does not have (written to / read from VOLTA configs never).
 JAXVL_ONLY = frozenset({"plan", "num_object_classes", "num_attribute_classes", "dtype", "scan_layers",
-                        "fused_attention", "pad_to_multiple_of"})
+                        "fused_attention", "pad_to_multiple_of", "remat"})
+# Activation rematerialisation policies of the encoder (``VLConfig.remat``).
+REMAT_POLICIES = ("none", "full", "dots")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,14 +67,18 @@ class VLConfig:
     # The encoder.
     plan: SublayerPlan = SublayerPlan()
     # jaxvl only: detector label spaces (VOLTA fixes VG's 1600 objects / 400 attributes), matmul dtype,
-    # nn.scan over repeated segments, fused attention kernel, and the multiple the vocabulary and the class
-    # targets' widths are padded to (``padded_vocab_size``; 1: no padding, VOLTA's exact shapes).
+    # nn.scan over repeated segments, fused attention kernel, the multiple the vocabulary and the class
+    # targets' widths are padded to (``padded_vocab_size``; 1: no padding, VOLTA's exact shapes), and what the
+    # backward pass recomputes (``REMAT_POLICIES``: "none" keeps every activation, "full" recomputes each
+    # encoder sub-layer (each scanned block with ``scan_layers``), "dots" keeps only its matmul outputs);
+    # remat changes memory and time, never parameters or outputs.
     num_object_classes: int = 1600
     num_attribute_classes: int = 400
     dtype: str = "float32"
     scan_layers: bool = False
     fused_attention: bool = True
     pad_to_multiple_of: int = 1
+    remat: str = "none"
 
     def __post_init__(self):
         if self.image_embeddings not in IMAGE_EMBEDDINGS:
@@ -94,6 +100,8 @@ class VLConfig:
             raise ValueError(f"dtype={self.dtype!r}; expected float32, bfloat16 or float16")
         if not isinstance(self.pad_to_multiple_of, int) or self.pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of={self.pad_to_multiple_of!r}; expected an int >= 1")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
         self.sublayers  # noqa: B018 -- validates the plan against the sizes
 
     @property

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxvl.models.layers import dense, dropout, embed, layer_norm, normal_init
+from jaxvl.models.layers import Embed, dense, dropout, embed, layer_norm, normal_init
 from jaxvl.models.volta.config import VLConfig
 
 Embedded = tuple[jax.Array, jax.Array]
@@ -46,14 +46,14 @@ def zero_padded_init(init: Initializer, axis: int, size: int) -> Initializer:
     return padded_init
 
 
-def word_table(cfg: VLConfig) -> nn.Embed:
+def word_table(cfg: VLConfig) -> Embed:
     """The word-embedding table [padded_vocab_size, hidden] (logical axes ``vocab``, ``embed``), named
     ``word_embeddings``; rows past ``vocab_size`` (padding) start at zero and are never looked up."""
     init = nn.initializers.normal(cfg.initializer_range)
     if cfg.padded_vocab_size != cfg.vocab_size:
         init = zero_padded_init(init, 0, cfg.vocab_size)
-    return nn.Embed(cfg.padded_vocab_size, cfg.hidden_size, dtype=jnp.float32, param_dtype=jnp.float32,
-                    name="word_embeddings", embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")))
+    return Embed(cfg.padded_vocab_size, cfg.hidden_size, dtype=jnp.float32, param_dtype=jnp.float32,
+                 name="word_embeddings", embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")))
 
 
 class _TextTables(nn.Module):

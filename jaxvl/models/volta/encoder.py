@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxvl.models.attention import DotProductAttention
-from jaxvl.models.layers import activation, dense, dropout, layer_norm
+from jaxvl.models.layers import activation, constrain_stream, dense, dropout, layer_norm
 from jaxvl.models.volta.config import VLConfig
 from jaxvl.models.volta.plan import Sublayer, find_segments
 
@@ -82,7 +82,7 @@ class AttentionSublayer(nn.Module):
             ctx = self.v_attend(vis["query"](v.astype(dtype)), *keys(s.vt, s.vv), deterministic=deterministic)
             h = dropout(self, vis["out"](ctx), v_rate, deterministic)
             new_v = vis["norm"](h + v)
-        return new_t, new_v
+        return constrain_stream(new_t), constrain_stream(new_v)
 
 
 class FeedForwardSublayer(nn.Module):
@@ -116,18 +116,41 @@ class FeedForwardSublayer(nn.Module):
         # A tied feed-forward uses the text activation and dropout, as VOLTA's aliases do.
         v_act, v_rate = (c.hidden_act, c.hidden_dropout_prob) if s.tied else (c.v_hidden_act, c.v_hidden_dropout_prob)
         new_v = ff(v, self.text if s.tied else self.vision, v_act, v_rate) if s.has_vision else v
-        return new_t, new_v
+        return constrain_stream(new_t), constrain_stream(new_v)
 
 
-def make_sublayer(cfg: VLConfig, spec: Sublayer, sow_weights: bool, name: str) -> nn.Module:
-    """The module that runs ``spec``: an attention or a feed-forward sub-layer."""
+# ``jax.checkpoint`` policies of ``VLConfig.remat``: "full" saves nothing inside a unit (its inputs only, so the
+# backward recomputes it), "dots" saves the outputs of matmuls without batch dims (the projections and
+# feed-forward matmuls; attention scores, softmax, norms and activations are recomputed).
+CHECKPOINT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def rematted(cls: type[nn.Module], cfg: VLConfig, static_argnums: tuple[int, ...] = (), in_scan: bool = False
+             ) -> type[nn.Module]:
+    """``cls`` under ``nn.remat`` with ``cfg.remat``'s policy (``cls`` itself for "none"). Parameter names and
+    values, outputs and gradients are unchanged; only what the backward pass keeps or recomputes changes.
+    ``static_argnums`` count ``self`` as 0 (e.g. 5 for a sub-layer's ``deterministic``); ``in_scan``: the
+    unit runs under ``nn.scan``, where XLA cannot merge the recomputation into the forward pass anyway, so
+    the barriers that prevent it elsewhere are left out (they only cost speed)."""
+    if cfg.remat == "none":
+        return cls
+    return nn.remat(cls, policy=CHECKPOINT_POLICIES[cfg.remat], prevent_cse=not in_scan,
+                    static_argnums=static_argnums)
+
+
+def make_sublayer(cfg: VLConfig, spec: Sublayer, sow_weights: bool, name: str, remat: bool = False) -> nn.Module:
+    """The module that runs ``spec``: an attention or a feed-forward sub-layer; with ``remat``, under
+    ``cfg.remat``'s policy (``rematted``)."""
     if spec.kind == "attn":
-        return AttentionSublayer(cfg, spec, sow_weights, name=name)
-    return FeedForwardSublayer(cfg, spec, name=name)
+        cls = rematted(AttentionSublayer, cfg, (5,)) if remat else AttentionSublayer
+        return cls(cfg, spec, sow_weights, name=name)
+    cls = rematted(FeedForwardSublayer, cfg, (5,)) if remat else FeedForwardSublayer
+    return cls(cfg, spec, name=name)
 
 
 class Block(nn.Module):
-    """One period of a repeated segment: its sub-layers in order. The unit ``nn.scan`` repeats.
+    """One period of a repeated segment: its sub-layers in order. The unit ``nn.scan`` repeats (and the unit
+    ``cfg.remat`` recomputes with ``scan_layers``).
 
     Returns the new streams and, with ``collect``, the streams after each of its sub-layers.
     """
@@ -155,6 +178,7 @@ class Encoder(nn.Module):
     Returns the final streams and, with ``output_hidden_states``, a tuple of depth+1 (text, vision)
     pairs: the inputs, then the streams after every sub-layer (VOLTA's ``output_all_encoded_layers``).
     Parameter names: ``layer_{n}`` unscanned; ``segment_{k}/sub_{j}`` stacked on axis 0 when scanned.
+    ``cfg.remat`` wraps each sub-layer (unscanned) or each ``Block`` (scanned) in ``nn.remat``.
     """
 
     cfg: VLConfig
@@ -167,17 +191,19 @@ class Encoder(nn.Module):
         states = [(t, v)]
         if not cfg.scan_layers:
             for n, spec in enumerate(cfg.sublayers):
-                t, v = make_sublayer(cfg, spec, self.sow_weights, f"layer_{n}")(t, v, t_bias, v_bias, deterministic)
+                layer = make_sublayer(cfg, spec, self.sow_weights, f"layer_{n}", remat=True)
+                t, v = layer(t, v, t_bias, v_bias, deterministic)
                 states.append((t, v))
         else:
             for k, seg in enumerate(find_segments(cfg.sublayers)):
                 block = dict(cfg=cfg, sublayers=seg.sublayers, deterministic=deterministic,
                              collect=output_hidden_states, sow_weights=self.sow_weights)
                 if seg.repeats == 1:
-                    (t, v), ys = Block(**block, name=f"segment_{k}")((t, v), t_bias, v_bias)
+                    (t, v), ys = rematted(Block, cfg)(**block, name=f"segment_{k}")((t, v), t_bias, v_bias)
                     ys = None if ys is None else jax.tree.map(lambda a: a[None], ys)
                 else:
-                    scanned = nn.scan(Block, variable_axes={"params": 0, "intermediates": 0},
+                    unit = rematted(Block, cfg, in_scan=True)
+                    scanned = nn.scan(unit, variable_axes={"params": 0, "intermediates": 0},
                                       split_rngs={"params": True, "dropout": True},
                                       in_axes=(nn.broadcast, nn.broadcast), length=seg.repeats,
                                       metadata_params={nn.PARTITION_NAME: "layers"})

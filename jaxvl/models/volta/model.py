@@ -19,7 +19,7 @@ from flax import linen as nn
 from flax import struct
 
 from jaxvl.models.attention import attention_bias
-from jaxvl.models.layers import dense, dropout
+from jaxvl.models.layers import constrain_stream, dense, dropout
 from jaxvl.models.volta.config import VLConfig
 from jaxvl.models.volta.embeddings import SHARED_EMBEDDINGS, VISUAL_EMBEDDINGS, TextEmbeddings
 from jaxvl.models.volta.encoder import Encoder
@@ -78,6 +78,7 @@ class VLBertModel(nn.Module):
             v = self.v_embeddings(features, locations, deterministic)
         else:
             t, v = self.embeddings(input_ids, token_type_ids, features, locations, deterministic)
+        t, v = constrain_stream(t), constrain_stream(v)
         (t, v), states = self.encoder(t, v, attention_bias(text_mask), attention_bias(region_mask),
                                       deterministic, output_hidden_states)
         pooled_t = self.t_pooler(t) if c.fusion_method != "none" else None
