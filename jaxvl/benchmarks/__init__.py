@@ -5,7 +5,8 @@ Each command's module has ``add_arguments(parser)`` and ``run(args)``, which the
 (the machine, timing, ``Probe``, the markdown tables) is ``jaxvl.benchmarks.common``. Helper modules:
 ``models_torch`` (the PyTorch originals of ``bench models``) and ``caption_setup`` / ``caption_decode`` /
 ``caption_train`` (the halves of ``bench caption``), ``device_parts`` (the parts of ``bench device``, the one
-timed GPU run that reuses the others). ``bench topologies`` compiles for TPU slices through ``jaxvl.aot``. Benchmarks never import tests; ``bench pretrain`` /
+timed GPU run that reuses the others). ``bench topologies`` compiles for TPU slices through ``jaxvl.aot``.
+Benchmarks never import tests; ``bench pretrain`` /
 ``caption`` / ``ablate`` time the trainers' and the diagnostic's own compiled programs (``jaxvl.pretrain``,
 ``jaxvl.caption``, ``jaxvl.ablation``).
 """
