@@ -154,3 +154,31 @@ def test_tiny_uniter_compiles_for_v5e_16(tmp_path, capsys):
     fsdp = json.loads(out.read_text())
     assert fsdp["collective_counts"].get("all-gather", 0) >= 1
     assert fsdp["memory"]["argument_size_in_bytes"] < dp["memory"]["argument_size_in_bytes"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu absent: install the tpu extra (pip install 'jaxvl[tpu]')")
+def test_scan_trip_count_read_from_a_tpu_program():
+    """A 12-step scan over FSDP-split weights compiled for v5e-16: XLA all-reduces each step's partial product
+    inside the loop, so the reader must count 12 executions (its trip count read from the TPU loop condition),
+    the same all-reduce traffic as the unrolled loop to within its one reshaped step."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from jaxvl.aot.chips import topology_devices
+    from jaxvl.runtime.sharding import make_mesh
+
+    mesh = make_mesh(1, 16, 1, devices=topology_devices(parse_slice("v5e-16")))
+    ws = jax.ShapeDtypeStruct((12, 256, 256), jnp.float32, sharding=NamedSharding(mesh, P(None, "fsdp", None)))
+    x = jax.ShapeDtypeStruct((64, 256), jnp.float32, sharding=NamedSharding(mesh, P()))
+
+    def scanned(ws, x):
+        return jax.lax.scan(lambda c, w: (jnp.tanh(c @ w), None), x, ws)[0]
+
+    with jax.set_mesh(mesh):
+        text = jax.jit(scanned, out_shardings=NamedSharding(mesh, P())).lower(ws, x).compile().as_text()
+    s = collectives(text, 16)
+    assert s.unknown_loops == 0 and s.counts["all-reduce"] == 12
+    assert s.bytes["all-reduce"] == pytest.approx(12 * 2 * 15 / 16 * 64 * 256 * 4)

@@ -140,6 +140,9 @@ def topology_devices(slice_: Slice, num_slices: int = 1) -> list:
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", slice_.accelerator_type)
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    # libtpu lets one process at a time hold it (a lockfile), and any JAX process that probes for TPUs takes it;
+    # compiling touches no chip, so a compile may share it.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
     try:
@@ -147,10 +150,10 @@ def topology_devices(slice_: Slice, num_slices: int = 1) -> list:
             platform="tpu", topology_name=slice_.topology_name, chip_config_name=slice_.chip.chip_config,
             chips_per_host_bounds=(2, 2, 1), num_slices=num_slices, wrap=slice_.wrap)
     except RuntimeError as e:
-        if "TPU support not installed" in str(e) or "libtpu" in str(e).lower():
+        if "TPU support not installed" in str(e):
             raise ValueError("compiling for a TPU topology needs libtpu: pip install 'jaxvl[tpu]' "
                              "(jax[tpu], about 700 MB)") from e
-        raise
+        raise ValueError(f"libtpu could not describe {slice_.topology_name}: {str(e).splitlines()[0]}") from e
     devices = list(topo.devices)
     expected = slice_.chips * num_slices
     if len(devices) != expected:

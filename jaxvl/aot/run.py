@@ -18,6 +18,7 @@ The report (``jaxvl.aot.report``) is printed, and written as JSON with ``--json 
 from __future__ import annotations
 
 import argparse
+import gzip
 import math
 import time
 from typing import Any
@@ -91,9 +92,11 @@ def per_device_bytes(tree: Any) -> int:
 
 
 def compile_report(cfg: Any, config_name: str, slice_: Slice | None, num_slices: int, mesh_spec: str | None,
-                   batch: int | None, model_overrides: dict[str, Any] | None = None) -> CompileReport:
+                   batch: int | None, model_overrides: dict[str, Any] | None = None,
+                   hlo_path: str | None = None) -> CompileReport:
     """Builds the target (module doc), compiles it and reads the report. ``slice_`` None: the local devices;
-    ``model_overrides``: ``VLConfig`` fields over the config's model (``targets.pretrain_target``)."""
+    ``model_overrides``: ``VLConfig`` fields over the config's model (``targets.pretrain_target``);
+    ``hlo_path``: also write the compiled program's HLO text there (gzip if it ends in ``.gz``)."""
     kind = config_name.split(":")[0]
     if kind not in ("pretrain", "caption"):
         raise ValueError(f"--config {config_name}: `jaxvl compile` compiles the pretraining (pretrain:...) and "
@@ -109,6 +112,9 @@ def compile_report(cfg: Any, config_name: str, slice_: Slice | None, num_slices:
     with jax.set_mesh(mesh):
         compiled = target.jitted.lower(*target.args).compile()
     seconds = time.perf_counter() - start
+    if hlo_path:
+        with (gzip.open if hlo_path.endswith(".gz") else open)(hlo_path, "wt") as f:
+            f.write(compiled.as_text())
     name = f"{slice_.name}{f' x {num_slices} slices' if num_slices > 1 else ''}" if slice_ else \
         f"local {devices[0].platform} ({len(devices)} devices)"
     grads = per_device_bytes(target.args[0].params)
@@ -129,6 +135,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: the config's mesh)")
     p.add_argument("--batch", type=int, default=None, help="global batch (default: the config's)")
     p.add_argument("--json", default=None, help="also write the report as JSON here")
+    p.add_argument("--hlo", default=None, help="also write the compiled HLO text here (.gz: compressed)")
 
 
 def run(args: argparse.Namespace, cfg: Any) -> CompileReport:
@@ -140,7 +147,7 @@ def run(args: argparse.Namespace, cfg: Any) -> CompileReport:
         raise ValueError("--num-slices needs --topology (a local compile has one set of devices)")
     if args.batch is not None and args.batch < 1:
         raise ValueError(f"--batch {args.batch}: at least 1")
-    report = compile_report(cfg, args.config, slice_, args.num_slices, args.mesh, args.batch)
+    report = compile_report(cfg, args.config, slice_, args.num_slices, args.mesh, args.batch, hlo_path=args.hlo)
     print(report.format())
     if args.json:
         with open(args.json, "w") as f:

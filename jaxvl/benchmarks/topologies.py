@@ -17,6 +17,7 @@ Strategies: ``dp`` (data=N), ``fsdp`` (fsdp=N), ``fsdp+tp`` (fsdp=N/4, tensor=4)
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any
 
@@ -40,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--largest", action="store_true", help="also search the largest model that fits per slice")
     p.add_argument("--largest-only", action="store_true", help="only the largest-model search")
     p.add_argument("--out", default=None, help="JSON results, rewritten after every row")
+    p.add_argument("--hlo-dir", default=None, help="keep each compiled program's HLO text here (gzipped)")
     p.add_argument("--markdown", action="store_true", help="print the markdown tables at the end")
 
 
@@ -56,8 +58,9 @@ def _config(preset: str) -> Any:
 
 
 def compile_row(preset: str, topology: str, strategy: str, per_chip: int,
-                model_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One compile (module doc) -> its row: the report's fields, or ``error`` where it did not compile."""
+                model_overrides: dict[str, Any] | None = None, hlo_dir: str | None = None) -> dict[str, Any]:
+    """One compile (module doc) -> its row: the report's fields, or ``error`` where it did not compile.
+    ``hlo_dir``: the compiled HLO text is kept there, gzipped, one file per row."""
     from jaxvl.aot.chips import parse_slice
     from jaxvl.aot.run import compile_report
 
@@ -65,9 +68,14 @@ def compile_row(preset: str, topology: str, strategy: str, per_chip: int,
     batch = global_batch(slice_.chips, per_chip)
     row: dict[str, Any] = dict(preset=preset, slice=topology, strategy=strategy, batch=batch,
                                model_overrides=model_overrides or {})
+    hlo = None
+    if hlo_dir:
+        size = "" if not model_overrides else f"_{model_overrides['hidden_size']}w"
+        hlo = os.path.join(hlo_dir, f"{preset}{size}_{topology}_{strategy.replace('+', '_')}.hlo.gz")
     start = time.perf_counter()
     try:
-        report = compile_report(_config(preset), f"pretrain:{preset}", slice_, 1, strategy, batch, model_overrides)
+        report = compile_report(_config(preset), f"pretrain:{preset}", slice_, 1, strategy, batch, model_overrides,
+                                hlo_path=hlo)
     except Exception as e:  # noqa: BLE001 -- a row that does not compile is a result (recorded), not a crash
         row.update(error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", wall_s=time.perf_counter() - start)
         return row
@@ -145,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for topology in args.topologies:
                 for strategy in args.strategies:
                     log(f"{preset} {topology} {strategy} ...")
-                    row = compile_row(preset, topology, strategy, args.per_chip_batch)
+                    row = compile_row(preset, topology, strategy, args.per_chip_batch, hlo_dir=args.hlo_dir)
                     result["rows"].append(row)
                     save_json(result, args.out)
                     log("  " + " | ".join(table_row(row)[5:]))
