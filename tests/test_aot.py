@@ -182,3 +182,24 @@ def test_scan_trip_count_read_from_a_tpu_program():
     s = collectives(text, 16)
     assert s.unknown_loops == 0 and s.counts["all-reduce"] == 12
     assert s.bytes["all-reduce"] == pytest.approx(12 * 2 * 15 / 16 * 64 * 256 * 4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu absent: install the tpu extra (pip install 'jaxvl[tpu]')")
+def test_multislice_mesh_and_report(tmp_path):
+    """Two v5e-16 slices: ``runtime.sharding.make_mesh`` puts the data axis across the slices (each slice holds
+    whole fsdp x tensor groups), refuses a data size that the slices do not divide, and the compiled report
+    adds the data-centre network term for the cross-slice gradient reduction."""
+    from jaxvl.aot.chips import topology_devices
+    from jaxvl.runtime.sharding import make_mesh
+
+    devices = topology_devices(parse_slice("v5e-16"), num_slices=2)
+    mesh = make_mesh(2, 16, 1, devices=devices)
+    assert [{d.slice_index for d in mesh.devices[k].flat} for k in range(2)] == [{0}, {1}]
+    with pytest.raises(ValueError, match="must be a multiple of the number of slices"):
+        make_mesh(1, 32, 1, devices=devices)
+    out = tmp_path / "multi.json"
+    assert main(["compile", "--config", "pretrain:uniter,tiny", "--topology", "v5e-16", "--num-slices", "2",
+                 "--mesh", "data=2,fsdp=16", "--batch", "64", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["devices"] == 32 and report["target"] == "v5e-16 x 2 slices" and report["dcn_s"] > 0

@@ -24,8 +24,6 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
-from jax.sharding import AxisType, Mesh
 
 from jaxvl.aot.chips import Slice, gpu_spec, parse_slice, topology_devices
 from jaxvl.aot.report import CompileReport
@@ -71,21 +69,6 @@ def resolve_sizes(sizes: dict[str, int], num_devices: int) -> dict[str, int]:
     return sizes
 
 
-def target_mesh(devices: list, sizes: dict[str, int], num_slices: int = 1) -> Mesh:
-    """The ``(data, fsdp, tensor)`` mesh over ``devices``; with several slices the data axis spans them
-    (slices exchange only the data-parallel reduction over the data-centre network)."""
-    if num_slices == 1:
-        return make_mesh(sizes["data"], sizes["fsdp"], sizes["tensor"], devices=devices)
-    if sizes["data"] % num_slices:
-        raise ValueError(f"--num-slices {num_slices}: the data axis ({sizes['data']}) must be a multiple of it; "
-                         f"give --mesh data={num_slices},... or more")
-    from jax.experimental import mesh_utils
-
-    ici = (sizes["data"] // num_slices, sizes["fsdp"], sizes["tensor"])
-    grid = mesh_utils.create_hybrid_device_mesh(ici, (num_slices, 1, 1), devices=devices)
-    return Mesh(np.asarray(grid), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
-
-
 def per_device_bytes(tree: Any) -> int:
     """Bytes one device holds of a tree of sharded ``ShapeDtypeStruct``s."""
     return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
@@ -103,7 +86,7 @@ def compile_report(cfg: Any, config_name: str, slice_: Slice | None, num_slices:
                          "captioning (caption:...) train steps; the ablation sweep is not wired in yet")
     devices = topology_devices(slice_, num_slices) if slice_ else jax.devices()
     sizes = resolve_sizes(parse_mesh(mesh_spec, cfg.mesh.to_dict()), len(devices))
-    mesh = target_mesh(devices, sizes, num_slices)
+    mesh = make_mesh(sizes["data"], sizes["fsdp"], sizes["tensor"], devices=devices)
     if kind == "caption":
         target = caption_target(cfg, mesh, batch)
     else:
@@ -155,4 +138,4 @@ def run(args: argparse.Namespace, cfg: Any) -> CompileReport:
     return report
 
 
-__all__ = ["STRATEGIES", "add_arguments", "compile_report", "parse_mesh", "resolve_sizes", "run", "target_mesh"]
+__all__ = ["STRATEGIES", "add_arguments", "compile_report", "parse_mesh", "resolve_sizes", "run"]

@@ -73,7 +73,10 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
     """A ``Mesh`` of shape ``(data, fsdp, tensor)`` over ``MESH_AXES`` with ``AxisType.Auto`` axes.
 
     One size may be -1: it takes whatever the others leave of ``devices`` (default ``jax.devices()``).
-    Axes go from least to most communication-hungry, so 'tensor' lands on neighbouring devices.
+    Axes go from least to most communication-hungry, so 'tensor' lands on neighbouring devices. Devices of
+    several TPU slices (multislice: ``slice_index`` differs) get a hybrid mesh whose ``data`` axis spans the
+    slices, so only the data-parallel gradient reduction crosses the data-centre network; ``data`` must then
+    be a multiple of the number of slices.
     """
     devices = list(jax.devices() if devices is None else devices)
     sizes = [data, fsdp, tensor]
@@ -86,7 +89,16 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):
         raise ValueError(f"mesh {tuple(sizes)} needs {math.prod(sizes)} devices; {len(devices)} given")
-    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices == 1:
+        return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    if sizes[0] % slices:
+        raise ValueError(f"{slices} slices: the data axis ({sizes[0]}) must be a multiple of the number of slices")
+    from jax.experimental import mesh_utils
+
+    grid = mesh_utils.create_hybrid_device_mesh((sizes[0] // slices, sizes[1], sizes[2]), (slices, 1, 1),
+                                                devices=devices)
+    return Mesh(np.asarray(grid), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
 def _as_tuple(axes: MeshAxes) -> tuple[str, ...]:

@@ -10,10 +10,9 @@
 #    JAXVL_DISTRIBUTED=auto: jax.distributed reads MEGASCALE_* and numbers the processes across slices
 #    (process id = slice id x workers per slice + worker id), so the slices form one JAX runtime.
 #
-# LIMITATION (read docs/launch.md, "Multislice"): jaxvl's mesh (jaxvl/runtime/sharding.py make_mesh) is built by
-# jax.make_mesh, which refuses devices from more than one slice; jaxvl does not yet build the hybrid
-# ICI x DCN mesh (data across slices) that Multislice needs, so today the run stops at mesh creation.
-# This script is the launch half, ready for when it does.
+# The mesh (docs/launch.md, "Multislice"): jaxvl/runtime/sharding.py make_mesh builds the hybrid ICI x DCN mesh
+# from the devices' slice_index, with the data axis across slices (config.mesh.data a multiple of the number of
+# slices). Checked on compile-only devices (tests/test_aot.py), not yet on real slices.
 #
 # Arguments: passed to `jaxvl pretrain` (through tpu_pod.sh).
 # Variables:
