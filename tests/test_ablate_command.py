@@ -41,11 +41,15 @@ def test_ablate_writes_the_report(run, tmp_path, capsys):
     assert main(_ablate(*run, tmp_path, "thresholds=(0.3,0.5)", "n_boot=200")) == 0
     out = capsys.readouterr().out
     assert "| model | MLM None |" in out and "| a |" in out and "| b |" in out
+    assert "Verdicts at IoT>0.5" in out and "| a | MLM object |" in out  # each condition against its control
     with open(tmp_path / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     keys = {(r["model"], r["task"], r["condition"], r["threshold"]) for r in rows}
     assert ("a", "vis4lang", "object", "0.3") in keys and ("b", "lang4vis", "phrase", "0.5") in keys
     assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) for r in rows if r["mean"])
+    verdicts = {(r["task"], r["condition"], r["threshold"]): r["verdict"] for r in rows if r["subset"] == "all"}
+    assert verdicts[("vis4lang", "all", "")] and verdicts[("lang4vis", "phrase", "0.5")]  # controls at 0.5 only
+    assert not verdicts[("lang4vis", "phrase", "0.3")] and not verdicts[("lang4vis", "none", "0.5")]
     # the same parameters twice: the two stacked members give identical numbers
     a = {(r["task"], r["condition"], r["threshold"], r["metric"], r["subset"]): r["mean"] for r in rows
          if r["model"] == "a"}
@@ -63,6 +67,7 @@ def test_ablate_writes_the_report(run, tmp_path, capsys):
     ("vis4lang='none,obj'", "unknown vis4lang condition"),
     ("thresholds=(0.5,1.5)", r"outside \[0, 1\]"),
     ("data.split='nope'", "no split 'nope'"),
+    ("report_threshold=0.55", r"report_threshold=0.55 is not one of thresholds .* \(or set controls=False\)"),
 ])
 def test_bad_spec_or_split_is_refused(run, tmp_path, override, message, capsys):
     assert main(_ablate(*run, tmp_path, override)) == 2

@@ -12,6 +12,8 @@ detector that ranks the gold class first (a sharp MRC target):
   layer writes no phrase for such mentions (they have no gold box), so the test grounds each mention to
   the image's object itself: the phrase and its "gold" box are then unrelated.
 
+The worlds, training pairs and held-out phrases are ``tests/verdict_worlds.py``'s (seed 0).
+
 Both models train in one compiled program (``jaxvl.pretrain.step.train_step`` under ``lax.scan``, vmapped
 over the two worlds), 600 steps, and are evaluated by one compiled sweep on held-out images.
 """
@@ -24,19 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
+from verdict_worlds import Case, K, T, held_out_phrases, training_pairs
 
-from jaxvl.ablation.data import (
-    AblationPipelineConfig,
-    ablation_dataset,
-    scan_ablation,
-    stored_ablation_example,
-)
+from jaxvl.ablation.data import AblationPipelineConfig, ablation_dataset, scan_ablation
 from jaxvl.ablation.report import tidy_rows
 from jaxvl.ablation.sweep import AblationSpec, run_ablation
-from jaxvl.data.builders.common import RegionSpec, encode_regions
-from jaxvl.data.grain import PretrainTransform
-from jaxvl.data.records import AblationExample
-from jaxvl.data.synthetic import World, WorldConfig
 from jaxvl.data.tokenizer import Tokenizer
 from jaxvl.models import get_model
 from jaxvl.pretrain.loss import ObjectiveConfig
@@ -46,55 +40,16 @@ from jaxvl.runtime.compile import FAST_COMPILE
 from jaxvl.runtime.sharding import make_mesh
 from jaxvl.runtime.state import TrainState
 
-TRAIN, VAL, T, R, K = 256, 64, 12, 6, 12
 STEPS, CHUNK, BATCH = 600, 50, 32
-WORLDS = {"planted": dict(vision_to_language=1.0, ambiguous_fraction=1.0),
-          "neither": dict(vision_to_language=0.0, ambiguous_fraction=0.0)}
+WORLDS = {"planted": Case("planted", 0), "neither": Case("nothing", 0)}  # tests/verdict_worlds.py
 pytestmark = pytest.mark.slow
-
-
-def world(name: str) -> World:
-    return World(WorldConfig(num_images=TRAIN + VAL, num_classes=K, min_objects=1, max_objects=1, num_regions=R,
-                             detector_rank_probs=(1.0, 0.0, 0.0, 0.0, 0.0), detector_temperature=0.5,
-                             **WORLDS[name]))
-
-
-def pairs(w: World, tok: Tokenizer) -> dict[str, np.ndarray]:
-    spec, transform = RegionSpec(R, w.cfg.feature_dim, K), PretrainTransform(tok, T, R, "first")
-    rows = []
-    for i in range(TRAIN):
-        image = w[i]
-        stored = encode_regions(image.regions, spec, "synthetic")
-        rows.extend(transform.map({"caption": c, "image_id": image.image_id, **stored}) for c in image.captions)
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-
-
-def phrases(w: World, name: str) -> list[dict]:
-    """Held-out phrases; in ``neither`` each (random) mention is grounded to the image's one object."""
-    spec = RegionSpec(R, w.cfg.feature_dim, K)
-    out = []
-    for i in range(TRAIN, TRAIN + VAL):
-        image = w[i]
-        found = image.phrases
-        if name == "neither":
-            found = []
-            for s, (caption, mentions) in enumerate(zip(image.captions, image.mentions, strict=True)):
-                words = caption.split(" ")
-                for _, k, a in mentions:
-                    noun = f"a {w.attribute_names[a]} {w.class_names[k]}"
-                    start = next(j for j in range(len(words)) if words[j:j + 3] == noun.split(" "))
-                    found.append(AblationExample(image.image_id, s, caption, noun, start, f"{image.image_id}-0",
-                                                 "object", image.objects[0].box[None].copy()))
-        out.extend(stored_ablation_example(p, image.regions, spec) for p in found)
-    return out
 
 
 @functools.cache
 def trained():
-    worlds = {name: world(name) for name in WORLDS}
-    tok = Tokenizer.from_words(worlds["planted"].vocabulary())
-    assert worlds["neither"].vocabulary() == worlds["planted"].vocabulary()
-    data = [pairs(worlds[name], tok) for name in WORLDS]
+    tok = Tokenizer.from_words(WORLDS["planted"].world.vocabulary())
+    assert WORLDS["neither"].world.vocabulary() == WORLDS["planted"].world.vocabulary()
+    data = [training_pairs(case, tok) for case in WORLDS.values()]
     model = get_model("uniter", tiny=True, vocab_size=tok.vocab_size, num_object_classes=K,
                       max_position_embeddings=32)
     tx = make_optimizer(OptimizerConfig(total_steps=STEPS, learning_rate=3e-3, warmup_fraction=0.05))
@@ -127,7 +82,7 @@ def trained():
     spec = AblationSpec(tok.mask_id, thresholds=(0.5,))
     rows = {}
     for k, name in enumerate(WORLDS):  # each model on its own world's held-out phrases
-        source = phrases(worlds[name], name)
+        source = held_out_phrases(WORLDS[name])
         index = scan_ablation(source, tok, pcfg)
         batches = ablation_dataset(source, tok, pcfg, index, shard=grain.sharding.NoSharding())
         params = jax.tree.map(lambda x, k=k: x[k:k + 1], state.params)

@@ -56,6 +56,7 @@ def hand_result(quirks: Quirks | None = None):
     rank = np.where(has & (vg >= 0), np.arange(N) % 4, -1)
     stats = {"phrase_tokens": np.where(np.arange(N) == N - 1, 0, 3), "vis4lang_ablated": np.ones((3, N), int),
              "num_aligned": np.tile(has.astype(int), (3, 1)), "has_target": np.tile(has, (3, 1)),
+             "text_masked": np.tile([[0], [3], [5]], (1, N)),
              "target_index": np.ones((3, N), int), "detector_rank": np.tile(rank, (3, 1)),
              "detector_prob": np.full((3, N), 0.25)}
     values = {"vis4lang": {"mlm": mlm}, "lang4vis": {"mrc_kl": kl, "mrc_xe_vg": kl * 2}}

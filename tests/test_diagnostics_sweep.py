@@ -286,6 +286,7 @@ def test_spec_names_and_thresholds_are_checked():
     spec = AblationSpec(4, vis4lang=("all", "object"), lang4vis=("phrase",), thresholds=(0.3, 0.7))
     assert [(m.condition, m.threshold) for m in spec.members("vis4lang")] == [("all", None), ("object", 0.3),
                                                                               ("object", 0.7)]
-    levels, thr = spec.member_arrays("lang4vis")
+    levels, thr, control = spec.member_arrays("lang4vis")
     np.testing.assert_array_equal(levels, [1, 1])
     np.testing.assert_allclose(thr, [0.3, 0.7])
+    assert not control.any()

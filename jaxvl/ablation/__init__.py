@@ -5,10 +5,12 @@ attention analyses, and their reports: everything ``jaxvl ablate`` does, in one 
 - ``data``: stored ablation examples -> fixed-shape batches (phrase spans, padded reference boxes);
 - ``alignment``: phrase-to-region alignment by IoT, the lang4vis target region;
 - ``conditions``: the vis4lang / lang4vis inputs and per-example losses, VOLTA's quirks as options;
+- ``controls``: each condition's matched control (as much input removed, none of it aligned with the phrase);
 - ``sweep``: every condition, threshold and checkpoint in one compiled, sharded sweep (``run_ablation``);
 - ``labelmatch``: phrases whose head nouns name one detector label, detector agreement;
 - ``attention``: attention entropy and phrase-to-aligned-region attention from sown weights;
-- ``report``: tidy rows with bootstrap intervals, the paper-style table, CSV/JSONL and PNG plots.
+- ``report``: tidy rows with bootstrap intervals, the paper-style table, CSV/JSONL and PNG plots;
+- ``verdicts``: ``found`` / ``not found`` / ``opposite`` from each effect against its control and a measured floor.
 """
 
 from jaxvl.ablation.attention import attention_rows, plot_attention

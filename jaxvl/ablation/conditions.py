@@ -16,7 +16,10 @@ detector argmax, weighted by its confidence; otherwise VOLTA's ``xent_1601`` of 
 where the example has a LabelMatch label, MRC-XE-VG: cross-entropy against that label.
 
 A condition is data: ``level`` (0, 1, 2 in the orders of ``LEVELS``) and ``threshold`` are traced
-scalars, so the conditions stack on a leading axis and ``vmap`` (``jaxvl.ablation.sweep``).
+scalars, so the conditions stack on a leading axis and ``vmap`` (``jaxvl.ablation.sweep``). So is
+``control``: True evaluates the condition's matched control instead (``jaxvl.ablation.controls``: as
+much input removed, none of it aligned with the phrase; its draw reads the batch's ``example`` field);
+None (the default) leaves controls out of the program.
 
 VOLTA's behaviours that touch the diagnostic (reference section 7, items 5 and 8, and the ``[IMG]``
 divisor of item 2) are reproduced by default; ``Quirks`` names the corrected behaviour of each.
@@ -32,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxvl.ablation.alignment import aligned_regions, target_region
+from jaxvl.ablation.controls import REGION_STREAM, TOKEN_STREAM, matched_control
 from jaxvl.models.volta import objectives as obj
 
 Batch = dict[str, jax.Array]
@@ -111,21 +115,29 @@ def _model_inputs(batch: Batch, input_ids: jax.Array, features: jax.Array) -> Ba
 # ---------------------------------------------------------------------------------------- vis4lang
 
 
-def vis4lang_ablated(batch: Batch, level: jax.Array | int, threshold: jax.Array | float) -> jax.Array:
-    """bool [B, L]: the rows vis4lang replaces at ``level`` (0 none, 1 object at ``threshold``, 2 all)."""
+def vis4lang_ablated(batch: Batch, level: jax.Array | int, threshold: jax.Array | float,
+                     control: jax.Array | bool | None = None) -> jax.Array:
+    """bool [B, L]: the rows vis4lang replaces at ``level`` (0 none, 1 object at ``threshold``, 2 all), or
+    where ``control`` is True the rows its matched control replaces (regions not aligned at ``threshold``)."""
     real = batch["region_target_mask"].astype(bool)
-    return jnp.where(level == 2, real, jnp.where(level == 1, alignment(batch, threshold), False))
+    aligned = alignment(batch, threshold)
+    ablated = jnp.where(level == 2, real, jnp.where(level == 1, aligned, False))
+    if control is None:
+        return ablated
+    return jnp.where(control, matched_control(real, aligned, level, batch["example"], REGION_STREAM), ablated)
 
 
 def vis4lang_inputs(batch: Batch, level: jax.Array | int, threshold: jax.Array | float, mean_feature: jax.Array,
-                    mask_id: int, add_global: str | None, quirks: Quirks = Quirks()) -> tuple[Batch, jax.Array]:
-    """Model inputs and MLM labels [B, T] (phrase ids, -1 elsewhere) of one vis4lang condition.
+                    mask_id: int, add_global: str | None, quirks: Quirks = Quirks(),
+                    control: jax.Array | bool | None = None) -> tuple[Batch, jax.Array]:
+    """Model inputs and MLM labels [B, T] (phrase ids, -1 elsewhere) of one vis4lang condition (or its
+    control, ``vis4lang_ablated``).
 
     ``mean_feature`` [D] is the dataset-mean region feature that replaces the ablated rows.
     """
     phrase = batch["phrase_mask"].astype(bool)
     ids = batch["input_ids"]
-    ablate = vis4lang_ablated(batch, level, threshold)
+    ablate = vis4lang_ablated(batch, level, threshold, control)
     features = jnp.where(ablate[..., None], mean_feature.astype(batch["features"].dtype), batch["features"])
     features = _with_global(features, batch, jnp.zeros_like(ablate), add_global, quirks.global_mean_over_padding)
     inputs = _model_inputs(batch, jnp.where(phrase, mask_id, ids), features)
@@ -141,18 +153,27 @@ def phrase_nll_bits(mlm_logits: jax.Array, labels: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------------------- lang4vis
 
 
+def lang4vis_masked(batch: Batch, level: jax.Array | int, control: jax.Array | bool | None = None) -> jax.Array:
+    """bool [B, T]: the sub-words lang4vis masks at ``level`` (0 none, 1 phrase, 2 all), or where ``control``
+    is True the sub-words its matched control masks (caption sub-words outside the phrase)."""
+    caption, phrase = caption_positions(batch["text_mask"]), batch["phrase_mask"].astype(bool)
+    masked = jnp.where(level == 2, caption, jnp.where(level == 1, phrase, False))
+    if control is None:
+        return masked
+    return jnp.where(control, matched_control(caption, phrase, level, batch["example"], TOKEN_STREAM), masked)
+
+
 def lang4vis_inputs(batch: Batch, level: jax.Array | int, threshold: jax.Array | float, mask_id: int,
-                    add_global: str | None, quirks: Quirks = Quirks()
+                    add_global: str | None, quirks: Quirks = Quirks(), control: jax.Array | bool | None = None
                     ) -> tuple[Batch, jax.Array, jax.Array, jax.Array]:
-    """Model inputs of one lang4vis condition, the target region index [B], ``has_target`` [B] and the
-    aligned (zeroed) rows [B, L]. ``level``: 0 none, 1 phrase, 2 all."""
+    """Model inputs of one lang4vis condition (or its control, ``lang4vis_masked``), the target region index
+    [B], ``has_target`` [B] and the aligned (zeroed) rows [B, L]. ``level``: 0 none, 1 phrase, 2 all."""
     aligned = alignment(batch, threshold)
     index, has_target = target_region(batch["boxes"], batch["ref_boxes"], batch["ref_mask"], aligned)
     features = jnp.where(aligned[..., None], jnp.zeros_like(batch["features"]), batch["features"])
     if not quirks.lang4vis_stale_global:
         features = _with_global(features, batch, aligned, add_global, quirks.global_mean_over_padding)
-    text = jnp.where(level == 2, caption_positions(batch["text_mask"]),
-                     jnp.where(level == 1, batch["phrase_mask"].astype(bool), False))
+    text = lang4vis_masked(batch, level, control)
     inputs = _model_inputs(batch, jnp.where(text, mask_id, batch["input_ids"]), features)
     return inputs, index, has_target, aligned
 

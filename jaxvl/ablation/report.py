@@ -4,14 +4,17 @@
 over the included examples, its percentile-bootstrap 95% interval, the example count, the examples
 without an aligned region (lang4vis), and the difference to the task's ``none`` condition at the same
 threshold with its *paired* interval (the same resampled examples for both: every statistic of a
-result shares one set of bootstrap weights). Subsets: ``all``, and with LabelMatch labels
+result shares one set of bootstrap weights) and, where the sweep ran the condition's matched control
+(``jaxvl.ablation.controls``): the control's difference to ``none``, the effect (condition minus
+control, paired), the examples whose control fell short of units, and the verdict
+(``jaxvl.ablation.verdicts``). Subsets: ``all``, and with LabelMatch labels
 ``labelmatch`` (examples whose phrase matches one detector label) and ``labelmatch_agree`` (where the
 detector's top class at the target region is that label); MRC-XE-VG exists on those two only.
 
 ``write_report(result, workdir)`` writes ``results.csv`` / ``results.jsonl`` (tidy rows),
 ``per_example.<task>.csv.gz`` (one row per model, member and example), ``detector.csv`` (LabelMatch detector
 agreement), ``table.md`` (laid out like the paper's table: MLM None / Object / All, MRC-KL None /
-Phrase / All), ``conditions.png`` (per-model bars for each condition with intervals) and
+Phrase / All; then the verdicts), ``conditions.png`` (per-model bars for each condition with intervals) and
 ``thresholds.png`` (loss against the IoT threshold), plus the attention analyses when given
 (``attention.csv``, ``attention.png``). Plots use matplotlib's Agg backend.
 """
@@ -31,11 +34,17 @@ import numpy as np
 from jaxvl.ablation.conditions import LEVELS
 from jaxvl.ablation.labelmatch import detector_rows
 from jaxvl.ablation.sweep import AblationResult
+from jaxvl.ablation.verdicts import EFFECT_FLOOR_BITS, verdict, verdict_table
 
 METRIC_LABELS = {"mlm": "MLM", "mrc_kl": "MRC-KL", "mrc_xe": "MRC-XE", "mrc_xe_vg": "MRC-XE-VG"}
 BLOCK = 256  # statistics bootstrapped at once
 TIDY_FIELDS = ("model", "task", "condition", "threshold", "metric", "subset", "mean", "ci_low", "ci_high", "count",
-               "without_target", "delta", "delta_low", "delta_high")
+               "without_target", "delta", "delta_low", "delta_high", "control_delta", "control_delta_low",
+               "control_delta_high", "effect", "effect_low", "effect_high", "control_shortfall", "verdict")
+# statistic -> its (mean, low, high) fields; "" is the member's own mean
+_STAT_FIELDS = {"": ("mean", "ci_low", "ci_high"), "delta": ("delta", "delta_low", "delta_high"),
+                "control_delta": ("control_delta", "control_delta_low", "control_delta_high"),
+                "effect": ("effect", "effect_low", "effect_high")}
 
 
 # ------------------------------------------------------------------------------------ bootstrap
@@ -98,11 +107,37 @@ def _reference(result: AblationResult, task: str, m: int) -> int | None:
     return None
 
 
-def tidy_rows(result: AblationResult, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> list[dict[str, Any]]:
+def _statistics(values: np.ndarray, m: int, ref: int | None, ctrl: int | None) -> dict[str, np.ndarray]:
+    """statistic -> per-example column [N] of member ``m`` (``values`` [M, N] of one model and metric): its
+    value, the paired difference to ``none`` (``ref``), its control's difference to ``none`` and the effect
+    (member minus control ``ctrl``), each where it exists."""
+    out = {"": values[m]}
+    if ref is not None and ref != m:
+        out["delta"] = values[m] - values[ref]
+        if ctrl is not None:
+            out["control_delta"] = values[ctrl] - values[ref]
+    if ctrl is not None:
+        out["effect"] = values[m] - values[ctrl]
+    return out
+
+
+def _shortfall(result: AblationResult, task: str, m: int, ctrl: int | None, mask: np.ndarray) -> int | None:
+    """Examples of ``mask`` whose matched-count control (``object`` / ``phrase``) removed fewer units than
+    member ``m``; None for ``all`` (its control is not matched in count) or without a control."""
+    if ctrl is None or result.members[task][m].condition == "all":
+        return None
+    removed = result.stats["vis4lang_ablated" if task == "vis4lang" else "text_masked"]
+    return int((mask & (removed[ctrl] < removed[m])).sum())
+
+
+def tidy_rows(result: AblationResult, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+              floor: float = EFFECT_FLOOR_BITS) -> list[dict[str, Any]]:
     """One row per (model, task, condition, threshold, metric, subset); fields ``TIDY_FIELDS``.
 
     ``delta*`` is the paired difference to the ``none`` condition (None for ``none`` itself or when that
-    condition was not evaluated).
+    condition was not evaluated). ``control_delta*``, ``effect*``, ``control_shortfall`` and ``verdict``
+    (module doc; ``floor`` in bits) are None where the condition has no control; controls have no rows of
+    their own.
     """
     weights = bootstrap_weights(result.num_examples, n_boot, seed)
     specs, cols, masks = [], [], []
@@ -110,18 +145,19 @@ def tidy_rows(result: AblationResult, n_boot: int = 1000, seed: int = 0, level: 
         for metric, values in metrics.items():
             for k, model in enumerate(result.model_names):
                 for m, member in enumerate(result.members[task]):
-                    ref = _reference(result, task, m)
+                    if member.control:
+                        continue
+                    ref, ctrl = _reference(result, task, m), result.control_of(task, m)
+                    stats = _statistics(values[k], m, ref, ctrl)
                     for subset, (mask, without) in _subsets(result, task, m).items():
                         if metric == "mrc_xe_vg" and subset == "all":
                             continue
                         spec = dict(model=model, task=task, condition=member.condition, threshold=member.threshold,
-                                    metric=metric, subset=subset, count=int(mask.sum()), without_target=without)
-                        specs.append((spec, ref is not None and ref != m))
-                        cols.append(values[k, m])
-                        masks.append(mask)
-                        if ref is not None and ref != m:
-                            cols.append(values[k, m] - values[k, ref])
-                            masks.append(mask)
+                                    metric=metric, subset=subset, count=int(mask.sum()), without_target=without,
+                                    control_shortfall=_shortfall(result, task, m, ctrl, mask))
+                        specs.append((spec, tuple(stats)))
+                        cols.extend(stats.values())
+                        masks.extend([mask] * len(stats))
     if not specs:
         return []
     weights = weights.astype(np.float64)
@@ -129,15 +165,14 @@ def tidy_rows(result: AblationResult, n_boot: int = 1000, seed: int = 0, level: 
              for i in range(0, len(cols), BLOCK)]  # in blocks of statistics, to bound memory
     mean, low, high = (np.concatenate([p[j] for p in parts]) for j in range(3))
     rows, c = [], 0
-    for spec, has_delta in specs:
-        row = dict(spec, mean=_num(mean[c]), ci_low=_num(low[c]), ci_high=_num(high[c]),
-                   delta=None, delta_low=None, delta_high=None)
-        c += 1
-        if has_delta:
-            row.update(delta=_num(mean[c]), delta_low=_num(low[c]), delta_high=_num(high[c]))
-            c += 1
-        elif spec["condition"] == "none":
+    for spec, names in specs:
+        row = dict(spec, **{f: None for fields in _STAT_FIELDS.values() for f in fields})
+        if spec["condition"] == "none":
             row.update(delta=0.0, delta_low=0.0, delta_high=0.0)
+        for name in names:
+            row.update(zip(_STAT_FIELDS[name], (_num(mean[c]), _num(low[c]), _num(high[c])), strict=True))
+            c += 1
+        row["verdict"] = verdict(row["effect_low"], row["effect_high"], floor)
         rows.append({f: row[f] for f in TIDY_FIELDS})
     return rows
 
@@ -174,9 +209,10 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | os.PathLike, fields: 
 
 def per_example_columns(result: AblationResult, task: str, phrases: Sequence[str] | None = None,
                         image_ids: Sequence[str] | None = None) -> dict[str, list]:
-    """Columns of one row per (model, member, example) of ``task``: identifiers, whether the example counts
-    in the member's mean, every metric (bits) and the alignment statistics; ``phrases`` / ``image_ids``
-    (by example position) when given. An unused threshold is an empty string."""
+    """Columns of one row per (model, member, example) of ``task``: identifiers (``control`` 1: the member is
+    its condition's matched control), whether the example counts in the member's mean, every metric (bits)
+    and the alignment statistics (``regions_ablated`` / ``tokens_masked``: the units the member removed);
+    ``phrases`` / ``image_ids`` (by example position) when given. An unused threshold is an empty string."""
     members = result.members[task]
     k, m, n = len(result.model_names), len(members), result.num_examples
     rows = (k, m, n)
@@ -188,6 +224,7 @@ def per_example_columns(result: AblationResult, task: str, phrases: Sequence[str
     cols: dict[str, list] = {
         "model": grid(np.array(result.model_names, object)[:, None, None]),
         "condition": grid(np.array([mb.condition for mb in members], object)[None, :, None]),
+        "control": grid(np.array([int(mb.control) for mb in members])[None, :, None]),
         "threshold": grid(np.array(["" if mb.threshold is None else mb.threshold for mb in members],
                                    object)[None, :, None]),
         "example": grid(ex),
@@ -203,6 +240,7 @@ def per_example_columns(result: AblationResult, task: str, phrases: Sequence[str
         cols["regions_ablated"] = grid(result.stats["vis4lang_ablated"])
     else:
         cols["regions_aligned"] = grid(result.stats["num_aligned"])
+        cols["tokens_masked"] = grid(result.stats["text_masked"])
         cols["has_target"] = grid(result.stats["has_target"].astype(int))
         if result.vg_label is not None:
             cols["vg_label"] = grid(result.vg_label)
@@ -384,7 +422,8 @@ def plot_thresholds(rows: Sequence[dict[str, Any]], path: str | os.PathLike, lan
 
 def write_report(result: AblationResult, workdir: str | os.PathLike, threshold: float = 0.5, n_boot: int = 1000,
                  seed: int = 0, phrases: Sequence[str] | None = None, image_ids: Sequence[str] | None = None,
-                 attention: Sequence[dict[str, Any]] | None = None) -> dict[str, str]:
+                 attention: Sequence[dict[str, Any]] | None = None, floor: float = EFFECT_FLOOR_BITS
+                 ) -> dict[str, str]:
     """Writes every output of the module doc under ``workdir``; returns {name: path}.
 
     The markdown table's lang4vis metric is MRC-KL when the models have it, else MRC-XE.
@@ -394,13 +433,15 @@ def write_report(result: AblationResult, workdir: str | os.PathLike, threshold: 
     os.makedirs(workdir, exist_ok=True)
     paths = {name: os.path.join(os.fspath(workdir), name) for name in
              ("results.csv", "results.jsonl", "table.md", "conditions.png", "thresholds.png")}
-    rows = tidy_rows(result, n_boot, seed)
+    rows = tidy_rows(result, n_boot, seed, floor=floor)
     write_rows(rows, paths["results.csv"], TIDY_FIELDS)
     write_rows(rows, paths["results.jsonl"])
     for out in write_per_example(result, os.path.join(os.fspath(workdir), "per_example.csv.gz"), phrases, image_ids):
         paths[os.path.basename(out)] = out
     metric = "mrc_kl" if "mrc_kl" in result.values.get("lang4vis", {}) else "mrc_xe"
     table = markdown_table(rows, threshold, metric)
+    verdicts = verdict_table(rows, threshold, (metric,), floor)
+    table += "\n" + verdicts if verdicts else ""
     if result.vg_label is not None and "lang4vis" in result.values:
         paths["detector.csv"] = os.path.join(os.fspath(workdir), "detector.csv")
         write_rows(detector_rows(result), paths["detector.csv"])

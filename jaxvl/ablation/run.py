@@ -8,9 +8,11 @@
 2. the ablation split (``AblationPhrases``; a source string is prepared first), its tokenizer and
    LabelMatch labels, checked against every group's model (vocabulary, feature size, classes, regions)
    before anything compiles;
-3. per group ONE compiled sweep of every condition x threshold x checkpoint (``run_ablation``), the
-   attention analyses from sown weights, and its report under ``<workdir>/<group>/``;
-4. the combined tidy results, paper-style table and plots under ``<workdir>``; the table is returned.
+3. per group ONE compiled sweep of every condition x threshold x checkpoint, with each condition's
+   matched control at ``report_threshold`` (``controls``; ``jaxvl.ablation.controls``), the attention
+   analyses from sown weights, and its report under ``<workdir>/<group>/``;
+4. the combined tidy results, paper-style table, verdicts (``jaxvl.ablation.verdicts``) and plots under
+   ``<workdir>``; the tables are returned.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ def ablate(cfg: ConfigDict, workdir: str) -> str:
         write_report,
         write_rows,
     )
+    from jaxvl.ablation.verdicts import verdict_table
     from jaxvl.data.builders.ablation import AblationPhrases
     from jaxvl.data.grain import open_split, tokenizer_for
     from jaxvl.data.resolve import resolve_dataset
@@ -140,9 +143,14 @@ def ablate(cfg: ConfigDict, workdir: str) -> str:
     from jaxvl.runtime.sharding import make_mesh
 
     # ------------------------------------------------------------------- spec and checkpoints
-    spec_args = dict(vis4lang=_words(cfg.vis4lang), lang4vis=_words(cfg.lang4vis),
-                     thresholds=_floats(cfg.thresholds, "thresholds"), quirks=Quirks(**cfg.quirks.to_dict()),
-                     member_batch_size=cfg.member_batch_size, model_batch_size=cfg.model_batch_size)
+    thresholds = _floats(cfg.thresholds, "thresholds")
+    if cfg.controls and float(cfg.report_threshold) not in thresholds:
+        raise ValueError(f"config report_threshold={cfg.report_threshold} is not one of thresholds "
+                         f"{list(thresholds)}; the matched controls run at it (or set controls=False)")
+    spec_args = dict(vis4lang=_words(cfg.vis4lang), lang4vis=_words(cfg.lang4vis), thresholds=thresholds,
+                     quirks=Quirks(**cfg.quirks.to_dict()), member_batch_size=cfg.member_batch_size,
+                     model_batch_size=cfg.model_batch_size,
+                     control_threshold=float(cfg.report_threshold) if cfg.controls else None)
     AblationSpec(0, **spec_args)  # bad condition names / thresholds fail here, before any loading
     paths = [p for p in str(cfg.checkpoints).split(",") if p]
     if not paths:
@@ -194,8 +202,8 @@ def ablate(cfg: ConfigDict, workdir: str) -> str:
                                        cfg.report_threshold, names, compiler_options=options)
         out = os.path.join(workdir, group)
         write_report(result, out, cfg.report_threshold, cfg.n_boot, cfg.seed, phrases=index.phrases,
-                     image_ids=index.image_ids, attention=attention)
-        rows = tidy_rows(result, cfg.n_boot, cfg.seed)
+                     image_ids=index.image_ids, attention=attention, floor=cfg.verdict_floor)
+        rows = tidy_rows(result, cfg.n_boot, cfg.seed, floor=cfg.verdict_floor)
         for row in rows:
             row["preset"] = members[0].preset
         all_rows += rows
@@ -213,6 +221,8 @@ def ablate(cfg: ConfigDict, workdir: str) -> str:
     # One table per region metric: MRC-KL for the models trained with it, MRC-XE for the MRC-XE ones (a
     # sweep's members carry both heads, one of them untrained).
     combined = "\n\n".join(markdown_table(all_rows, cfg.report_threshold, m) for m in metrics)
+    verdicts = verdict_table(all_rows, cfg.report_threshold, metrics, cfg.verdict_floor)
+    combined += "\n\n" + verdicts if verdicts else ""
     plot_conditions(all_rows, os.path.join(workdir, "conditions.png"), cfg.report_threshold, metric)
     plot_thresholds(all_rows, os.path.join(workdir, "thresholds.png"), metric)
     text = combined + "\n\n" + "\n\n".join(tables) + "\n"

@@ -3,8 +3,10 @@
 ``AblationSpec`` names the conditions (``vis4lang``: none / object / all; ``lang4vis``: none / phrase /
 all), the IoT thresholds (default 0.0, 0.1, ..., 0.9) and the ``Quirks``. It expands into *members*,
 one per (task, condition, threshold): vis4lang ``object`` and every lang4vis condition once per
-threshold, vis4lang ``none`` and ``all`` (which do not depend on the threshold) once. The members of a
-task stack into arrays (level, threshold) and ``vmap`` inside one ``jax.jit``; so do the checkpoints,
+threshold, vis4lang ``none`` and ``all`` (which do not depend on the threshold) once. With a
+``control_threshold``, every condition but ``none`` also gets its matched control at that threshold
+(``jaxvl.ablation.controls``), a member like any other. The members of a task stack into arrays (level,
+threshold, control) and ``vmap`` inside one ``jax.jit``; so do the checkpoints,
 whose parameter trees stack on a leading axis K (``stack_params``). One call of ``AblationSweep``
 evaluates a batch under every member of every checkpoint; it compiles once per model config and batch
 shape. The batch is sharded over the mesh's data axes (``('data', 'fsdp')``, as in training), the
@@ -49,6 +51,7 @@ from jaxvl.ablation.conditions import (
     detector_rank,
     lang4vis_inputs,
     lang4vis_losses,
+    lang4vis_masked,
     phrase_nll_bits,
     vis4lang_ablated,
     vis4lang_inputs,
@@ -61,17 +64,19 @@ DEFAULT_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(10))
 # Fields the sweep reads (jaxvl.ablation.data makes them); ``vg_label`` is optional (LabelMatch).
 SWEEP_FIELDS = ("input_ids", "text_mask", "token_type_ids", "phrase_mask", "features", "locations", "region_mask",
                 "boxes", "region_target_mask", "ref_boxes", "ref_mask", "cls_prob", "objects_id", "objects_conf")
-HOST_FIELDS = ("valid", "example")  # per-row bookkeeping that never enters the compiled program
+HOST_FIELDS = ("valid", "example")  # per-row bookkeeping; ``example`` also keys the controls' draws
 
 
 @dataclasses.dataclass(frozen=True)
 class Member:
     """One evaluated condition: ``task`` (``vis4lang``/``lang4vis``), ``condition`` and IoT ``threshold``
-    (None where the condition does not depend on it)."""
+    (None where the condition does not depend on it); ``control``: the condition's matched control
+    (``jaxvl.ablation.controls``) at ``threshold`` instead of the condition itself."""
 
     task: str
     condition: str
     threshold: float | None
+    control: bool = False
 
     @property
     def level(self) -> int:
@@ -82,7 +87,9 @@ class Member:
 class AblationSpec:
     """What the sweep evaluates. ``mask_id``: the tokenizer's ``[MASK]`` id. Conditions are given per task
     by name; ``thresholds`` (each in [0, 1]) apply to vis4lang ``object`` and to every lang4vis condition.
-    An empty tuple skips a task."""
+    An empty tuple skips a task. ``control_threshold`` (one of ``thresholds``): every condition but ``none``
+    also runs its matched control there (vis4lang ``all``'s control keeps the regions aligned at it); None:
+    no controls. The controls' draws read the batches' ``example`` field."""
 
     mask_id: int
     vis4lang: tuple[str, ...] = LEVELS["vis4lang"]
@@ -91,6 +98,7 @@ class AblationSpec:
     quirks: Quirks = Quirks()
     member_batch_size: int | None = None
     model_batch_size: int | None = None
+    control_threshold: float | None = None
 
     def __post_init__(self):
         for task in TASKS:
@@ -113,6 +121,9 @@ class AblationSpec:
         needs_threshold = "object" in self.vis4lang or bool(self.lang4vis)
         if needs_threshold and not thresholds:
             raise ValueError("no IoT threshold given, but vis4lang 'object' or lang4vis needs one")
+        if self.control_threshold is not None and float(self.control_threshold) not in thresholds:
+            raise ValueError(f"control_threshold={self.control_threshold} is not one of the IoT thresholds "
+                             f"{list(thresholds)}")
         if self.mask_id < 0:
             raise ValueError(f"mask_id={self.mask_id} must be a token id >= 0")
         for name in ("member_batch_size", "model_batch_size"):
@@ -121,20 +132,25 @@ class AblationSpec:
                 raise ValueError(f"{name}={value} must be >= 1 or None (vmap everything)")
 
     def members(self, task: str) -> tuple[Member, ...]:
-        """The members of ``task`` in sweep order."""
+        """The members of ``task`` in sweep order: the conditions, then their controls."""
         out: list[Member] = []
         for cond in getattr(self, task):
             if task == "vis4lang" and cond != "object":
                 out.append(Member(task, cond, None))
             else:
                 out.extend(Member(task, cond, t) for t in self.thresholds)
+        if self.control_threshold is not None:
+            t = float(self.control_threshold)
+            out.extend(Member(task, cond, t, control=True) for cond in getattr(self, task) if cond != "none")
         return tuple(out)
 
-    def member_arrays(self, task: str) -> tuple[np.ndarray, np.ndarray]:
-        """(levels int32 [M], thresholds float32 [M]) of ``task``'s members (an unused threshold is 0)."""
+    def member_arrays(self, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(levels int32 [M], thresholds float32 [M], controls bool [M]) of ``task``'s members (an unused
+        threshold is 0)."""
         members = self.members(task)
         return (np.array([m.level for m in members], np.int32),
-                np.array([0.0 if m.threshold is None else m.threshold for m in members], np.float32))
+                np.array([0.0 if m.threshold is None else m.threshold for m in members], np.float32),
+                np.array([m.control for m in members], bool))
 
 
 def stack_params(trees: Sequence[Any]) -> Any:
@@ -235,6 +251,9 @@ def check_ablation(model: VLBertForPreTraining, stacked_params: Any, batch: Mapp
                          f"has visual targets {sorted(cfg.visual_targets)}")
     if spec.mask_id >= cfg.vocab_size:
         raise ValueError(f"mask_id={spec.mask_id} is outside the model's vocabulary (vocab_size={cfg.vocab_size})")
+    if spec.control_threshold is not None and "example" not in batch:
+        raise BatchError(f"{source}: field 'example' is missing; the matched controls draw by it (build batches "
+                         "with jaxvl.ablation.data.ablation_dataset)")
     if "vg_label" in batch:
         vg = np.asarray(batch["vg_label"])
         k1 = cfg.num_object_classes + 1
@@ -271,12 +290,12 @@ def _check_params(model: VLBertForPreTraining, stacked_params: Any, arrays: Mapp
 class AblationSweep:
     """The compiled sweep of ``spec`` for ``model`` on ``mesh``: ``sweep(stacked_params, batch, mean_feature)``.
 
-    ``batch``: the fields ``SWEEP_FIELDS`` (+ ``vg_label``) [B, ...], global arrays or host arrays (one
-    process). Returns a dict of per-row arrays with the batch axis first, sharded like the batch:
-    ``vis4lang/mlm`` [B, K, Mv], ``lang4vis/<metric>`` [B, K, Ml] (``mrc_kl``, ``mrc_xe``, ``mrc_xe_vg``),
-    and model-independent ``phrase_tokens`` [B], ``vis4lang_ablated`` [B, Mv] (rows replaced),
-    ``num_aligned``, ``has_target``, ``target_index`` [B, Ml] and, with ``vg_label``, ``detector_rank`` /
-    ``detector_prob`` [B, Ml].
+    ``batch``: the fields ``SWEEP_FIELDS`` (+ ``vg_label``; + ``example`` with controls) [B, ...], global
+    arrays or host arrays (one process). Returns a dict of per-row arrays with the batch axis first,
+    sharded like the batch: ``vis4lang/mlm`` [B, K, Mv], ``lang4vis/<metric>`` [B, K, Ml] (``mrc_kl``,
+    ``mrc_xe``, ``mrc_xe_vg``), and model-independent ``phrase_tokens`` [B], ``vis4lang_ablated`` [B, Mv]
+    (rows replaced), ``num_aligned``, ``has_target``, ``target_index``, ``text_masked`` (sub-words masked)
+    [B, Ml] and, with ``vg_label``, ``detector_rank`` / ``detector_prob`` [B, Ml].
     """
 
     def __init__(self, model: VLBertForPreTraining, spec: AblationSpec, mesh: Mesh,
@@ -294,8 +313,11 @@ class AblationSweep:
     def _sweep(self, stacked_params: Any, batch: dict[str, jax.Array], mean_feature: jax.Array) -> dict[str, Any]:
         spec, model = self.spec, self.model
         add_global, quirks = model.cfg.add_global_imgfeat, spec.quirks
-        v_levels, v_thr = (jnp.asarray(a) for a in self._arrays["vis4lang"])
-        l_levels, l_thr = (jnp.asarray(a) for a in self._arrays["lang4vis"])
+        v_levels, v_thr, v_ctl = (jnp.asarray(a) for a in self._arrays["vis4lang"])
+        l_levels, l_thr, l_ctl = (jnp.asarray(a) for a in self._arrays["lang4vis"])
+
+        def ctl(flag):  # without controls, their draw stays out of the program
+            return None if spec.control_threshold is None else flag
 
         def forward(params, inputs):
             return model.apply({"params": params}, **inputs, deterministic=True)
@@ -304,40 +326,45 @@ class AblationSweep:
             out = {}
             if spec.vis4lang:
                 def v_member(x):
-                    inputs, labels = vis4lang_inputs(batch, x[0], x[1], mean_feature, spec.mask_id, add_global, quirks)
+                    inputs, labels = vis4lang_inputs(batch, x[0], x[1], mean_feature, spec.mask_id, add_global, quirks,
+                                                     ctl(x[2]))
                     return {"mlm": phrase_nll_bits(forward(params, inputs).mlm_logits, labels)}
 
-                out["vis4lang"] = _map(v_member, (v_levels, v_thr), spec.member_batch_size)
+                out["vis4lang"] = _map(v_member, (v_levels, v_thr, v_ctl), spec.member_batch_size)
             if spec.lang4vis:
                 def l_member(x):
-                    inputs, index, has, _ = lang4vis_inputs(batch, x[0], x[1], spec.mask_id, add_global, quirks)
+                    inputs, index, has, _ = lang4vis_inputs(batch, x[0], x[1], spec.mask_id, add_global, quirks,
+                                                            ctl(x[2]))
                     return lang4vis_losses(forward(params, inputs).visual_logits, batch, index, has, quirks)
 
-                out["lang4vis"] = _map(l_member, (l_levels, l_thr), spec.member_batch_size)
+                out["lang4vis"] = _map(l_member, (l_levels, l_thr, l_ctl), spec.member_batch_size)
             return out
 
         per = _map(per_model, stacked_params, spec.model_batch_size)  # leaves [K, M, B]
         out: dict[str, Any] = {task: {k: jnp.moveaxis(v, -1, 0) for k, v in d.items()} for task, d in per.items()}
         out["phrase_tokens"] = batch["phrase_mask"].sum(-1).astype(jnp.int32)
         if spec.vis4lang:
-            ablated = jax.vmap(lambda lv, t: vis4lang_ablated(batch, lv, t).sum(-1))(v_levels, v_thr)
+            ablated = jax.vmap(lambda lv, t, c: vis4lang_ablated(batch, lv, t, ctl(c)).sum(-1))(v_levels, v_thr, v_ctl)
             out["vis4lang_ablated"] = ablated.T.astype(jnp.int32)
         if spec.lang4vis:
-            def align(level, thr):
-                _, index, has, aligned = lang4vis_inputs(batch, level, thr, spec.mask_id, add_global, quirks)
-                stats = {"num_aligned": aligned.sum(-1).astype(jnp.int32), "has_target": has, "target_index": index}
+            def align(level, thr, control):
+                _, index, has, aligned = lang4vis_inputs(batch, level, thr, spec.mask_id, add_global, quirks,
+                                                         ctl(control))
+                stats = {"num_aligned": aligned.sum(-1).astype(jnp.int32), "has_target": has, "target_index": index,
+                         "text_masked": lang4vis_masked(batch, level, ctl(control)).sum(-1).astype(jnp.int32)}
                 if "vg_label" in batch:
                     stats["detector_rank"], stats["detector_prob"] = detector_rank(batch, index, has)
                 return stats
 
-            out.update(jax.tree.map(lambda a: a.T, jax.vmap(align)(l_levels, l_thr)))
+            out.update(jax.tree.map(lambda a: a.T, jax.vmap(align)(l_levels, l_thr, l_ctl)))
         if "vg_label" in batch:
             out["vg_label"] = batch["vg_label"]
         return out
 
     def device_batch(self, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
         """The fields the sweep reads, as global arrays sharded over the data axes (``to_global``)."""
-        fields = {k: np.asarray(batch[k]) for k in (*SWEEP_FIELDS, "vg_label") if k in batch}
+        optional = ("vg_label", "example") if self.spec.control_threshold is not None else ("vg_label",)
+        fields = {k: np.asarray(batch[k]) for k in (*SWEEP_FIELDS, *optional) if k in batch}
         return to_global(fields, self.mesh)
 
     def lower(self, stacked_params: Any, batch: Mapping[str, Any], mean_feature: Any) -> jax.stages.Lowered:
@@ -358,9 +385,10 @@ class AblationResult:
     """Per-example values of a sweep, examples in ``example`` order (the ablation index's ordinals).
 
     ``values[task][metric]``: float [K, M, N] in bits; ``stats``: model-independent arrays [M, N]
-    (``num_aligned``, ``has_target``, ``target_index``, ``detector_rank``, ``detector_prob``,
+    (``num_aligned``, ``has_target``, ``target_index``, ``text_masked``, ``detector_rank``, ``detector_prob``,
     ``vis4lang_ablated``) and [N] (``phrase_tokens``); ``vg_label`` [N] (-1: no LabelMatch label) when
-    the batches carried it. ``included(task, m)`` is the mask of the examples a member's mean is over.
+    the batches carried it. ``included(task, m)`` is the mask of the examples a member's mean is over;
+    ``control_of(task, m)`` the member holding member ``m``'s matched control.
     """
 
     model_names: tuple[str, ...]
@@ -387,6 +415,18 @@ class AblationResult:
         if self.quirks.missing_target_as_zero:
             return np.ones(self.num_examples, bool)
         return self.stats["has_target"][m].astype(bool)
+
+    def control_of(self, task: str, m: int) -> int | None:
+        """Index of the matched control of member ``m`` of ``task`` (vis4lang ``all``: the one at the control
+        threshold), or None (``none``, a control, or a threshold without controls)."""
+        member = self.members[task][m]
+        if member.control:
+            return None
+        for i, other in enumerate(self.members[task]):
+            if other.control and other.condition == member.condition and (
+                    member.threshold is None or other.threshold == member.threshold):
+                return i
+        return None
 
     def without_target(self, m: int) -> int:
         """How many examples lang4vis member ``m`` has no aligned region for."""

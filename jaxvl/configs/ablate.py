@@ -14,7 +14,9 @@ Checkpoints with the same model config are stacked and evaluated by one compiled
 
 Argument: ``[tiny]`` (the synthetic world's ablation phrases, no download; ``VARIANTS``; ``REQUIRED``: the
 keys a run must set). Every condition (vis4lang none / object / all; lang4vis none / phrase / all) and
-every IoT threshold run together as one vmapped sweep. VOLTA's quirks are on by default (reference
+every IoT threshold run together as one vmapped sweep, with each condition's matched control at
+``report_threshold`` (``controls``; ``jaxvl.ablation.controls``), from which the report reads a verdict
+per model and effect (``jaxvl.ablation.verdicts``). VOLTA's quirks are on by default (reference
 section 7); ``quirks.*`` turn each off.
 """
 
@@ -61,6 +63,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     cfg.lang4vis = "none,phrase,all"
     cfg.thresholds = tuple(round(0.1 * i, 1) for i in range(10))  # IoT thresholds, each in [0, 1]
     cfg.report_threshold = 0.5
+    # Each condition's matched control (as much input removed, none of it aligned with the phrase) runs at
+    # report_threshold in the same sweep; the verdicts (found / not found / opposite) read effects against it.
+    cfg.controls = True
+    # bits: the smallest effect a verdict calls found / opposite; jaxvl.ablation.verdicts.EFFECT_FLOOR_BITS, measured
+    # there on tiny models of synthetic worlds (scripts/calibrate_verdict_floor.py re-measures it for other setups)
+    cfg.verdict_floor = 0.16
     # None: vmap every member (one batched program); 1: members one at a time inside the one program (faster and
     # leaner on CPU, BENCHMARKS.md "Cross-modal ablation"); n: chunks of n. The same for stacked checkpoints.
     cfg.member_batch_size = None
