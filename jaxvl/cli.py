@@ -28,6 +28,7 @@ from typing import NoReturn
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 WRAP = dict(width=110, break_on_hyphens=False, break_long_words=False)  # help text
 DEBUG_HELP = "show the traceback of an error (or JAXVL_DEBUG=1)"
+VERBOSE_HELP = "longer start-up reports, e.g. the compiled step's full memory block (or JAXVL_VERBOSE=1)"
 
 # Exceptions that are the user's to fix: a bad config key or value, a missing path, malformed data, a refused
 # checkpoint. Matched by class name among jaxvl's own classes (so this module imports none of them); besides
@@ -373,6 +374,7 @@ def _build(p: argparse.ArgumentParser, spec: Command) -> None:
         p.add_argument("--config", required=spec.config_required, default=None, metavar="NAME[:ARG]",
                        help=f"the config: {spec.config}[:ARG] (packaged) or PATH.py[:ARG]; variants below")
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.description = textwrap.fill(spec.description, **WRAP)
     epilog = ["examples:", *(textwrap.fill(e, **WRAP, initial_indent="  ", subsequent_indent="      ")
@@ -397,6 +399,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
                      "shows the traceback.",
                      description="Controlled vision-and-language transformer experiments in JAX.")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     top = parser.add_subparsers(dest="jaxvl_name", metavar="COMMAND", required=True, help="one of those below")
     groups: dict[str, argparse._SubParsersAction] = {}
     for spec in COMMANDS:
@@ -460,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get("JAXVL_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    if "--verbose" in argv:
+        os.environ["JAXVL_VERBOSE"] = "1"  # read where reports are printed (runtime.stage)
+        argv = [a for a in argv if a != "--verbose"]
     try:
         return _run(argv)
     except (KeyboardInterrupt, Exception) as e:

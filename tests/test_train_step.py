@@ -177,7 +177,8 @@ def test_fsdp_state_is_an_eighth_per_device(capsys):
         sizes[key] = stats["argument_size_in_bytes"] - batch_bytes
         expected = bytes_per_device(r.state0, jax.tree.map(lambda x: x.sharding, r.state0))
         assert abs(sizes[key] - expected) <= 0.01 * expected  # the compiled view agrees with the shardings
-        assert "argument_size" in memory_summary(r.compiled)
+        assert "argument_size" in memory_summary(r.compiled, verbose=True)
+        assert memory_summary(r.compiled).startswith("memory per device: ") and "\n" not in memory_summary(r.compiled)
     ratio = sizes["fsdp"] / sizes["single"]
     with capsys.disabled():
         print(f"\n[FSDP 1x8x1] params+opt state per device: {sizes['fsdp']} B vs {sizes['single']} B on one device;"

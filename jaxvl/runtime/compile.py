@@ -58,10 +58,16 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
-def memory_summary(compiled: jax.stages.Compiled) -> str:
-    """One readable line per ``memory_stats`` entry (per device), e.g. for the trainer's start-up log."""
+def memory_summary(compiled: jax.stages.Compiled, verbose: bool = False) -> str:
+    """The compiled step's memory per device for a start-up log: one line (the total and its parts), or with
+    ``verbose`` one line per ``memory_stats`` entry."""
     stats = memory_stats(compiled)
     if not stats:
         return "memory analysis: not available on this backend"
+    if not verbose:
+        parts = ", ".join(f"{k.removesuffix('_size_in_bytes')} {_mib(stats[k])}" for k in
+                          ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+                           "temp_size_in_bytes"))
+        return f"memory per device: {_mib(stats['peak_estimate_in_bytes'])} ({parts}; alias = donated)"
     lines = [f"  {k.removesuffix('_in_bytes'):<22} {_mib(v):>12}  ({v} B)" for k, v in stats.items()]
     return "\n".join(["memory per device (compiled step):", *lines])

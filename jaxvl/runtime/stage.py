@@ -165,7 +165,8 @@ def compile_stage_step(stage: Stage, state: Any) -> StepFn:
     t0 = time.perf_counter()
     if stage.jitted_step is not None:
         step_fn = compile_step(stage.jitted_step, state, stage.example, stage.mesh)
-        log(f"compiled the {stage.step_name} in {time.perf_counter() - t0:.1f} s\n{memory_summary(step_fn)}")
+        log(f"compiled the {stage.step_name} in {time.perf_counter() - t0:.1f} s\n"
+            f"{memory_summary(step_fn, verbose=os.environ.get('JAXVL_VERBOSE', '') not in ('', '0'))}")
         return step_fn
     step_fn = stage.build_step(state, stage.example)
     log(f"compiled the {stage.step_name} in {time.perf_counter() - t0:.1f} s")
