@@ -203,3 +203,29 @@ def test_multislice_mesh_and_report(tmp_path):
                  "--mesh", "data=2,fsdp=16", "--batch", "64", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["devices"] == 32 and report["target"] == "v5e-16 x 2 slices" and report["dcn_s"] > 0
+
+
+def test_topologies_bench_bisection_and_table(monkeypatch):
+    """``jaxvl bench topologies``: the global batch rule, the largest-model bisection (over a fake compile whose
+    memory grows with the rung) and the table's cells for a compiled row and for one that failed."""
+    from jaxvl.benchmarks import topologies
+
+    assert [topologies.global_batch(c, 16) for c in (4, 16, 64, 256, 512)] == [256, 256, 1024, 4096, 4096]
+    ladder = tuple((256 * (i + 1), 12) for i in range(7))
+    compiled = []
+
+    def fake_row(preset, topology, strategy, per_chip, overrides=None, hlo_dir=None):
+        compiled.append(overrides["hidden_size"])
+        gib = overrides["hidden_size"] / 256 * 3.0  # rung i needs 3 (i + 1) GiB
+        return dict(preset=preset, slice=topology, strategy=strategy, batch=256, fits=gib <= 16,
+                    peak_bytes=int(gib * 2**30), params=overrides["hidden_size"] * 1000)
+
+    monkeypatch.setattr(topologies, "compile_row", fake_row)
+    best = topologies.largest_that_fits("v5e-16", 16, ladder)
+    assert best["largest"] == (1280, 12) and best["tried"] == len(compiled) <= 3  # 5 x 3 = 15 GiB <= 16
+    row = dict(preset="uniter", slice="v5e-16", strategy="fsdp", batch=256, mesh={"data": 1, "fsdp": 16, "tensor": 1},
+               fits=False, peak_bytes=20 * 2**30, hbm_bytes=16 * 2**30, collective_bytes={"all-gather": 2**30},
+               estimate_s=0.0123, mfu_estimate=0.42, compile_s=61.0)
+    assert topologies.table_row(row)[3:] == ["(1,16,1)", "256", "**no**", "20.00 (16)", "1.00", "12.3", "42%", "61"]
+    failed = dict(preset="uniter", slice="v5e-16", strategy="dp", batch=256, error="ValueError: boom", wall_s=3.0)
+    assert topologies.table_row(failed)[5:7] == ["error", "ValueError: boom"]
