@@ -229,3 +229,14 @@ def test_topologies_bench_bisection_and_table(monkeypatch):
     assert topologies.table_row(row)[3:] == ["(1,16,1)", "256", "**no**", "20.00 (16)", "1.00", "12.3", "42%", "61"]
     failed = dict(preset="uniter", slice="v5e-16", strategy="dp", batch=256, error="ValueError: boom", wall_s=3.0)
     assert topologies.table_row(failed)[5:7] == ["error", "ValueError: boom"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu absent: install the tpu extra (pip install 'jaxvl[tpu]')")
+def test_mesh_axis_that_splits_a_physical_axis():
+    """tensor=4 on a v6e-64 slice (an 8x8 torus: no product of physical axes is 4): the mesh splits one."""
+    from jaxvl.aot.chips import topology_devices
+    from jaxvl.runtime.sharding import make_mesh
+
+    mesh = make_mesh(1, 16, 4, devices=topology_devices(parse_slice("v6e-64")))
+    assert mesh.devices.shape == (1, 16, 4) and len({d.id for d in mesh.devices.flat}) == 64

@@ -73,7 +73,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
     """A ``Mesh`` of shape ``(data, fsdp, tensor)`` over ``MESH_AXES`` with ``AxisType.Auto`` axes.
 
     One size may be -1: it takes whatever the others leave of ``devices`` (default ``jax.devices()``).
-    Axes go from least to most communication-hungry, so 'tensor' lands on neighbouring devices. Devices of
+    Axes go from least to most communication-hungry, so 'tensor' lands on neighbouring devices (where no
+    product of the physical torus axes has an axis's size, e.g. tensor=4 on an 8x8 slice, a physical axis is
+    split: ``allow_split_physical_axes``). Devices of
     several TPU slices (multislice: ``slice_index`` differs) get a hybrid mesh whose ``data`` axis spans the
     slices, so only the data-parallel gradient reduction crosses the data-centre network; ``data`` must then
     be a multiple of the number of slices.
@@ -90,11 +92,16 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
     if math.prod(sizes) != len(devices):
         raise ValueError(f"mesh {tuple(sizes)} needs {math.prod(sizes)} devices; {len(devices)} given")
     slices = len({getattr(d, "slice_index", 0) for d in devices})
+    from jax.experimental import mesh_utils
+
     if slices == 1:
-        return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+        try:
+            return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+        except NotImplementedError:  # an axis no product of physical axes matches (tensor=4 on an 8x8 torus)
+            grid = mesh_utils.create_device_mesh(tuple(sizes), devices=devices, allow_split_physical_axes=True)
+            return Mesh(np.asarray(grid), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
     if sizes[0] % slices:
         raise ValueError(f"{slices} slices: the data axis ({sizes[0]}) must be a multiple of the number of slices")
-    from jax.experimental import mesh_utils
 
     grid = mesh_utils.create_hybrid_device_mesh((sizes[0] // slices, sizes[1], sizes[2]), (slices, 1, 1),
                                                 devices=devices)
