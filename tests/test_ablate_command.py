@@ -40,8 +40,10 @@ def test_ablate_writes_the_report(run, tmp_path, capsys):
     LabelMatch, attention rows and the plots."""
     assert main(_ablate(*run, tmp_path, "thresholds=(0.3,0.5)", "n_boot=200")) == 0
     out = capsys.readouterr().out
-    assert "| model | MLM None |" in out and "| a |" in out and "| b |" in out
+    assert "| model | n | MLM None |" in out and "| a |" in out and "| b |" in out
     assert "Verdicts at IoT>0.5" in out and "| a | MLM object |" in out  # each condition against its control
+    tables = out[out.index("Mean loss in bits"):out.index("\nreport, per-example")]  # what ablate returned
+    assert max(len(line) for line in tables.splitlines()) <= 120 and "Not shown" not in out  # a run: every head
     with open(tmp_path / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     keys = {(r["model"], r["task"], r["condition"], r["threshold"]) for r in rows}
@@ -97,10 +99,14 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--steps", "20", "--no-progress"]) == 0
     out = capsys.readouterr().out
     for name in ("uniter-mrc-kl", "uniter-mrc-xe", "lxmert-mrc-kl", "lxmert-mrc-xe"):
-        assert f"| {name} |" in out
-    assert "MRC-XE None" in out and f"report, per-example losses and plots: {tmp_path / 'ablation'}" in out
+        region, other = ("MRC-KL", "MRC-XE") if name.endswith("kl") else ("MRC-XE", "MRC-KL")
+        assert re.search(rf"^\| {name} \| \d+ \| .* \| {region} \|", out, re.M), name  # on its trained head
+        assert f"| {name} | {region} phrase |" in out and f"| {name} | {other} phrase |" not in out
+    assert "What the world plants" in out and "| verdict | expected | as expected? |" in out
+    assert f"per-example losses and plots: {tmp_path / 'ablation'}" in out
     for name in ("table.md", "results.csv", "conditions.png", "thresholds.png"):
         assert (tmp_path / "ablation" / name).stat().st_size > 0
+    assert (tmp_path / "ablation" / "table.md").read_text().startswith("What the world plants")
 
 
 def test_volta_checkpoint_gives_the_same_numbers(run, tmp_path):

@@ -208,7 +208,7 @@ def test_effects_and_verdicts_of_tidy_rows():
 def test_verdict_table():
     table = verdict_table(tidy_rows(hand_result(), n_boot=200))
     lines = table.splitlines()
-    assert lines[0].startswith("Verdicts at IoT>0.5 (bits;") and f"above {EFFECT_FLOOR_BITS:g}" in lines[1]
+    assert lines[0].startswith("Verdicts at IoT>0.5, in bits") and f"above {EFFECT_FLOOR_BITS:g} bits" in lines[1]
     body = [line.split(" | ") for line in lines if line.startswith("| m |")]
     assert [(b[1], b[-1]) for b in body] == [("MLM object", "found |"), ("MLM all", "not found |"),
                                              ("MRC-KL phrase", "opposite |"), ("MRC-KL all", "not found |")]

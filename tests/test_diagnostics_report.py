@@ -115,13 +115,14 @@ def test_markdown_table_has_the_papers_layout():
     rows = tidy_rows(hand_result(), n_boot=100)
     table = markdown_table(rows)
     lines = table.strip().split("\n")
-    assert lines[0] == ("| model | MLM None | MLM Object (IoT>0.5) | MLM All | Δ All−None | MRC-KL None | "
-                        "MRC-KL Phrase | MRC-KL All | Δ All−None |")
+    assert lines[0].startswith("Mean loss in bits [95% bootstrap interval]: vis4lang MLM on n=39 examples;")
+    assert lines[2] == ("| model | MLM None | MLM Object (IoT>0.5) | MLM All | MLM Δ All−None | "
+                        "MRC-KL None (IoT>0.5) | MRC-KL Phrase (IoT>0.5) | MRC-KL All (IoT>0.5) | MRC-KL Δ All−None |")
     m1 = next(line for line in lines if line.startswith("| m1 |")).split(" | ")
     r = find(rows, model="m1", task="vis4lang", condition="all", metric="mlm", subset="all")
     assert m1[3].startswith(f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
     assert m1[4].startswith("+2.000 [2.000, 2.000]")
-    assert "40 examples in the mean, 10 without an aligned region" in table
+    assert "n=40 examples in the mean, 10 without an aligned region" in table
 
 
 def test_write_report_files(tmp_path):

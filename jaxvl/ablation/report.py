@@ -1,4 +1,4 @@
-"""Ablation results as tidy rows with bootstrap intervals, a paper-style markdown table, and PNG plots.
+"""Ablation results as tidy rows with bootstrap intervals, console and paper-style markdown tables, and PNG plots.
 
 ``tidy_rows(result)`` gives one row per (model, task, condition, threshold, metric, subset): the mean
 over the included examples, its percentile-bootstrap 95% interval, the example count, the examples
@@ -7,16 +7,23 @@ threshold with its *paired* interval (the same resampled examples for both: ever
 result shares one set of bootstrap weights) and, where the sweep ran the condition's matched control
 (``jaxvl.ablation.controls``): the control's difference to ``none``, the effect (condition minus
 control, paired), the examples whose control fell short of units, and the verdict
-(``jaxvl.ablation.verdicts``). Subsets: ``all``, and with LabelMatch labels
-``labelmatch`` (examples whose phrase matches one detector label) and ``labelmatch_agree`` (where the
-detector's top class at the target region is that label); MRC-XE-VG exists on those two only.
+(``jaxvl.ablation.verdicts``), and ``trained_head``: False where the loss is read on a head the model
+never trained (an MRC-XE sweep member's MRC-KL head): kept for completeness, shown by no table or plot.
+Subsets: ``all``, and with LabelMatch labels ``labelmatch`` (examples whose phrase matches one detector
+label) and ``labelmatch_agree`` (where the detector's top class at the target region is that label);
+MRC-XE-VG exists on those two only.
+
+Tables: ``console_tables`` (what ``jaxvl ablate`` prints, at most 120 characters a line: mean losses,
+verdicts) and ``full_tables`` (``table.md``: the paper's layout per region loss with 95% intervals, the
+verdicts, LabelMatch), each with a title, the unit (bits), the examples n and the IoT threshold in the
+column names, and a glossary once under them.
 
 ``write_report(result, workdir)`` writes ``results.csv`` / ``results.jsonl`` (tidy rows),
 ``per_example.<task>.csv.gz`` (one row per model, member and example), ``detector.csv`` (LabelMatch detector
-agreement), ``table.md`` (laid out like the paper's table: MLM None / Object / All, MRC-KL None /
-Phrase / All; then the verdicts), ``conditions.png`` (per-model bars for each condition with intervals) and
-``thresholds.png`` (loss against the IoT threshold), plus the attention analyses when given
-(``attention.csv``, ``attention.png``). Plots use matplotlib's Agg backend.
+agreement), ``table.md`` (``full_tables``), ``conditions.png`` (bars per condition with intervals) and
+``thresholds.png`` (loss against the IoT threshold), each model's lang4vis losses on the heads it trained,
+plus the attention analyses when given (``attention.csv``, ``attention.png``). Plots use matplotlib's Agg
+backend.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ import gzip
 import json
 import math
 import os
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,13 +42,14 @@ import numpy as np
 from jaxvl.ablation.conditions import LEVELS
 from jaxvl.ablation.labelmatch import detector_rows
 from jaxvl.ablation.sweep import AblationResult
-from jaxvl.ablation.verdicts import EFFECT_FLOOR_BITS, verdict, verdict_table
+from jaxvl.ablation.verdicts import EFFECT_FLOOR_BITS, on_trained_heads, verdict, verdict_table
 
 METRIC_LABELS = {"mlm": "MLM", "mrc_kl": "MRC-KL", "mrc_xe": "MRC-XE", "mrc_xe_vg": "MRC-XE-VG"}
 BLOCK = 256  # statistics bootstrapped at once
 TIDY_FIELDS = ("model", "task", "condition", "threshold", "metric", "subset", "mean", "ci_low", "ci_high", "count",
                "without_target", "delta", "delta_low", "delta_high", "control_delta", "control_delta_low",
-               "control_delta_high", "effect", "effect_low", "effect_high", "control_shortfall", "verdict")
+               "control_delta_high", "effect", "effect_low", "effect_high", "control_shortfall", "verdict",
+               "trained_head")
 # statistic -> its (mean, low, high) fields; "" is the member's own mean
 _STAT_FIELDS = {"": ("mean", "ci_low", "ci_high"), "delta": ("delta", "delta_low", "delta_high"),
                 "control_delta": ("control_delta", "control_delta_low", "control_delta_high"),
@@ -131,14 +140,18 @@ def _shortfall(result: AblationResult, task: str, m: int, ctrl: int | None, mask
 
 
 def tidy_rows(result: AblationResult, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-              floor: float = EFFECT_FLOOR_BITS) -> list[dict[str, Any]]:
+              floor: float = EFFECT_FLOOR_BITS, untrained: Mapping[str, Collection[str]] | None = None
+              ) -> list[dict[str, Any]]:
     """One row per (model, task, condition, threshold, metric, subset); fields ``TIDY_FIELDS``.
 
     ``delta*`` is the paired difference to the ``none`` condition (None for ``none`` itself or when that
     condition was not evaluated). ``control_delta*``, ``effect*``, ``control_shortfall`` and ``verdict``
     (module doc; ``floor`` in bits) are None where the condition has no control; controls have no rows of
-    their own.
+    their own. ``untrained``: model -> the metrics it reads on a head that model never trained (an MRC-XE
+    sweep member's MRC-KL); their rows get ``trained_head`` False (kept for completeness; no table or plot
+    shows them), every other row True.
     """
+    untrained = untrained or {}
     weights = bootstrap_weights(result.num_examples, n_boot, seed)
     specs, cols, masks = [], [], []
     for task, metrics in result.values.items():
@@ -154,7 +167,8 @@ def tidy_rows(result: AblationResult, n_boot: int = 1000, seed: int = 0, level: 
                             continue
                         spec = dict(model=model, task=task, condition=member.condition, threshold=member.threshold,
                                     metric=metric, subset=subset, count=int(mask.sum()), without_target=without,
-                                    control_shortfall=_shortfall(result, task, m, ctrl, mask))
+                                    control_shortfall=_shortfall(result, task, m, ctrl, mask),
+                                    trained_head=metric not in untrained.get(model, ()))
                         specs.append((spec, tuple(stats)))
                         cols.extend(stats.values())
                         masks.extend([mask] * len(stats))
@@ -266,10 +280,27 @@ def write_per_example(result: AblationResult, path: str | os.PathLike, phrases: 
     return written
 
 
-# ------------------------------------------------------------------------------------ table
+# ------------------------------------------------------------------------------------ tables
+
+REGION_METRICS = ("mrc_kl", "mrc_xe")  # the lang4vis losses of the paper's table (MRC-XE-VG: LabelMatch only)
+CONSOLE_WIDTH = 120
+_GLOSSARY = (
+    "vis4lang (vision for language): the phrase's sub-words are masked and the model predicts them (MLM: mean "
+    "loss per sub-word) with vision ablated: none, object (the regions aligned with the phrase at IoT > t replaced "
+    "by the mean feature) or all (every region).",
+    "lang4vis (language for vision): the regions aligned with the phrase at IoT > t are zeroed and the model predicts "
+    "the detector's class at the best-aligned one with text ablated: none, phrase (its sub-words masked) or all "
+    "(every sub-word). MRC-KL: KL divergence to the detector's class distribution; MRC-XE: cross-entropy to its top "
+    "class (weighted by its confidence); each read on the head the model trained.",
+)
+_GLOSSARY_LABELMATCH = (
+    "LabelMatch: the lang4vis examples whose phrase names one detector label (labelmatch), and those of them whose "
+    "target region the detector's top class names too (labelmatch_agree; 'labelmatch = agree': the same examples, "
+    "one row). MRC-XE-VG: cross-entropy to the phrase's own Visual Genome label."
+)
 
 
-def _cell(row: dict[str, Any] | None, delta: bool = False) -> str:
+def _cell(row: dict[str, Any] | None, delta: bool = False, interval: bool = True) -> str:
     if row is None:
         return "–"
     mean, low, high = (row["delta"], row["delta_low"], row["delta_high"]) if delta else (
@@ -277,8 +308,8 @@ def _cell(row: dict[str, Any] | None, delta: bool = False) -> str:
     if mean is None:
         return "–"
     sign = "+" if delta and mean >= 0 else ""
-    interval = "" if low is None else f" [{low:.3f}, {high:.3f}]"
-    return f"{sign}{mean:.3f}{interval}"
+    bounds = "" if low is None or not interval else f" [{low:.3f}, {high:.3f}]"
+    return f"{sign}{mean:.3f}{bounds}"
 
 
 def _find(rows: Sequence[dict[str, Any]], **keys: Any) -> dict[str, Any] | None:
@@ -288,59 +319,161 @@ def _find(rows: Sequence[dict[str, Any]], **keys: Any) -> dict[str, Any] | None:
     return None
 
 
+def _line(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _head(cells: Sequence[str]) -> list[str]:
+    """A markdown table's header and rule."""
+    return [_line(cells), "|" + "---|" * len(cells)]
+
+
+def region_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The lang4vis losses of ``REGION_METRICS`` that some model reads on a head it trained, in that order."""
+    shown = on_trained_heads(rows)
+    return [m for m in REGION_METRICS if any(r["metric"] == m for r in shown)]
+
+
+def _models(rows: Sequence[dict[str, Any]], metric: str | None = None) -> list[str]:
+    """The models of ``rows`` in order; with ``metric``, those that do not read it on a head they never trained."""
+    hidden = {r["model"] for r in rows if r["metric"] == metric and r.get("trained_head") is False}
+    return [m for m in dict.fromkeys(r["model"] for r in rows) if m not in hidden]
+
+
+def _title(rows: Sequence[dict[str, Any]], threshold: float, metric: str, subset: str) -> str:
+    """The paper table's title: the unit and each task's examples."""
+    vis = _find(rows, task="vis4lang", condition="none", metric="mlm", subset="all")
+    lang = _find(rows, task="lang4vis", condition="none", metric=metric, subset=subset, threshold=threshold)
+    parts = [] if vis is None else [f"vis4lang MLM on n={vis['count']} examples"]
+    if lang is not None:
+        parts.append(f"lang4vis {METRIC_LABELS[metric]} at IoT>{threshold:g} on n={lang['count']} examples in the "
+                     f"mean, {lang['without_target']} without an aligned region")
+    return "Mean loss in bits [95% bootstrap interval]" + (": " + "; ".join(parts) if parts else "") + "."
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], threshold: float = 0.5, lang4vis_metric: str = "mrc_kl",
                    subset: str = "all") -> str:
-    """The paper's layout (bits, 95% intervals): per model, MLM None / Object (IoT > threshold) / All and
-    Δ All−None, then ``lang4vis_metric`` None / Phrase / All and Δ All−None at ``threshold``."""
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    name = {"mrc_kl": "MRC-KL", "mrc_xe": "MRC-XE", "mrc_xe_vg": "MRC-XE-VG"}[lang4vis_metric]
-    head = ["model", "MLM None", f"MLM Object (IoT>{threshold:g})", "MLM All", "Δ All−None",
-            f"{name} None", f"{name} Phrase", f"{name} All", "Δ All−None"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    v_sub = "all"
-    for model in models:
-        v = {c: _find(rows, model=model, task="vis4lang", condition=c, metric="mlm", subset=v_sub,
+    """The paper's layout, full form (``table.md``): a title (unit, examples), then per model MLM None /
+    Object (IoT > threshold) / All and Δ All−None, ``lang4vis_metric`` None / Phrase / All at ``threshold``
+    and Δ All−None, each mean [95% interval] in bits. A model that reads ``lang4vis_metric`` on a head it
+    never trained is left out."""
+    t, name = f"IoT>{threshold:g}", METRIC_LABELS[lang4vis_metric]
+    lines = _head(["model", "MLM None", f"MLM Object ({t})", "MLM All", "MLM Δ All−None", f"{name} None ({t})",
+                   f"{name} Phrase ({t})", f"{name} All ({t})", f"{name} Δ All−None"])
+    for model in _models(rows, lang4vis_metric):
+        v = {c: _find(rows, model=model, task="vis4lang", condition=c, metric="mlm", subset="all",
                       threshold=threshold if c == "object" else None) for c in LEVELS["vis4lang"]}
         lang = {c: _find(rows, model=model, task="lang4vis", condition=c, metric=lang4vis_metric, subset=subset,
                          threshold=threshold) for c in LEVELS["lang4vis"]}
-        cells = [model, _cell(v["none"]), _cell(v["object"]), _cell(v["all"]), _cell(v["all"], delta=True),
-                 _cell(lang["none"]), _cell(lang["phrase"]), _cell(lang["all"]), _cell(lang["all"], delta=True)]
-        lines.append("| " + " | ".join(cells) + " |")
-    none_row = next((r for r in rows if r["task"] == "lang4vis" and r["threshold"] == threshold
-                     and r["subset"] == subset and r["metric"] == lang4vis_metric), None)
-    notes = []
-    vis_none = next((r for r in rows if r["task"] == "vis4lang" and r["subset"] == "all"), None)
-    if vis_none is not None:
-        notes.append(f"vis4lang: {vis_none['count']} examples")
-    if none_row is not None:
-        notes.append(f"lang4vis at IoT>{threshold:g}: {none_row['count']} examples in the mean, "
-                     f"{none_row['without_target']} without an aligned region")
-    return "\n".join(lines) + ("\n\n" + "; ".join(notes) + "." if notes else "") + "\n"
+        lines.append(_line([model, _cell(v["none"]), _cell(v["object"]), _cell(v["all"]), _cell(v["all"], delta=True),
+                            _cell(lang["none"]), _cell(lang["phrase"]), _cell(lang["all"]),
+                            _cell(lang["all"], delta=True)]))
+    return "\n".join([_title(rows, threshold, lang4vis_metric, subset), "", *lines]) + "\n"
+
+
+def _count(row: dict[str, Any] | None) -> str:
+    return "–" if row is None else str(row["count"])
+
+
+def summary_table(rows: Sequence[dict[str, Any]], threshold: float = 0.5,
+                  metrics: Sequence[str] = REGION_METRICS) -> str:
+    """The console form of ``markdown_table`` (at most 120 characters a line for model names up to 16): a
+    title, then one row per model and lang4vis loss of ``metrics`` it reads on a head it trained (one row
+    with ``–`` when there is none), the mean losses in bits (no intervals) and each task's examples n."""
+    t = f"IoT>{threshold:g}"
+    lines = ["Mean loss in bits (95% intervals in table.md); lang4vis on the region head each model trained:", "",
+             *_head(["model", "n", "MLM None", f"MLM Object ({t})", "MLM All", "loss", "n", f"None ({t})",
+                     f"Phrase ({t})", f"All ({t})"])]
+    for model in _models(rows):
+        v = [_find(rows, model=model, task="vis4lang", condition=c, metric="mlm", subset="all",
+                   threshold=threshold if c == "object" else None) for c in LEVELS["vis4lang"]]
+        own = [m for m in metrics if model in _models(rows, m) and _find(rows, model=model, metric=m)]
+        for metric in own or [None]:
+            lang = [_find(rows, model=model, task="lang4vis", condition=c, metric=metric, subset="all",
+                          threshold=threshold) for c in LEVELS["lang4vis"]]
+            label = "–" if metric is None else METRIC_LABELS[metric]
+            lines.append(_line([model, _count(v[0]), *(_cell(r, interval=False) for r in v), label, _count(lang[0]),
+                                *(_cell(r, interval=False) for r in lang)]))
+    return "\n".join(lines) + "\n"
+
+
+def _labelmatch_subsets(rows: Sequence[dict[str, Any]], model: str, threshold: float) -> dict[str, str]:
+    """subset -> its label in the LabelMatch table. ``labelmatch_agree`` is a subset of ``labelmatch``: with
+    as many examples it holds the same ones, and one row (``labelmatch = agree``) stands for both."""
+    counts = {s: _count(_find(rows, model=model, task="lang4vis", condition="none", subset=s, threshold=threshold))
+              for s in ("labelmatch", "labelmatch_agree")}
+    if counts["labelmatch"] == counts["labelmatch_agree"]:
+        return {"labelmatch": "labelmatch = agree"}
+    return {"labelmatch": "labelmatch", "labelmatch_agree": "labelmatch_agree"}
 
 
 def labelmatch_table(rows: Sequence[dict[str, Any]], threshold: float = 0.5) -> str:
-    """Markdown: per model and LabelMatch subset, the lang4vis MRC loss (MRC-KL, else MRC-XE) and
-    MRC-XE-VG for None / Phrase / All at ``threshold``, mean [95% interval] in bits."""
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    metric = "mrc_kl" if any(r["metric"] == "mrc_kl" for r in rows) else "mrc_xe"
-    name = "MRC-KL" if metric == "mrc_kl" else "MRC-XE"
-    conds = ("none", "phrase", "all")
-    head = ["model", "subset", *(f"{name} {c.capitalize()}" for c in conds),
-            *(f"MRC-XE-VG {c.capitalize()}" for c in conds), "examples"]
-    lines = [f"LabelMatch at IoT>{threshold:g}:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for model in models:
-        for subset in ("labelmatch", "labelmatch_agree"):
-            cells = [model, subset]
-            count = None
-            for m in (metric, "mrc_xe_vg"):
-                for c in conds:
-                    row = _find(rows, model=model, task="lang4vis", condition=c, metric=m, subset=subset,
-                                threshold=threshold)
-                    cells.append(_cell(row))
-                    count = row["count"] if row is not None else count
-            cells.append("–" if count is None else str(count))
-            lines.append("| " + " | ".join(cells) + " |")
+    """Markdown: per model, LabelMatch subset (``_labelmatch_subsets``) and lang4vis loss it reads on a head
+    it trained (MRC-KL, MRC-XE, MRC-XE-VG), the loss for None / Phrase / All at ``threshold`` (mean [95%
+    interval], bits) and the examples n."""
+    t = f"IoT>{threshold:g}"
+    shown = on_trained_heads(rows)
+    conds = LEVELS["lang4vis"]
+    lines = [f"LabelMatch at {t}: mean loss in bits [95% bootstrap interval].", "",
+             *_head(["model", "subset", "loss", *(f"{c.capitalize()} ({t})" for c in conds), "n"])]
+    for model in _models(rows):
+        for subset, label in _labelmatch_subsets(rows, model, threshold).items():
+            for metric in ("mrc_kl", "mrc_xe", "mrc_xe_vg"):
+                found = [_find(shown, model=model, task="lang4vis", condition=c, metric=metric, subset=subset,
+                               threshold=threshold) for c in conds]
+                if any(found):
+                    lines.append(_line([model, label, METRIC_LABELS[metric], *map(_cell, found),
+                                        _count(next(r for r in found if r))]))
     return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str) -> str:
+    """``text`` in lines of at most ``CONSOLE_WIDTH`` characters, broken at spaces only."""
+    return textwrap.fill(text, CONSOLE_WIDTH, break_on_hyphens=False, break_long_words=False)
+
+
+def glossary(labelmatch: bool = False) -> str:
+    """What the tables' names mean (vis4lang, lang4vis, the losses; LabelMatch and MRC-XE-VG with
+    ``labelmatch``), to print once under them; lines of at most ``CONSOLE_WIDTH`` characters."""
+    parts = [*_GLOSSARY, *([_GLOSSARY_LABELMATCH] if labelmatch else [])]
+    return "\n".join(_wrap(p) for p in parts) + "\n"
+
+
+def untrained_note(rows: Sequence[dict[str, Any]]) -> str:
+    """One note naming the losses read on heads a model never trained ("" when there are none): no table or
+    plot shows them; ``results.csv`` keeps their rows, marked ``trained_head`` False."""
+    hidden: dict[str, list[str]] = {model: [] for model in dict.fromkeys(r["model"] for r in rows)}
+    for r in rows:
+        label = METRIC_LABELS[r["metric"]]
+        if r.get("trained_head") is False and label not in hidden[r["model"]]:
+            hidden[r["model"]].append(label)
+    listing = "; ".join(f"{model}: {', '.join(labels)}" for model, labels in hidden.items() if labels)
+    if not listing:
+        return ""
+    return _wrap(f"Not shown: losses read on a head the model never trained ({listing}). results.csv keeps their "
+                 "rows for completeness, marked trained_head=False.") + "\n"
+
+
+def full_tables(rows: Sequence[dict[str, Any]], threshold: float = 0.5, floor: float = EFFECT_FLOOR_BITS,
+                expected: Mapping[tuple[str, str], str] | None = None, labelmatch: bool = False) -> str:
+    """``table.md``'s tables: the paper's table per region loss (``region_metrics``), the verdicts, the
+    LabelMatch table (``labelmatch``), the glossary and the note on untrained heads."""
+    metrics = region_metrics(rows) or ["mrc_kl"]
+    parts = [markdown_table(rows, threshold, m) for m in metrics]
+    parts += [verdict_table(rows, threshold, metrics, floor, expected),
+              labelmatch_table(rows, threshold) if labelmatch else "", glossary(labelmatch), untrained_note(rows)]
+    return "\n".join(p for p in parts if p)
+
+
+def console_tables(rows: Sequence[dict[str, Any]], threshold: float = 0.5, floor: float = EFFECT_FLOOR_BITS,
+                   expected: Mapping[tuple[str, str], str] | None = None) -> str:
+    """What ``jaxvl ablate`` prints, at most 120 characters a line (model names up to 16): the mean losses
+    (``summary_table``), the verdicts (``verdict_table``; ``expected``: its columns of that name), the glossary
+    and the note on untrained heads. The full form (intervals, LabelMatch) is ``full_tables``."""
+    metrics = region_metrics(rows)
+    parts = [summary_table(rows, threshold, metrics), verdict_table(rows, threshold, metrics, floor, expected),
+             glossary(), untrained_note(rows)]
+    return "\n".join(p for p in parts if p)
 
 
 # ------------------------------------------------------------------------------------ plots
@@ -355,17 +488,43 @@ def _pyplot():
     return plt
 
 
+def _series(rows: Sequence[dict[str, Any]], task: str, metrics: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(model, metric, legend label) of each series a plot of ``task`` draws: vis4lang MLM per model; lang4vis
+    per model and loss of ``metrics`` it reads on a head it trained (``rows``: ``on_trained_heads``)."""
+    if task == "vis4lang":
+        return [(m, "mlm", m) for m in dict.fromkeys(r["model"] for r in rows)]
+    pairs = dict.fromkeys((r["model"], r["metric"]) for r in rows if r["task"] == task and r["metric"] in metrics)
+    return [(m, k, m if len(metrics) == 1 else f"{m} {METRIC_LABELS[k]}") for m, k in pairs]
+
+
+def _lang4vis_title(metrics: Sequence[str]) -> str:
+    return "lang4vis: " + (METRIC_LABELS[metrics[0]] if len(metrics) == 1 else "region loss of the trained head")
+
+
+def _finish(fig: Any, axes: Sequence[Any], titles: Sequence[str], path: str | os.PathLike) -> None:
+    """Titles, the unit, each panel's legend below it (never over the data), the error bars named; saved."""
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_title(f"{title} (bits)")
+        ax.set_ylabel("bits (error bars: 95% bootstrap interval)", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+
+
 def plot_conditions(rows: Sequence[dict[str, Any]], path: str | os.PathLike, threshold: float = 0.5,
-                    lang4vis_metric: str = "mrc_kl") -> None:
-    """Two panels (vis4lang MLM, lang4vis ``lang4vis_metric``): bars per condition, one per model, with
-    the 95% interval as error bars; vis4lang ``object`` and lang4vis at ``threshold``."""
+                    lang4vis_metrics: Sequence[str] = ("mrc_kl",)) -> None:
+    """Two panels (vis4lang MLM; lang4vis on each of ``lang4vis_metrics`` a model reads on a head it trained):
+    bars per condition, one per series, with the 95% interval as error bars; vis4lang ``object`` and lang4vis
+    at ``threshold``. Rows read on an untrained head are not drawn."""
     plt = _pyplot()
-    models = list(dict.fromkeys(r["model"] for r in rows))
+    rows = on_trained_heads(rows)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, task, metric in ((axes[0], "vis4lang", "mlm"), (axes[1], "lang4vis", lang4vis_metric)):
+    for ax, task in ((axes[0], "vis4lang"), (axes[1], "lang4vis")):
         conds = LEVELS[task]
-        width = 0.8 / max(len(models), 1)
-        for i, model in enumerate(models):
+        series = _series(rows, task, lang4vis_metrics)
+        width = 0.8 / max(len(series), 1)
+        for i, (model, metric, label) in enumerate(series):
             means, errs = [], [[], []]
             for c in conds:
                 thr = None if task == "vis4lang" and c != "object" else threshold
@@ -374,27 +533,24 @@ def plot_conditions(rows: Sequence[dict[str, Any]], path: str | os.PathLike, thr
                 means.append(row["mean"] if ok else math.nan)
                 errs[0].append(row["mean"] - row["ci_low"] if ok and row["ci_low"] is not None else 0.0)
                 errs[1].append(row["ci_high"] - row["mean"] if ok and row["ci_high"] is not None else 0.0)
-            ax.bar(np.arange(len(conds)) + i * width, means, width, yerr=errs, capsize=3, label=model)
-        ax.set_xticks(np.arange(len(conds)) + width * (len(models) - 1) / 2, [c.capitalize() for c in conds])
-        ax.set_title(f"{task}: {METRIC_LABELS[metric]} (bits)")
-        ax.set_ylabel("bits")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            ax.bar(np.arange(len(conds)) + i * width, means, width, yerr=errs, capsize=3, label=label)
+        ax.set_xticks(np.arange(len(conds)) + width * (len(series) - 1) / 2, [c.capitalize() for c in conds])
+    _finish(fig, axes, ("vis4lang: MLM", _lang4vis_title(lang4vis_metrics)), path)
 
 
-def plot_thresholds(rows: Sequence[dict[str, Any]], path: str | os.PathLike, lang4vis_metric: str = "mrc_kl") -> None:
-    """Loss against the IoT threshold with 95% intervals: vis4lang ``object`` (``none`` / ``all``, which do
-    not depend on it, as dashed and dotted lines) and each lang4vis condition, one colour per model."""
+def plot_thresholds(rows: Sequence[dict[str, Any]], path: str | os.PathLike,
+                    lang4vis_metrics: Sequence[str] = ("mrc_kl",)) -> None:
+    """Loss against the IoT threshold with 95% intervals, one colour per series (``plot_conditions``):
+    vis4lang ``object`` (``none`` / ``all``, which do not depend on it, as dashed and dotted lines) and each
+    lang4vis condition. Rows read on an untrained head are not drawn."""
     plt = _pyplot()
-    models = list(dict.fromkeys(r["model"] for r in rows))
+    rows = on_trained_heads(rows)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = {"none": "--", "object": "-", "all": ":", "phrase": "-."}
-    for i, model in enumerate(models):
-        colour = colours[i % len(colours)]
-        for ax, task, metric in ((axes[0], "vis4lang", "mlm"), (axes[1], "lang4vis", lang4vis_metric)):
+    for ax, task in ((axes[0], "vis4lang"), (axes[1], "lang4vis")):
+        for i, (model, metric, label) in enumerate(_series(rows, task, lang4vis_metrics)):
+            colour = colours[i % len(colours)]
             for c in LEVELS[task]:
                 sel = sorted((r for r in rows if r["model"] == model and r["task"] == task and r["condition"] == c
                               and r["metric"] == metric and r["subset"] == "all" and r["mean"] is not None),
@@ -402,54 +558,47 @@ def plot_thresholds(rows: Sequence[dict[str, Any]], path: str | os.PathLike, lan
                 if not sel:
                     continue
                 if sel[0]["threshold"] is None:
-                    ax.axhline(sel[0]["mean"], color=colour, ls=styles[c], lw=1, label=f"{model} {c}")
+                    ax.axhline(sel[0]["mean"], color=colour, ls=styles[c], lw=1, label=f"{label} {c}")
                     continue
                 x = [r["threshold"] for r in sel]
                 y = [r["mean"] for r in sel]
                 err = [[m - (r["ci_low"] if r["ci_low"] is not None else m) for m, r in zip(y, sel, strict=True)],
                        [(r["ci_high"] if r["ci_high"] is not None else m) - m for m, r in zip(y, sel, strict=True)]]
                 ax.errorbar(x, y, yerr=err, color=colour, ls=styles[c], marker="o", ms=3, capsize=2,
-                            label=f"{model} {c}")
-    for ax, title in ((axes[0], "vis4lang MLM"), (axes[1], f"lang4vis {METRIC_LABELS[lang4vis_metric]}")):
+                            label=f"{label} {c}")
+    for ax in axes:
         ax.set_xlabel("IoT threshold")
-        ax.set_ylabel("bits")
-        ax.set_title(title)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, axes, ("vis4lang: MLM", _lang4vis_title(lang4vis_metrics)), path)
 
 
 def write_report(result: AblationResult, workdir: str | os.PathLike, threshold: float = 0.5, n_boot: int = 1000,
                  seed: int = 0, phrases: Sequence[str] | None = None, image_ids: Sequence[str] | None = None,
-                 attention: Sequence[dict[str, Any]] | None = None, floor: float = EFFECT_FLOOR_BITS
-                 ) -> dict[str, str]:
+                 attention: Sequence[dict[str, Any]] | None = None, floor: float = EFFECT_FLOOR_BITS,
+                 untrained: Mapping[str, Collection[str]] | None = None) -> dict[str, str]:
     """Writes every output of the module doc under ``workdir``; returns {name: path}.
 
-    The markdown table's lang4vis metric is MRC-KL when the models have it, else MRC-XE.
+    ``untrained`` (``tidy_rows``) marks the losses read on heads a model never trained: no table or plot
+    shows them. ``table.md`` holds ``full_tables``; the plots show the lang4vis losses of ``region_metrics``.
     """
     from jaxvl.ablation.attention import plot_attention
 
     os.makedirs(workdir, exist_ok=True)
     paths = {name: os.path.join(os.fspath(workdir), name) for name in
              ("results.csv", "results.jsonl", "table.md", "conditions.png", "thresholds.png")}
-    rows = tidy_rows(result, n_boot, seed, floor=floor)
+    rows = tidy_rows(result, n_boot, seed, floor=floor, untrained=untrained)
     write_rows(rows, paths["results.csv"], TIDY_FIELDS)
     write_rows(rows, paths["results.jsonl"])
     for out in write_per_example(result, os.path.join(os.fspath(workdir), "per_example.csv.gz"), phrases, image_ids):
         paths[os.path.basename(out)] = out
-    metric = "mrc_kl" if "mrc_kl" in result.values.get("lang4vis", {}) else "mrc_xe"
-    table = markdown_table(rows, threshold, metric)
-    verdicts = verdict_table(rows, threshold, (metric,), floor)
-    table += "\n" + verdicts if verdicts else ""
-    if result.vg_label is not None and "lang4vis" in result.values:
+    labelmatch = result.vg_label is not None and "lang4vis" in result.values
+    if labelmatch:
         paths["detector.csv"] = os.path.join(os.fspath(workdir), "detector.csv")
         write_rows(detector_rows(result), paths["detector.csv"])
-        table += "\n" + labelmatch_table(rows, threshold)
     with open(paths["table.md"], "w", encoding="utf-8") as f:
-        f.write(table)
-    plot_conditions(rows, paths["conditions.png"], threshold, metric)
-    plot_thresholds(rows, paths["thresholds.png"], metric)
+        f.write(full_tables(rows, threshold, floor, labelmatch=labelmatch))
+    metrics = region_metrics(rows) or ["mrc_kl"]
+    plot_conditions(rows, paths["conditions.png"], threshold, metrics)
+    plot_thresholds(rows, paths["thresholds.png"], metrics)
     if attention:
         paths["attention.csv"] = os.path.join(os.fspath(workdir), "attention.csv")
         paths["attention.png"] = os.path.join(os.fspath(workdir), "attention.png")

@@ -11,8 +11,12 @@
 3. per group ONE compiled sweep of every condition x threshold x checkpoint, with each condition's
    matched control at ``report_threshold`` (``controls``; ``jaxvl.ablation.controls``), the attention
    analyses from sown weights, and its report under ``<workdir>/<group>/``;
-4. the combined tidy results, paper-style table, verdicts (``jaxvl.ablation.verdicts``) and plots under
-   ``<workdir>``; the tables are returned.
+4. the combined tidy results, tables (``jaxvl.ablation.report``: the paper's layout, verdicts from
+   ``jaxvl.ablation.verdicts``) and plots under ``<workdir>``; the console form of the tables is returned.
+
+Each checkpoint is read on the region heads it trained (``Checkpoint.trained_heads``: a sweep member's own
+weights, from its checkpoint meta): an MRC-KL member on MRC-KL, an MRC-XE member on MRC-XE. Losses read on
+a head it never trained stay in ``results.csv`` (``trained_head`` False) and out of every table and plot.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from ml_collections import ConfigDict
@@ -28,14 +32,61 @@ from ml_collections import ConfigDict
 from jaxvl.models.volta.config import JAXVL_ONLY, VLConfig, config_from_volta_dict
 from jaxvl.models.volta.model import VLBertForPreTraining, get_config
 
+# A sweep member's checkpoint meta: member weight -> the visual heads it weighs (``jaxvl.pretrain.sweep``'s
+# ``WEIGHT_HEADS``; tasks do not import each other).
+MEMBER_WEIGHT_HEADS = {"mrc_kl_weight": ("0",), "mrc_xe_weight": ("3",), "mrfr_weight": ("1", "5")}
+LANG4VIS_METRICS = ("mrc_kl", "mrc_xe", "mrc_xe_vg")
+
+
+def metric_head(metric: str, heads: Collection[str]) -> str | None:
+    """The visual head a lang4vis ``metric`` is read on for a model with ``heads`` (as
+    ``jaxvl.ablation.conditions.lang4vis_losses`` reads it): MRC-KL on ``"0"``; MRC-XE on ``"3"``, else
+    ``"0"``; MRC-XE-VG on ``"0"``, else ``"3"``. None when the model has neither."""
+    order = {"mrc_kl": ("0",), "mrc_xe": ("3", "0"), "mrc_xe_vg": ("0", "3")}[metric]
+    return next((h for h in order if h in heads), None)
+
 
 @dataclasses.dataclass
 class Checkpoint:
+    """A checkpoint to ablate. ``trained_heads``: the visual heads (``VLConfig.visual_target_weights`` keys)
+    its training weighed, a subset of the model's (``read_trained_heads``)."""
+
     name: str
     path: str
     model_cfg: VLConfig
     params: Any
     preset: str
+    trained_heads: frozenset[str]
+
+    def untrained_metrics(self) -> frozenset[str]:
+        """The lang4vis metrics this checkpoint reads on a head it never trained (``metric_head``)."""
+        heads = set(self.model_cfg.visual_targets)
+        return frozenset(m for m in LANG4VIS_METRICS if metric_head(m, heads) not in (None, *self.trained_heads))
+
+
+def _checkpoint_meta(directory: str) -> dict[str, Any]:
+    """The JSON metadata saved with the latest checkpoint under ``directory`` ({} without one)."""
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(directory, item_handlers={"meta": ocp.JsonCheckpointHandler()})
+    try:
+        step = manager.latest_step()
+        if step is None or not os.path.isdir(os.path.join(directory, str(step), "meta")):
+            return {}
+        return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+    finally:
+        manager.close()
+
+
+def read_trained_heads(checkpoints_dir: str, model_cfg: VLConfig) -> frozenset[str]:
+    """The visual heads a jaxvl checkpoint trained: a sweep member's, from the member weights in its
+    checkpoint meta (its model holds every head of the sweep); otherwise every head of its model."""
+    heads = frozenset(model_cfg.visual_targets)
+    meta = _checkpoint_meta(checkpoints_dir)
+    if not any(key in meta for key in MEMBER_WEIGHT_HEADS):
+        return heads
+    weighed = {h for key, keys in MEMBER_WEIGHT_HEADS.items() if meta.get(key, 0) > 0 for h in keys}
+    return heads & weighed
 
 
 def _run_json(path: str) -> str | None:
@@ -71,7 +122,8 @@ def load_checkpoint(path: str, name: str, cfg: ConfigDict) -> Checkpoint:
             raise ValueError(f"{path}: a VOLTA checkpoint needs model.name (a preset) or model.volta_config")
         if cfg.model.num_object_classes:
             model_cfg = model_cfg.replace(num_object_classes=cfg.model.num_object_classes)
-        return Checkpoint(name, path, model_cfg, load_volta_checkpoint(path, model_cfg), preset)
+        params = load_volta_checkpoint(path, model_cfg)
+        return Checkpoint(name, path, model_cfg, params, preset, frozenset(model_cfg.visual_targets))
     if not os.path.isdir(os.path.join(path, "checkpoints")) and os.path.isdir(os.path.join(path, "vl")):
         path = os.path.join(path, "vl")  # a vision-first run: its V&L stage
     if not os.path.isdir(os.path.join(path, "checkpoints")):
@@ -81,7 +133,8 @@ def load_checkpoint(path: str, name: str, cfg: ConfigDict) -> Checkpoint:
         raise FileNotFoundError(f"{path}: no run.json beside its checkpoints (needed for the model config)")
     model_cfg, preset = model_config_from_run(run_json)
     params, _ = restore_params(os.path.join(path, "checkpoints"))
-    return Checkpoint(name, path, model_cfg, params, preset)
+    return Checkpoint(name, path, model_cfg, params, preset, read_trained_heads(os.path.join(path, "checkpoints"),
+                                                                                 model_cfg))
 
 
 def _names(cfg: ConfigDict, paths: Sequence[str]) -> list[str]:
@@ -121,21 +174,28 @@ def check_fits(model_cfg: VLConfig, tokenizer: Any, info: Any, dataset: str, gro
         raise ValueError(f"checkpoint(s) {group} do not match the ablation data {dataset}: " + "; ".join(problems))
 
 
-def ablate(cfg: ConfigDict, workdir: str) -> str:
-    """Runs the ablation of the module doc; returns the combined markdown table."""
+def ablate(cfg: ConfigDict, workdir: str, expected: Mapping[tuple[str, str], str] | None = None,
+           preface: str = "") -> str:
+    """Runs the ablation of the module doc; returns what it prints (``jaxvl.ablation.report.console_tables``).
+
+    ``expected``: (task, condition) -> the verdict the data predicts (``found`` / ``not found``), adding the
+    verdict tables' ``expected`` and ``as expected?`` columns; ``preface``: text for the top of the combined
+    ``table.md`` (the demo: what its world plants).
+    """
     from tqdm import tqdm
 
     from jaxvl.ablation import AblationSpec, LabelMatcher, Quirks, attention_rows, run_ablation, stack_params
     from jaxvl.ablation.data import AblationPipelineConfig, ablation_dataset, scan_ablation
     from jaxvl.ablation.report import (
-        markdown_table,
+        console_tables,
+        full_tables,
         plot_conditions,
         plot_thresholds,
+        region_metrics,
         tidy_rows,
         write_report,
         write_rows,
     )
-    from jaxvl.ablation.verdicts import verdict_table
     from jaxvl.data.builders.ablation import AblationPhrases
     from jaxvl.data.grain import open_split, tokenizer_for
     from jaxvl.data.resolve import resolve_dataset
@@ -201,9 +261,10 @@ def ablate(cfg: ConfigDict, workdir: str) -> str:
             attention = attention_rows(sowing, stacked, ablation_dataset(source, tokenizer, pcfg, index), mesh,
                                        cfg.report_threshold, names, compiler_options=options)
         out = os.path.join(workdir, group)
+        untrained = {c.name: c.untrained_metrics() for c in members}
         write_report(result, out, cfg.report_threshold, cfg.n_boot, cfg.seed, phrases=index.phrases,
-                     image_ids=index.image_ids, attention=attention, floor=cfg.verdict_floor)
-        rows = tidy_rows(result, cfg.n_boot, cfg.seed, floor=cfg.verdict_floor)
+                     image_ids=index.image_ids, attention=attention, floor=cfg.verdict_floor, untrained=untrained)
+        rows = tidy_rows(result, cfg.n_boot, cfg.seed, floor=cfg.verdict_floor, untrained=untrained)
         for row in rows:
             row["preset"] = members[0].preset
         all_rows += rows
@@ -216,19 +277,15 @@ def ablate(cfg: ConfigDict, workdir: str) -> str:
     # ------------------------------------------------------------------------ combined report
     write_rows(all_rows, os.path.join(workdir, "results.csv"))
     write_rows(all_rows, os.path.join(workdir, "results.jsonl"))
-    metrics = [m for m in ("mrc_kl", "mrc_xe") if any(r["metric"] == m for r in all_rows)]
-    metric = metrics[0]
-    # One table per region metric: MRC-KL for the models trained with it, MRC-XE for the MRC-XE ones (a
-    # sweep's members carry both heads, one of them untrained).
-    combined = "\n\n".join(markdown_table(all_rows, cfg.report_threshold, m) for m in metrics)
-    verdicts = verdict_table(all_rows, cfg.report_threshold, metrics, cfg.verdict_floor)
-    combined += "\n\n" + verdicts if verdicts else ""
-    plot_conditions(all_rows, os.path.join(workdir, "conditions.png"), cfg.report_threshold, metric)
-    plot_thresholds(all_rows, os.path.join(workdir, "thresholds.png"), metric)
-    text = combined + "\n\n" + "\n\n".join(tables) + "\n"
+    # Each model is read on the region heads it trained: an MRC-KL member on MRC-KL, an MRC-XE member on MRC-XE
+    # (a sweep's members carry both heads, one of them untrained; its rows are in results.csv only).
+    metrics = region_metrics(all_rows) or ["mrc_kl"]
+    plot_conditions(all_rows, os.path.join(workdir, "conditions.png"), cfg.report_threshold, metrics)
+    plot_thresholds(all_rows, os.path.join(workdir, "thresholds.png"), metrics)
+    full = full_tables(all_rows, cfg.report_threshold, cfg.verdict_floor, expected)
     with open(os.path.join(workdir, "table.md"), "w", encoding="utf-8") as f:
-        f.write(text)
-    return combined
+        f.write("\n\n".join(p.rstrip("\n") for p in (preface, full, *tables) if p) + "\n")
+    return console_tables(all_rows, cfg.report_threshold, cfg.verdict_floor, expected)
 
 
 __all__ = ["Checkpoint", "ablate", "check_fits", "load_checkpoint", "model_config_from_run"]

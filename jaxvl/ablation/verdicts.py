@@ -17,7 +17,7 @@ captions), and the floor is measured to lie above those (``EFFECT_FLOOR_BITS``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 EFFECT_FLOOR_BITS = 0.16
@@ -50,6 +50,19 @@ def verdict(low: float | None, high: float | None, floor: float = EFFECT_FLOOR_B
     return "not found"
 
 
+def as_expected(found: str | None, expected: str | None) -> str:
+    """``yes`` / ``no``: whether verdict ``found`` is the ``expected`` one; ``–`` when either is missing."""
+    if found is None or expected is None:
+        return "–"
+    return "yes" if found == expected else "no"
+
+
+def on_trained_heads(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows a table or plot may show: every row but those read on a head the model never trained
+    (``trained_head`` False, ``jaxvl.ablation.report.tidy_rows``), whose numbers are no result."""
+    return [r for r in rows if r.get("trained_head", True) is not False]
+
+
 def _bits(mean: float | None, low: float | None = None, high: float | None = None) -> str:
     if mean is None:
         return "–"
@@ -60,38 +73,54 @@ def _row(rows: Sequence[dict[str, Any]], **keys: Any) -> dict[str, Any] | None:
     return next((r for r in rows if all(r.get(k) == v for k, v in keys.items())), None)
 
 
+def _notes(threshold: float, floor: float, expected: bool) -> list[str]:
+    """The lines above the verdict table: what its columns mean."""
+    notes = [f"Verdicts at IoT>{threshold:g}, in bits: Δ = loss − loss(none), effect = Δ condition − Δ control "
+             "with its paired 95%", f"bootstrap interval over n examples; found: the interval lies above "
+             f"{floor:g} bits, opposite: below −{floor:g}, else not found."]
+    if expected:
+        notes.append("expected: the verdict the data's planted structure predicts; as expected?: whether it is that.")
+    return notes + [""]
+
+
 def verdict_table(rows: Sequence[dict[str, Any]], threshold: float = 0.5,
-                  lang4vis_metrics: Sequence[str] = ("mrc_kl",), floor: float = EFFECT_FLOOR_BITS) -> str:
-    """Markdown, at most 120 characters a line: per model and condition (vis4lang ``object`` / ``all`` on
-    MLM, lang4vis ``phrase`` / ``all`` on each of ``lang4vis_metrics``, at IoT > ``threshold``, subset
-    ``all``), the mean Δ condition and Δ control, the effect with its 95% interval and the verdict (the
-    deltas' intervals are in the rows). ``rows``: ``jaxvl.ablation.report.tidy_rows``; ``floor``: the one
-    they were judged with. Conditions without a control are left out ("" when none has one); a note counts
-    the examples whose control fell short of units."""
+                  lang4vis_metrics: Sequence[str] = ("mrc_kl",), floor: float = EFFECT_FLOOR_BITS,
+                  expected: Mapping[tuple[str, str], str] | None = None) -> str:
+    """Markdown, at most 120 characters a line for model names up to 16: per model and condition (vis4lang
+    ``object`` / ``all`` on MLM, lang4vis ``phrase`` / ``all`` on each of ``lang4vis_metrics`` read on a head
+    the model trained, at IoT > ``threshold``, subset ``all``), the examples, the mean Δ condition and Δ
+    control, the effect with its 95% interval and the verdict (the deltas' intervals are in the rows).
+    ``expected``: (task, condition) -> the verdict the data predicts, adding the columns ``expected`` and
+    ``as expected?``. ``rows``: ``jaxvl.ablation.report.tidy_rows``; ``floor``: the one they were judged
+    with. Conditions without a control are left out ("" when none has one); a note counts the examples
+    whose control fell short of units."""
     entries = [("vis4lang", c, "mlm") for c in ("object", "all")]
     entries += [("lang4vis", c, m) for m in lang4vis_metrics for c in ("phrase", "all")]
-    head = ["model", "condition", "Δ condition", "Δ control", "effect [95%]", "verdict"]
+    head = ["model", f"condition (IoT>{threshold:g})", "n", "Δ condition", "Δ control", "effect [95%]", "verdict"]
+    head += ["expected", "as expected?"] if expected is not None else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     short: dict[str, str] = {}
-    for model in dict.fromkeys(r["model"] for r in rows):
+    shown = on_trained_heads(rows)
+    for model in dict.fromkeys(r["model"] for r in shown):
         for task, cond, metric in entries:
             thr = None if (task, cond) == ("vis4lang", "all") else threshold
-            row = _row(rows, model=model, task=task, condition=cond, metric=metric, subset="all", threshold=thr)
+            row = _row(shown, model=model, task=task, condition=cond, metric=metric, subset="all", threshold=thr)
             if row is None or row["verdict"] is None:
                 continue
-            cells = [model, f"{_LABELS[metric]} {cond}", _bits(row["delta"]), _bits(row["control_delta"]),
-                     _bits(row["effect"], row["effect_low"], row["effect_high"]), row["verdict"]]
+            cells = [model, f"{_LABELS[metric]} {cond}", str(row["count"]), _bits(row["delta"]),
+                     _bits(row["control_delta"]), _bits(row["effect"], row["effect_low"], row["effect_high"]),
+                     row["verdict"]]
+            if expected is not None:
+                want = expected.get((task, cond))
+                cells += [want or "–", as_expected(row["verdict"], want)]
             lines.append("| " + " | ".join(cells) + " |")
             if row["control_shortfall"]:
                 short[f"{task} {cond}"] = f"{row['control_shortfall']} of {row['count']}"
     if len(lines) == 2:
         return ""
-    notes = [f"Verdicts at IoT>{threshold:g} (bits; Δ: loss minus the none condition's; effect = Δ condition − "
-             "Δ control,", f"paired 95% bootstrap interval; found: interval above {floor:g}, opposite: below "
-             f"−{floor:g}, else not found).", ""]
     tail = ["", "Controls: object / phrase remove as many random regions / sub-words not aligned with the phrase;",
             "all removes every unit except the aligned ones (an almost empty modality, without the phrase's "
             "information)."]
     tail += [f"The {name} control had too few non-aligned units to match its condition in {n} examples."
              for name, n in short.items()]
-    return "\n".join(notes + lines + tail) + "\n"
+    return "\n".join(_notes(threshold, floor, expected is not None) + lines + tail) + "\n"
