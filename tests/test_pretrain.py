@@ -308,3 +308,5 @@ def test_sweep_members_equal_their_single_runs(dataset, tmp_path):
         assert (tmp_path / "sweep" / "members" / name / "checkpoints" / "3").is_dir()
     summary = (tmp_path / "sweep" / "summary.md").read_text()
     assert "mrc-kl" in summary and "mrc-xe" in summary and "final loss" in summary
+    header = summary.splitlines()[0]  # the members' training time, not the last step's seconds
+    assert "training s" in header and "| seconds |" not in header

@@ -68,7 +68,7 @@ STATIC_KEYS = frozenset({"objective", "overlap_kind", "volta_compat", "region_ze
                          "cls_id", "sep_id", "visual_target_weights", "total_steps", "warmup_fraction", "b1", "b2",
                          "eps", "weight_decay", "clip_norm", "batch_size", "text_len", "regions", "dtype"})
 # Metrics that are not loss parts (left out of the summary table).
-NON_LOSS_METRICS = ("grad_norm", "lr")
+NON_LOSS_METRICS = ("grad_norm", "lr", "seconds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,9 +380,11 @@ def stack_states(states: Sequence[TrainState], members: Sequence[SweepMember]) -
 # ------------------------------------------------------------------------------------------ summary
 
 
-def summary_table(metrics_history: Sequence[Mapping[str, Any]], members: Sequence[SweepMember]) -> str:
+def summary_table(metrics_history: Sequence[Mapping[str, Any]], members: Sequence[SweepMember],
+                  train_seconds: Sequence[float] | None = None) -> str:
     """A markdown table, one row per member: its name, the settings that differ between members, then
-    the last step's ``loss`` and loss parts (``mlm``, ``mrc_kl``, ...; not ``grad_norm`` / ``lr``).
+    the last step's ``loss`` and loss parts (``mlm``, ``mrc_kl``, ...; not ``grad_norm`` / ``lr``), and with
+    ``train_seconds`` each member's training time (the members train together: the sweep's time).
 
     ``metrics_history``: one {metric: [K]} mapping per step, oldest first (arrays or lists).
     """
@@ -396,9 +398,11 @@ def summary_table(metrics_history: Sequence[Mapping[str, Any]], members: Sequenc
     parts = ["loss", *sorted(k for k in last if k not in ("loss", *NON_LOSS_METRICS))]
     parts = [k for k in parts if k in last]
     header = ["member", *varying, *(f"final {k}" if k == "loss" else k for k in parts)]
+    header += ["training s"] if train_seconds is not None else []
     rows = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for i, m in enumerate(members):
         cells = [m.name, *(_fmt_setting(k, getattr(m, k)) for k in varying), *(f"{last[k][i]:.4f}" for k in parts)]
+        cells += [f"{train_seconds[i]:.1f}"] if train_seconds is not None else []
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

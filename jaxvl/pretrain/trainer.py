@@ -299,9 +299,11 @@ def finish_sweep(workdir: str, state: Any, members: list[sweep.SweepMember]) -> 
         target.save(sweep.unstack_member(state, k), meta={"member": member.name, **dataclasses.asdict(member)})
         target.close()
     last_step = max(r["step"] for r in read_metrics(workdir, "train"))
-    rows = {m.name: next(r for r in read_metrics(workdir, "train", m.name) if r["step"] == last_step) for m in members}
-    keys = [k for k in rows[members[0].name] if isinstance(rows[members[0].name][k], float)]
-    table = sweep.summary_table([{k: [rows[m.name][k] for m in members] for k in keys}], members)
+    history = {m.name: read_metrics(workdir, "train", m.name) for m in members}
+    rows = {name: next(r for r in h if r["step"] == last_step) for name, h in history.items()}
+    keys = [k for k in rows[members[0].name] if isinstance(rows[members[0].name][k], float) and k != "seconds"]
+    seconds = [sum(r.get("seconds", 0.0) for r in history[m.name]) for m in members]
+    table = sweep.summary_table([{k: [rows[m.name][k] for m in members] for k in keys}], members, seconds)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.md"), "w") as f:
             f.write(table + "\n")
