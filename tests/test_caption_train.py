@@ -209,6 +209,7 @@ def test_caption_train_decode_evaluate(tmp_path, capsys):
     assert main(_args("evaluate", tmp_path, "--split", "test", "--method", "greedy")) == 0
     table = capsys.readouterr().out
     assert "| Model | B-1 | B-4 | METEOR | ROUGE-L | CIDEr-D | SPICE |" in table and "jaxvl (greedy, test)" in table
+    assert f"on split 'test': {test_images} images scored" in table
     assert main(_args("analyze", tmp_path)) == 0
     rows = (tmp_path / "analysis_val" / "caption_attention.csv").read_text().splitlines()
     assert {"entropy", "grounding"} <= {r.split(",")[0] for r in rows[1:]}

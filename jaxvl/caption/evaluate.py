@@ -111,7 +111,8 @@ def _id_key(image_id: Any) -> str:
 
 def evaluate_split(cfg: ConfigDict, workdir: str, split: str = "test", method: str = "beam",
                    beam_size: int | None = None, captions: str | None = None) -> str:
-    """The metrics table of ``split``: decoding first unless ``captions`` names a results JSON."""
+    """The metrics table of ``split`` (x100; its title names the split, the number of images scored and the
+    references per image): decoding first unless ``captions`` names a results JSON."""
     from jaxvl.caption.trainer import open_caption_data
     from jaxvl.metrics import evaluate_captions, format_table
 
@@ -124,4 +125,8 @@ def evaluate_split(cfg: ConfigDict, workdir: str, split: str = "test", method: s
     if missing:
         raise ValueError(f"{path}: no caption for {len(missing)} images of split {split!r} (e.g. {missing[:3]})")
     scores = evaluate_captions(predictions, {k: refs[k] for k in predictions})
-    return format_table({f"jaxvl ({method}, {split})": scores})
+    n_refs = sorted({len(refs[k]) for k in predictions})
+    per_image = str(n_refs[0]) if len(n_refs) == 1 else f"{n_refs[0]}-{n_refs[-1]}"
+    title = (f"Caption metrics (x100) on split {split!r}: {len(predictions)} images scored, {per_image} reference "
+             f"captions each; {'captions from ' + captions if captions else method + ' decoding'}")
+    return f"{title}\n\n{format_table({f'jaxvl ({method}, {split})': scores})}"
