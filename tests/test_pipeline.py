@@ -170,3 +170,12 @@ def test_compile_batch_spec_is_the_pipelines_batch(prepared):
     assert set(spec) == set(batch) - {"num_boxes"}
     for key, s in spec.items():
         assert (s.shape, s.dtype) == (batch[key].shape, batch[key].dtype), key
+
+
+def test_preparing_prints_no_tfds_download_banner(tmp_path, capfd):
+    """TFDS's bold "Downloading and preparing dataset Unknown size ..." is not printed for a world that downloads
+    nothing (jaxvl's builders log one plain line instead)."""
+    builders = synthetic_builders(synthetic_config(num_images=4, val_images=2), str(tmp_path))
+    builders[0].download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    out, err = capfd.readouterr()
+    assert "Downloading and preparing" not in out + err and "Subsequent calls will reuse" not in out + err

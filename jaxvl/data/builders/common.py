@@ -18,6 +18,7 @@ builders count and log such truncations. ``decode_regions`` turns a stored examp
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,8 @@ from jaxvl.data.records import BadRecord, RegionFeatures, check_region_features
 
 REGION_KEYS = ("features", "boxes", "image_h", "image_w", "num_boxes")
 CLASS_KEYS = ("cls_prob", "objects_id", "objects_conf")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,4 +142,13 @@ class ConfiguredBuilder:
 
     def dataset_metadata(self) -> dict[str, Any]:
         return dict(self.typed_config().metadata)
+
+    # TFDS prints "Downloading and preparing dataset Unknown size (download: Unknown size, ...)" in bold to stdout
+    # for every builder, even one that downloads nothing (all of jaxvl's read local files or generate the data);
+    # these two TFDS hooks log one plain line instead (``jaxvl prepare`` prints what it wrote itself).
+    def _log_download_bytes(self) -> None:
+        logger.info("preparing %s in %s", self.name, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        logger.info("prepared %s in %s", self.name, self.data_dir)
 
