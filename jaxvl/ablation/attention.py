@@ -14,8 +14,11 @@ examples:
 
 ``attention_rows`` runs one compiled program per model config and batch shape (checkpoints stacked
 and vmapped, batch sharded over the mesh's data axes, as ``jaxvl.ablation.sweep``) and returns tidy
-rows (model, sublayer, stream, head, entropy, aligned_share, chance_share, vision_mass, queries);
+rows (model, sublayer, stream, kind, head, entropy, aligned_share, chance_share, vision_mass, queries);
 ``plot_attention`` draws them. Works on unscanned and scanned (``scan_layers``) encoders.
+
+``sublayer`` is the plan's index (VOLTA's, from 0); ``kind`` (``KINDS``) says what the stream's queries
+attend to there; heads are numbered from 1, in the rows and the plots (as ``jaxvl.caption.attention``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,19 @@ from jaxvl.models.volta.plan import Sublayer, find_segments
 from jaxvl.runtime.sharding import DEFAULT_DATA_AXES, to_global
 
 MODEL_INPUTS = ("input_ids", "features", "locations", "token_type_ids", "text_mask", "region_mask")
+# What a stream's queries attend to at an attention sub-layer: their own stream only ("text" / "vision"), the
+# other stream only ("cross": LXMERT's cross layers, ViLBERT's co-attention), or one softmax over both ("joint":
+# single-stream models).
+KINDS = {"text": "text queries -> text keys", "vision": "vision queries -> vision keys",
+         "cross": "queries -> the other stream's keys only", "joint": "one softmax over text and vision keys"}
+
+
+def query_kind(spec: Sublayer, stream: str) -> str:
+    """The ``KINDS`` key of ``stream``'s ("text" / "vision") queries at the attention sub-layer ``spec``."""
+    own, other = (spec.tt, spec.tv) if stream == "text" else (spec.vv, spec.vt)
+    if own and other:
+        return "joint"
+    return "cross" if other else stream
 
 
 def sown_attention(cfg: VLConfig, intermediates: Mapping[str, Any]
@@ -174,10 +190,12 @@ def attention_rows(model: VLBertForPreTraining, stacked_params: Any, batches: It
         fields = {key: np.asarray(batch[key]) for key in (*SWEEP_FIELDS, "valid")}
         out = gather_to_host(sweep(params, to_global(fields, mesh)))
         totals = out if totals is None else jax.tree.map(np.add, totals, out)
-    return _rows(names, totals, threshold)
+    return _rows(names, totals, threshold, model.cfg.sublayers)
 
 
-def _rows(names: Sequence[str], totals: Mapping[str, Mapping[str, np.ndarray]], threshold: float) -> list[dict]:
+def _rows(names: Sequence[str], totals: Mapping[str, Mapping[str, np.ndarray]], threshold: float,
+          sublayers: Sequence[Sublayer]) -> list[dict]:
+    """One row per (model, sub-layer, stream, head) of the summed statistics; heads numbered from 1."""
     rows = []
     for n in sorted(totals, key=int):
         stats = totals[n]
@@ -185,9 +203,10 @@ def _rows(names: Sequence[str], totals: Mapping[str, Mapping[str, np.ndarray]], 
             if f"{prefix}_entropy" not in stats:
                 continue
             ent, queries = stats[f"{prefix}_entropy"], stats[f"{prefix}_queries"]
+            kind = query_kind(sublayers[int(n)], stream)
             for k, model in enumerate(names):
                 for h in range(ent.shape[-1]):
-                    row = dict(model=model, sublayer=int(n), stream=stream, head=h, threshold=threshold,
+                    row = dict(model=model, sublayer=int(n), stream=stream, kind=kind, head=h + 1, threshold=threshold,
                                entropy=_ratio(ent[k, h], queries[k]), queries=int(queries[k]),
                                aligned_share=None, chance_share=None, vision_mass=None, phrase_queries=None)
                     if stream == "text" and "aligned_share" in stats:
@@ -203,49 +222,84 @@ def _ratio(total: float, count: float) -> float | None:
     return float(total / count) if count > 0 else None
 
 
-def plot_attention(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
-    """Per model: heat maps of the text- and vision-query entropy (sub-layer x head) and the aligned share
-    of text->vision attention per sub-layer (mean over heads) against the uniform-attention share."""
+ENTROPY_LABEL = "normalised entropy\n(0 = one key, 1 = uniform)"
+SHARE_LABEL = "share of the phrase's attention to vision\non its aligned regions (0-1)"
+
+
+def _layer_label(rows: Sequence[dict[str, Any]], n: int, sep: str = " ") -> str:
+    """Sub-layer ``n``'s tick: its index and, where the rows carry it, its kind ("3 cross")."""
+    kind = next((r.get("kind") for r in rows if r["sublayer"] == n and r.get("kind")), None)
+    return str(n) if kind is None else f"{n}{sep}{kind}"
+
+
+def _entropy_panel(fig: Any, ax: Any, rows: Sequence[dict[str, Any]], title: str) -> bool:
+    """Heat map of one stream's entropy, sub-layer (with its kind) x head; False (panel off) without rows."""
+    sel = [r for r in rows if r["entropy"] is not None]
+    if not sel:
+        ax.set_axis_off()
+        return False
+    layers = sorted({r["sublayer"] for r in sel})
+    heads = sorted({r["head"] for r in sel})
+    grid = np.full((len(layers), len(heads)), math.nan)
+    for r in sel:
+        grid[layers.index(r["sublayer"]), heads.index(r["head"])] = r["entropy"]
+    im = ax.imshow(grid, vmin=0, vmax=1, aspect="auto", cmap="viridis")
+    small = 7 if len(layers) > 12 else 8
+    ax.set_yticks(range(len(layers)), [_layer_label(sel, n) for n in layers], fontsize=small)
+    ax.set_xticks(range(len(heads)), [str(h) for h in heads], fontsize=small)
+    ax.set_xlabel("head")
+    ax.set_ylabel("sub-layer and kind")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax).set_label(ENTROPY_LABEL, fontsize=8)
+    return True
+
+
+def _share_panel(ax: Any, rows: Sequence[dict[str, Any]], title: str) -> None:
+    """Aligned share (mean over heads, with the heads' range) per sub-layer where text sees vision, beside the
+    share a uniform attention gives; the legend below the panel."""
+    share = [r for r in rows if r["aligned_share"] is not None]
+    layers = sorted({r["sublayer"] for r in share})
+    ax.set_title(title, fontsize=9)
+    if not layers:
+        ax.text(0.5, 0.5, "no sub-layer where text sees vision", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    per = [[r["aligned_share"] for r in share if r["sublayer"] == n] for n in layers]
+    chance = [np.mean([r["chance_share"] for r in share if r["sublayer"] == n]) for n in layers]
+    x = np.arange(len(layers))
+    ax.fill_between(x, [min(v) for v in per], [max(v) for v in per], alpha=0.2, label="range over heads")
+    ax.plot(x, [np.mean(v) for v in per], marker="o", label="aligned share (mean over heads)")
+    ax.plot(x, chance, ls="--", color="grey", label="uniform attention")
+    ax.set_xticks(x, [_layer_label(share, n, "\n") for n in layers], fontsize=7 if len(layers) > 8 else 8)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("sub-layer and kind")
+    ax.set_ylabel(SHARE_LABEL, fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, frameon=False)
+
+
+def plot_attention(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Any:
+    """Per model: heat maps of the text- and vision-query entropy (sub-layer x head; each sub-layer labelled
+    with its index and kind, ``KINDS``) and the aligned share of text->vision attention per sub-layer (mean
+    and range over heads) against the uniform-attention share. Returns the (closed) figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(len(models), 3, figsize=(13, 3.2 * len(models)), squeeze=False)
+    depth = max((len({r["sublayer"] for r in rows if r["stream"] == s}) for s in ("text", "vision")), default=1)
+    height = max(3.6, 1.6 + 0.2 * depth)
+    fig, axes = plt.subplots(len(models), 3, figsize=(15, height * len(models)), squeeze=False)
     for i, model in enumerate(models):
         mine = [r for r in rows if r["model"] == model]
         for j, stream in enumerate(("text", "vision")):
-            sel = [r for r in mine if r["stream"] == stream and r["entropy"] is not None]
-            ax = axes[i, j]
-            if not sel:
-                ax.set_axis_off()
-                continue
-            layers = sorted({r["sublayer"] for r in sel})
-            heads = max(r["head"] for r in sel) + 1
-            grid = np.full((len(layers), heads), math.nan)
-            for r in sel:
-                grid[layers.index(r["sublayer"]), r["head"]] = r["entropy"]
-            im = ax.imshow(grid, vmin=0, vmax=1, aspect="auto", cmap="viridis")
-            ax.set_yticks(range(len(layers)), [str(n) for n in layers])
-            ax.set_xlabel("head")
-            ax.set_ylabel("sub-layer")
-            ax.set_title(f"{model}: {stream}-query entropy (normalised)")
-            fig.colorbar(im, ax=ax)
-        ax = axes[i, 2]
-        share = [r for r in mine if r["aligned_share"] is not None]
-        layers = sorted({r["sublayer"] for r in share})
-        if layers:
-            mean = [np.mean([r["aligned_share"] for r in share if r["sublayer"] == n]) for n in layers]
-            chance = [np.mean([r["chance_share"] for r in share if r["sublayer"] == n]) for n in layers]
-            x = np.arange(len(layers))
-            ax.plot(x, mean, marker="o", label="aligned share")
-            ax.plot(x, chance, ls="--", label="uniform attention")
-            ax.set_xticks(x, [str(n) for n in layers])
-            ax.set_ylim(0, 1)
-            ax.legend(fontsize=8)
-        ax.set_xlabel("sub-layer")
-        ax.set_title(f"{model}: phrase -> aligned regions")
+            _entropy_panel(fig, axes[i, j], [r for r in mine if r["stream"] == stream],
+                           f"{model}: {stream}-query attention entropy")
+        _share_panel(axes[i, 2], mine, f"{model}: phrase tokens -> aligned regions")
+    kinds = "; ".join(f"{k} = {v}" for k, v in KINDS.items())
+    fig.text(0.5, 0.0, f"sub-layer: index in the model's plan (from 0). Kinds: {kinds}. Heads numbered from 1.",
+             ha="center", va="top", fontsize=8, wrap=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
+    return fig

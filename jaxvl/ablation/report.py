@@ -21,9 +21,9 @@ column names, and a glossary once under them.
 ``write_report(result, workdir)`` writes ``results.csv`` / ``results.jsonl`` (tidy rows),
 ``per_example.<task>.csv.gz`` (one row per model, member and example), ``detector.csv`` (LabelMatch detector
 agreement), ``table.md`` (``full_tables``), ``conditions.png`` (bars per condition with intervals) and
-``thresholds.png`` (loss against the IoT threshold), each model's lang4vis losses on the heads it trained,
-plus the attention analyses when given (``attention.csv``, ``attention.png``). Plots use matplotlib's Agg
-backend.
+``thresholds.png`` (loss against the IoT threshold, over a strip counting the examples without a region
+aligned above it), each model's lang4vis losses on the heads it trained, plus the attention analyses when
+given (``attention.csv``, ``attention.png``). Plots use matplotlib's Agg backend.
 """
 
 from __future__ import annotations
@@ -501,28 +501,43 @@ def _lang4vis_title(metrics: Sequence[str]) -> str:
     return "lang4vis: " + (METRIC_LABELS[metrics[0]] if len(metrics) == 1 else "region loss of the trained head")
 
 
-def _finish(fig: Any, axes: Sequence[Any], titles: Sequence[str], path: str | os.PathLike) -> None:
-    """Titles, the unit, each panel's legend below it (never over the data), the error bars named; saved."""
-    for ax, title in zip(axes, titles, strict=True):
+LEGEND_BELOW = dict(fontsize=7, loc="upper center", ncol=2, frameon=False)
+
+
+def _finish(fig: Any, axes: Sequence[Any], titles: Sequence[str], path: str | os.PathLike,
+            legend_axes: Sequence[Any] | None = None) -> Any:
+    """Titles, the unit, each panel's legend below it (never over the data; under ``legend_axes``' panel when
+    given, one per panel), the error bars named; saved and closed. Returns the figure (its artists stay readable)."""
+    for i, (ax, title) in enumerate(zip(axes, titles, strict=True)):
         ax.set_title(f"{title} (bits)")
         ax.set_ylabel("bits (error bars: 95% bootstrap interval)", fontsize=8)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            under = ax if legend_axes is None else legend_axes[i]
+            under.legend(handles, labels, bbox_to_anchor=(0.5, -0.14 if under is ax else -0.45), **LEGEND_BELOW)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
+    return fig
+
+
+def _no_results(ax: Any, task: str) -> None:
+    """Says so on a panel whose task has no rows to draw (the sweep did not run it)."""
+    ax.text(0.5, 0.5, f"no {task} results", ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
 def plot_conditions(rows: Sequence[dict[str, Any]], path: str | os.PathLike, threshold: float = 0.5,
-                    lang4vis_metrics: Sequence[str] = ("mrc_kl",)) -> None:
+                    lang4vis_metrics: Sequence[str] = ("mrc_kl",)) -> Any:
     """Two panels (vis4lang MLM; lang4vis on each of ``lang4vis_metrics`` a model reads on a head it trained):
     bars per condition, one per series, with the 95% interval as error bars; vis4lang ``object`` and lang4vis
-    at ``threshold``. Rows read on an untrained head are not drawn."""
+    at ``threshold``. Rows read on an untrained head are not drawn. Returns the (closed) figure."""
     plt = _pyplot()
     rows = on_trained_heads(rows)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, task in ((axes[0], "vis4lang"), (axes[1], "lang4vis")):
         conds = LEVELS[task]
         series = _series(rows, task, lang4vis_metrics)
+        if not series:
+            _no_results(ax, task)
         width = 0.8 / max(len(series), 1)
         for i, (model, metric, label) in enumerate(series):
             means, errs = [], [[], []]
@@ -535,21 +550,71 @@ def plot_conditions(rows: Sequence[dict[str, Any]], path: str | os.PathLike, thr
                 errs[1].append(row["ci_high"] - row["mean"] if ok and row["ci_high"] is not None else 0.0)
             ax.bar(np.arange(len(conds)) + i * width, means, width, yerr=errs, capsize=3, label=label)
         ax.set_xticks(np.arange(len(conds)) + width * (len(series) - 1) / 2, [c.capitalize() for c in conds])
-    _finish(fig, axes, ("vis4lang: MLM", _lang4vis_title(lang4vis_metrics)), path)
+    return _finish(fig, axes, ("vis4lang: MLM", _lang4vis_title(lang4vis_metrics)), path)
+
+
+UNALIGNED_LABEL = "examples without an\naligned region (IoT > t)"
+
+
+def unaligned_counts(rows: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, int]]]:
+    """Per model, (IoT threshold t, examples without a region aligned at IoT > t) sorted by t: the lang4vis
+    ``none`` rows' ``without_target`` on the ``all`` subset (alignment does not depend on the condition or the
+    loss; the first loss's rows are read). Models with the same counts are merged under "all models"."""
+    out: dict[str, list[tuple[float, int]]] = {}
+    for r in rows:
+        if (r["task"] == "lang4vis" and r["condition"] == "none" and r["subset"] == "all"
+                and r["threshold"] is not None and r.get("without_target") is not None):
+            per = dict(out.get(r["model"], ()))
+            per.setdefault(float(r["threshold"]), int(r["without_target"]))
+            out[r["model"]] = sorted(per.items())
+    if len({tuple(v) for v in out.values()}) == 1:
+        return {"all models": next(iter(out.values()))}
+    return out
+
+
+def _plot_unaligned(ax: Any, counts: Mapping[str, list[tuple[float, int]]]) -> None:
+    """The strip under a threshold panel: examples without an aligned region per IoT threshold, each point
+    labelled with its count (one series), or each model's line with the model's name at its end (several)."""
+    for label, points in counts.items():
+        x, y = zip(*points, strict=True)
+        if len(counts) == 1:
+            ax.plot(x, y, color="dimgrey", marker="s", ms=3, lw=1)
+            for t, k in points:
+                ax.annotate(str(k), (t, k), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=6)
+        else:
+            line = ax.plot(x, y, marker="s", ms=3, lw=1)[0]
+            ax.annotate(label, (x[-1], y[-1]), textcoords="offset points", xytext=(4, 0), va="center", fontsize=6,
+                        color=line.get_color(), annotation_clip=False)
+    top = max(k for points in counts.values() for _, k in points)
+    ax.set_ylim(0, max(1, top) * 1.35)
+    ax.set_ylabel(UNALIGNED_LABEL, fontsize=7)
+    ax.tick_params(labelsize=7)
+    ax.grid(axis="y", alpha=0.3)
 
 
 def plot_thresholds(rows: Sequence[dict[str, Any]], path: str | os.PathLike,
-                    lang4vis_metrics: Sequence[str] = ("mrc_kl",)) -> None:
+                    lang4vis_metrics: Sequence[str] = ("mrc_kl",)) -> Any:
     """Loss against the IoT threshold with 95% intervals, one colour per series (``plot_conditions``):
     vis4lang ``object`` (``none`` / ``all``, which do not depend on it, as dashed and dotted lines) and each
-    lang4vis condition. Rows read on an untrained head are not drawn."""
+    lang4vis condition. Rows read on an untrained head are not drawn. Under each panel, where the rows carry
+    it (lang4vis ``without_target``), a strip of how many examples have no region aligned at IoT > t
+    (``unaligned_counts``): the examples that lose their aligned region as t rises. Returns the (closed) figure."""
     plt = _pyplot()
     rows = on_trained_heads(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    counts = unaligned_counts(rows)
+    if counts:
+        fig, grid = plt.subplots(2, 2, figsize=(11, 5.6), sharex="col", gridspec_kw=dict(height_ratios=(3, 1)))
+        axes, strips = grid[0], grid[1]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        strips = None
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = {"none": "--", "object": "-", "all": ":", "phrase": "-."}
     for ax, task in ((axes[0], "vis4lang"), (axes[1], "lang4vis")):
-        for i, (model, metric, label) in enumerate(_series(rows, task, lang4vis_metrics)):
+        series = _series(rows, task, lang4vis_metrics)
+        if not series:
+            _no_results(ax, task)
+        for i, (model, metric, label) in enumerate(series):
             colour = colours[i % len(colours)]
             for c in LEVELS[task]:
                 sel = sorted((r for r in rows if r["model"] == model and r["task"] == task and r["condition"] == c
@@ -566,9 +631,13 @@ def plot_thresholds(rows: Sequence[dict[str, Any]], path: str | os.PathLike,
                        [(r["ci_high"] if r["ci_high"] is not None else m) - m for m, r in zip(y, sel, strict=True)]]
                 ax.errorbar(x, y, yerr=err, color=colour, ls=styles[c], marker="o", ms=3, capsize=2,
                             label=f"{label} {c}")
-    for ax in axes:
-        ax.set_xlabel("IoT threshold")
-    _finish(fig, axes, ("vis4lang: MLM", _lang4vis_title(lang4vis_metrics)), path)
+    for ax in strips if strips is not None else axes:
+        ax.set_xlabel("IoT threshold t")
+    if strips is not None:
+        for ax in strips:
+            _plot_unaligned(ax, counts)
+        fig.subplots_adjust(hspace=0.12)
+    return _finish(fig, axes, ("vis4lang: MLM", _lang4vis_title(lang4vis_metrics)), path, legend_axes=strips)
 
 
 def write_report(result: AblationResult, workdir: str | os.PathLike, threshold: float = 0.5, n_boot: int = 1000,

@@ -96,6 +96,14 @@ def _summary(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Each family's kind (as ``jaxvl.ablation.attention.KINDS``) and what its queries attend to, for the plots.
+FAMILY_LABELS = {"encoder_self": "encoder self-attention: vision (regions -> regions)",
+                 "decoder_self": "decoder self-attention: text (words -> earlier words)",
+                 "cross": "cross-attention: cross (words -> regions)"}
+ENTROPY_LABEL = "normalised entropy (0 = one key, 1 = uniform)"
+GROUNDING_LABEL = "share of the phrase token's cross-attention\non its linked regions (0-1)"
+
+
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure  # a bare Figure renders with Agg: no pyplot, no global backend state
 
@@ -103,35 +111,52 @@ def _figure(width: float, height: float):
 
 
 def _layer_panel(ax, values: np.ndarray, title: str, ylabel: str) -> None:
-    """Per-layer mean over heads (line), each head (points) and the heads' min-max band."""
+    """Per-layer mean over heads (line), each head (points, "head 1" ...) and the heads' min-max band."""
+    from matplotlib import colormaps
+
     layers = np.arange(1, values.shape[0] + 1)
     finite = np.isfinite(values).any(axis=1)
     if finite.any():
-        ax.fill_between(layers[finite], np.nanmin(values[finite], 1), np.nanmax(values[finite], 1), alpha=0.2)
-        ax.plot(layers[finite], np.nanmean(values[finite], 1), marker="o", label="mean over heads")
+        ax.fill_between(layers[finite], np.nanmin(values[finite], 1), np.nanmax(values[finite], 1), color="grey",
+                        alpha=0.2, label="range over heads")
+        ax.plot(layers[finite], np.nanmean(values[finite], 1), marker="o", color="black", lw=1,
+                label="mean over heads")
+    colours = colormaps["tab10" if values.shape[1] <= 10 else "tab20"].colors  # head h: the same colour everywhere
     for h in range(values.shape[1]):
-        ax.scatter(layers, values[:, h], s=10, alpha=0.6)
+        ax.scatter(layers, values[:, h], s=12, alpha=0.8, color=colours[h % len(colours)], label=f"head {h + 1}")
     ax.set_xticks(layers)
     ax.set_xlabel("layer")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(ylabel, fontsize=8)
     ax.set_title(title, fontsize=9)
 
 
-def _plot_entropy(results: Mapping[str, Any], path: str) -> None:
-    fig = _figure(4.0 * len(FAMILIES), 3.5)
+def _legend_below(fig, ax) -> None:
+    """One legend for the figure (every panel draws the same series), centred under the panels."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=7, frameon=False)
+
+
+def _plot_entropy(results: Mapping[str, Any], path: str):
+    """``entropy.png``: a panel per family (titled with its kind); returns the figure."""
+    heads = results["entropy"][FAMILIES[0]].shape[1]
+    fig = _figure(4.6 * len(FAMILIES), 3.9 + 0.18 * math.ceil((heads + 2) / 6))
     for i, family in enumerate(FAMILIES):
         ax = fig.add_subplot(1, len(FAMILIES), i + 1)
-        _layer_panel(ax, results["entropy"][family], f"{family} ({results['queries'][family]} queries)",
-                     "normalised entropy")
+        _layer_panel(ax, results["entropy"][family],
+                     f"{FAMILY_LABELS[family]}\n{results['queries'][family]} queries", ENTROPY_LABEL)
         ax.set_ylim(0, 1.05)
-    fig.suptitle("Attention entropy per layer (points: heads; jaxvl operationalisation of Eq. 5)", fontsize=10)
-    fig.tight_layout()
+    _legend_below(fig, ax)
+    fig.suptitle("Attention entropy per layer (jaxvl operationalisation of Eq. 5)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path)
+    return fig
 
 
-def _plot_grounding(results: Mapping[str, Any], path: str) -> None:
+def _plot_grounding(results: Mapping[str, Any], path: str):
+    """``grounding.png``: the cross-attention share on linked regions, decoder layer x head; returns the figure."""
     values = results["grounding"]
-    fig = _figure(max(4.0, 1.0 + 0.7 * values.shape[1]), max(3.0, 1.2 + 0.5 * values.shape[0]))
+    fig = _figure(max(5.0, 2.2 + 0.7 * values.shape[1]), max(3.4, 1.6 + 0.5 * values.shape[0]))
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     for (layer, head), v in np.ndenumerate(values):
@@ -141,20 +166,28 @@ def _plot_grounding(results: Mapping[str, Any], path: str) -> None:
     ax.set_yticks(range(values.shape[0]), [str(layer + 1) for layer in range(values.shape[0])])
     ax.set_xlabel("head")
     ax.set_ylabel("decoder layer")
-    ax.set_title(f"Cross-attention share on linked regions (Eq. 3)\nchance {results['grounding_chance']:.2f}, "
-                 f"{results['phrase_tokens']} phrase tokens", fontsize=9)
-    fig.colorbar(image, ax=ax)
+    ax.set_title(f"{FAMILY_LABELS['cross']}\nshare on linked regions (Eq. 3): chance "
+                 f"{results['grounding_chance']:.2f}, {results['phrase_tokens']} phrase tokens", fontsize=9)
+    fig.colorbar(image, ax=ax).set_label(GROUNDING_LABEL, fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
+    return fig
 
 
-def _plot_correlations(results: Mapping[str, Any], path: str) -> None:
+def _plot_correlations(results: Mapping[str, Any], path: str):
+    """``correlations.png``: Spearman's rho per encoder layer for each measured correlation; returns the figure."""
     panels = [(name, v) for name, v in results["spearman"].items() if v is not None]
-    fig = _figure(4.5 * len(panels), 3.5)
+    heads = panels[0][1].shape[1] if panels else 1
+    fig = _figure(max(4.6 * len(panels), 6.0), 3.9 + 0.18 * math.ceil((heads + 2) / 6))
+    ax = None
     for i, (name, values) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
-        _layer_panel(ax, values, f"encoder attention vs {name} ({results['pairs'][name]} pairs)", "Spearman rho")
+        _layer_panel(ax, values, f"vs {name} ({results['pairs'][name]} pairs)", "Spearman rho (-1 to 1)")
         ax.axhline(0.0, color="grey", lw=0.8)
-    fig.suptitle("Encoder self-attention correlations per layer (jaxvl operationalisation)", fontsize=10)
-    fig.tight_layout()
+    if ax is not None:
+        _legend_below(fig, ax)
+    fig.suptitle(f"{FAMILY_LABELS['encoder_self']}: correlations per layer (jaxvl operationalisation)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path)
+    return fig
