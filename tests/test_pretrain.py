@@ -101,6 +101,18 @@ def test_full_size_bert_init_needs_a_checkpoint():
         initial_params(cfg, get_model("uniter", tiny=True), {})
 
 
+def test_warnings_repeated_by_members_are_said_once(caplog):
+    """A sweep's members (and a run's stages) each start the same way: ``warn_once`` says it once per process,
+    as the tiny run without a BERT checkpoint does (``initial_params``)."""
+    from jaxvl.pretrain.trainer import warn_once
+
+    message = f"said once {id(caplog)}"
+    with caplog.at_level("WARNING", logger="jaxvl.pretrain.trainer"):
+        for _ in range(4):
+            warn_once(message)
+    assert [r.message for r in caplog.records].count(message) == 1
+
+
 def test_bert_initialisation_through_the_converter(tmp_path):
     """init.kind=bert loads a HF BertModel (here a random one of the tiny text stream's shape) into the text
     stream: word table, attention and FFN of BERT layer 0 land where the plan maps them."""

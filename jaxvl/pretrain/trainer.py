@@ -103,6 +103,17 @@ def vision_only_batch(batch: Mapping[str, np.ndarray], pad_id: int) -> dict[str,
 
 # ========================================================================================= initial
 
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """``logger.warning(message)`` the first time this process sees ``message`` (a sweep's members and a
+    run's stages would otherwise repeat it)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
+
+
 
 def initial_params(cfg: ConfigDict, model: VLBertForPreTraining, params: Any) -> tuple[Any, str]:
     """Parameters to start from (host numpy tree) and a description: ``params`` (random init) as they
@@ -118,7 +129,7 @@ def initial_params(cfg: ConfigDict, model: VLBertForPreTraining, params: Any) ->
         raise ValueError(f"config init.kind={kind!r}; expected 'bert' or 'random'")
     if not cfg.init.bert_checkpoint:
         if cfg.model.tiny:
-            logger.warning("init.kind=bert without init.bert_checkpoint: a tiny model starts from random weights")
+            warn_once("init.kind=bert without init.bert_checkpoint: a tiny model starts from random weights")
             return params, "random (tiny run: no BERT checkpoint of the tiny text stream's shape)"
         raise ValueError("config init.kind='bert' needs init.bert_checkpoint: a HF BertModel / BertForPreTraining "
                          ".bin or .safetensors file (there is no model hub); or use the rnd-vl variant")
