@@ -139,3 +139,19 @@ def test_volta_checkpoint_gives_the_same_numbers(run, tmp_path):
     # the same parameters through two loaders: equal up to float32 rounding (~1e-7 relative)
     for key, value in ours.items():
         assert (value == theirs[key] == "") or float(theirs[key]) == pytest.approx(float(value), rel=1e-5), key
+
+
+def test_labelmatch_without_a_label_list_is_said():
+    """LabelMatch on a dataset without a detector label list and without ``labelmatch.objects_vocab``: not
+    computed, and the report says so (it used to be skipped silently)."""
+    from types import SimpleNamespace
+
+    from jaxvl.ablation.run import label_matcher
+
+    cfg = load_config("ablate:tiny")
+    matcher, note = label_matcher(cfg, SimpleNamespace(metadata={}), "data/f30k")
+    assert matcher is None and "LabelMatch not computed: data/f30k" in note and "labelmatch.objects_vocab" in note
+    matcher, note = label_matcher(cfg, SimpleNamespace(metadata={"label_list": ["__background__", "dog"]}), "w")
+    assert matcher is not None and note == ""
+    cfg.labelmatch.enabled = False
+    assert label_matcher(cfg, SimpleNamespace(metadata={}), "w") == (None, "")

@@ -174,6 +174,23 @@ def check_fits(model_cfg: VLConfig, tokenizer: Any, info: Any, dataset: str, gro
         raise ValueError(f"checkpoint(s) {group} do not match the ablation data {dataset}: " + "; ".join(problems))
 
 
+def label_matcher(cfg: ConfigDict, info: Any, dataset: str) -> tuple[Any, str]:
+    """The LabelMatch matcher of ``cfg.labelmatch`` (Visual Genome's ``objects_vocab.txt``, else the dataset's
+    own detector label list), and a note for the report when LabelMatch is enabled but cannot be computed."""
+    from jaxvl.ablation.labelmatch import LabelMatcher
+
+    if not cfg.labelmatch.enabled:
+        return None, ""
+    if cfg.labelmatch.objects_vocab:
+        from jaxvl.data.readers.visual_genome import load_objects_vocab
+
+        return LabelMatcher.from_vocab(load_objects_vocab(cfg.labelmatch.objects_vocab)), ""
+    if (info.metadata or {}).get("label_list"):
+        return LabelMatcher.from_label_list(info.metadata["label_list"]), ""
+    return None, (f"LabelMatch not computed: {dataset} carries no detector label list and "
+                  f"labelmatch.objects_vocab is not set (Visual Genome's objects_vocab.txt)")
+
+
 def ablate(cfg: ConfigDict, workdir: str, expected: Mapping[tuple[str, str], str] | None = None,
            preface: str = "") -> str:
     """Runs the ablation of the module doc; returns what it prints (``jaxvl.ablation.report.console_tables``).
@@ -184,7 +201,7 @@ def ablate(cfg: ConfigDict, workdir: str, expected: Mapping[tuple[str, str], str
     """
     from tqdm import tqdm
 
-    from jaxvl.ablation import AblationSpec, LabelMatcher, Quirks, attention_rows, run_ablation, stack_params
+    from jaxvl.ablation import AblationSpec, Quirks, attention_rows, run_ablation, stack_params
     from jaxvl.ablation.data import AblationPipelineConfig, ablation_dataset, scan_ablation
     from jaxvl.ablation.report import (
         console_tables,
@@ -227,14 +244,7 @@ def ablate(cfg: ConfigDict, workdir: str, expected: Mapping[tuple[str, str], str
     if len(source) == 0:
         raise ValueError(f"{dataset}: split {cfg.data.split!r} is empty")
     tokenizer = tokenizer_for(info, cfg.data.vocab_file or None)
-    matcher = None
-    if cfg.labelmatch.enabled:
-        if cfg.labelmatch.objects_vocab:
-            from jaxvl.data.readers.visual_genome import load_objects_vocab
-
-            matcher = LabelMatcher.from_vocab(load_objects_vocab(cfg.labelmatch.objects_vocab))
-        elif (info.metadata or {}).get("label_list"):
-            matcher = LabelMatcher.from_label_list(info.metadata["label_list"])
+    matcher, labelmatch_note = label_matcher(cfg, info, dataset)
     mesh = make_mesh(**cfg.mesh.to_dict())
     options = FAST_COMPILE if cfg.fast_compile else None
 
@@ -284,9 +294,10 @@ def ablate(cfg: ConfigDict, workdir: str, expected: Mapping[tuple[str, str], str
     plot_thresholds(all_rows, os.path.join(workdir, "thresholds.png"), metrics)
     full = full_tables(all_rows, cfg.report_threshold, cfg.verdict_floor, expected)
     with open(os.path.join(workdir, "table.md"), "w", encoding="utf-8") as f:
-        f.write("\n\n".join(p.rstrip("\n") for p in (preface, full, *tables) if p) + "\n")
-    return console_tables(all_rows, cfg.report_threshold, cfg.verdict_floor, expected)
+        f.write("\n\n".join(p.rstrip("\n") for p in (preface, full, *tables, labelmatch_note) if p) + "\n")
+    console = console_tables(all_rows, cfg.report_threshold, cfg.verdict_floor, expected)
+    return f"{console}\n\n{labelmatch_note}" if labelmatch_note else console
 
 
-__all__ = ["Checkpoint", "ablate", "check_fits", "load_checkpoint", "model_config_from_run"]
+__all__ = ["Checkpoint", "ablate", "check_fits", "label_matcher", "load_checkpoint", "model_config_from_run"]
 
