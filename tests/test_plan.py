@@ -92,3 +92,15 @@ def test_volta_json_unsupported_value_is_named(tmp_path):
     path.write_text(json.dumps(d))
     with pytest.raises(ValueError, match="model='roberta'"):
         config_from_volta_json(path)
+
+
+def test_volta_config_value_of_the_wrong_type_is_named():
+    """``"hidden_size": "64"`` (a string) is named as such, not reported later as a width mismatch."""
+    from jaxvl.models.volta.config import config_from_volta_dict
+
+    with pytest.raises(ValueError, match=r"cfg.json: config key 'hidden_size' is '64' \(str\); expected a number"):
+        config_from_volta_dict({"hidden_size": "64"}, source="cfg.json")
+    with pytest.raises(ValueError, match="'image_head_ln' is 1 .int.; expected true/false"):
+        config_from_volta_dict({"image_head_ln": 1})
+    ok = config_from_volta_dict({"hidden_size": 64, "num_attention_heads": 4, "initializer_range": 1})
+    assert ok.hidden_size == 64 and ok.initializer_range == 1

@@ -203,12 +203,32 @@ def config_from_volta_dict(d: Mapping, source: str = "<dict>") -> VLConfig:
         if key in d and allowed is not None and d[key] not in allowed:
             raise ValueError(f"{source}: {key}={d[key]!r} is not supported by jaxvl (accepted: {list(allowed)})")
     kwargs = {k: d[k] for k in fields if k in d}
+    _check_types(kwargs, source)
     if "visual_target_weights" in kwargs:
         kwargs["visual_target_weights"] = _weights(kwargs["visual_target_weights"])
     try:
         return VLConfig(plan=SublayerPlan.from_dict(d), **kwargs)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{source}: {e}") from e
+
+
+def _check_types(values: Mapping, source: str) -> None:
+    """Each value of a number or flag field has that type (``"hidden_size": "64"``, a string, is named as a
+    string rather than found later as a width mismatch). bools are not numbers here; ints pass as floats."""
+    defaults = {f.name: f.default for f in dataclasses.fields(VLConfig)}
+    for key, value in values.items():
+        default = defaults.get(key)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{source}: config key {key!r} is {value!r} ({type(value).__name__}); expected "
+                             f"{'true/false' if isinstance(default, bool) else 'a number'} like {default!r}")
 
 
 def config_from_volta_json(path: str | os.PathLike) -> VLConfig:
