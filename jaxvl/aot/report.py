@@ -24,7 +24,7 @@ from typing import Any
 
 from jaxvl.aot.chips import Slice
 from jaxvl.aot.hlo import KINDS, CollectiveSummary, collectives
-from jaxvl.runtime.compile import memory_stats
+from jaxvl.runtime.compile import memory_stats, xla_flops
 
 GIB = 2**30
 
@@ -94,7 +94,7 @@ class CompileReport:
             sources = f"{chip.source}{' (' + chip.ici_note + ')' if chip.ici_note else ''}"
         return cls(target=target, description=description, mesh=dict(mesh), devices=devices, params=params,
                    memory=memory_stats(compiled), hbm_bytes=hbm, model_flops=model_flops,
-                   xla_flops_per_device=_xla_flops(compiled), collective_counts=dict(summary.counts),
+                   xla_flops_per_device=xla_flops(compiled), collective_counts=dict(summary.counts),
                    collective_bytes=dict(summary.bytes), unknown_loops=summary.unknown_loops, compute_s=compute_s,
                    ici_s=ici_s, dcn_s=dcn_s, compile_s=compile_s, peak_flops_per_chip=peak, ici_bytes_per_s=ici,
                    sources=sources)
@@ -146,17 +146,6 @@ class CompileReport:
         lines += [f"  step  >= {self.estimate_s * 1e3:9.2f} ms, MFU <= {self.mfu_estimate:.0%}",
                   f"  chip figures: {self.sources}"]
         return "\n".join(lines)
-
-
-def _xla_flops(compiled: Any) -> float | None:
-    """XLA's FLOP count of the compiled program per device, where the backend reports one."""
-    try:
-        cost = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 -- an optional figure: some backends do not implement it
-        return None
-    if isinstance(cost, list | tuple):
-        cost = cost[0] if cost else None
-    return float(cost["flops"]) if cost and "flops" in cost else None
 
 
 __all__ = ["CompileReport"]

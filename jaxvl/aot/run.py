@@ -28,7 +28,7 @@ import jax
 from jaxvl.aot.chips import Slice, gpu_spec, parse_slice, topology_devices
 from jaxvl.aot.report import CompileReport
 from jaxvl.aot.targets import caption_target, pretrain_target
-from jaxvl.runtime.sharding import MESH_AXES, make_mesh
+from jaxvl.runtime.sharding import MESH_AXES, bytes_per_device, make_mesh
 
 STRATEGIES = {"dp": "data=-1", "fsdp": "fsdp=-1", "fsdp+tp": "fsdp=-1,tensor=4"}
 
@@ -69,11 +69,6 @@ def resolve_sizes(sizes: dict[str, int], num_devices: int) -> dict[str, int]:
     return sizes
 
 
-def per_device_bytes(tree: Any) -> int:
-    """Bytes one device holds of a tree of sharded ``ShapeDtypeStruct``s."""
-    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
-
-
 def compile_report(cfg: Any, config_name: str, slice_: Slice | None, num_slices: int, mesh_spec: str | None,
                    batch: int | None, model_overrides: dict[str, Any] | None = None,
                    hlo_path: str | None = None) -> CompileReport:
@@ -100,7 +95,8 @@ def compile_report(cfg: Any, config_name: str, slice_: Slice | None, num_slices:
             f.write(compiled.as_text())
     name = f"{slice_.name}{f' x {num_slices} slices' if num_slices > 1 else ''}" if slice_ else \
         f"local {devices[0].platform} ({len(devices)} devices)"
-    grads = per_device_bytes(target.args[0].params)
+    params = target.args[0].params
+    grads = bytes_per_device(params, jax.tree.map(lambda x: x.sharding, params))
     gpu = None if slice_ else gpu_spec(devices[0].device_kind)
     figures = {} if gpu is None else dict(hbm_bytes=gpu.hbm_bytes, peak_flops=gpu.bf16_flops,
                                           ici_bytes_per_s=gpu.ici_bytes_per_s, sources=gpu.source)

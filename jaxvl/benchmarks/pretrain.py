@@ -68,7 +68,7 @@ from jaxvl.pretrain.loss import ObjectiveConfig
 from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.pretrain.step import init_state, jit_train_step, state_shardings
 from jaxvl.pretrain.sweep import init_sweep_state, jit_sweep_step, members_from_config, sweep_state_shardings
-from jaxvl.runtime.compile import FAST_COMPILE, memory_stats
+from jaxvl.runtime.compile import FAST_COMPILE, memory_stats, xla_flops
 from jaxvl.runtime.sharding import batch_sharding, make_mesh
 
 SIZES = ("tiny", "ctrl")
@@ -253,17 +253,6 @@ def _aot(jitted: Any, state: Any, batch: Any, mesh: Any) -> tuple[Any, float, fl
         return aot_compile(jitted, state, batch)
 
 
-def _xla_flops(compiled: Any) -> float | None:
-    """XLA's FLOP count of a compiled program (``cost_analysis()['flops']``), where the backend reports one."""
-    try:
-        cost = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 -- an optional figure: some backends do not implement it
-        return None
-    if isinstance(cost, list | tuple):
-        cost = cost[0] if cost else None
-    return float(cost["flops"]) if cost and "flops" in cost else None
-
-
 def time_steps(compiled: Any, state: Any, batch: Any, warmup: int, steps: int) -> tuple[list[float], Any]:
     """Seconds per call of the donating ``compiled(state, batch) -> (state, metrics)``, each ended by
     ``block_until_ready``, after ``warmup`` untimed calls. Returns the times and the final state."""
@@ -319,7 +308,7 @@ def bench_one(name: str, size: str, args: argparse.Namespace, device: jax.Device
     log(f"  compiled in {lower_s + compile_s:.1f} s (lower {lower_s:.1f} s)")
     fwd = forward_flops(cfg, args.text_len, args.regions)
     step_flops = train_flops(cfg, args.text_len, args.regions) * batch_size
-    xla = _xla_flops(compiled)
+    xla = xla_flops(compiled)
     row: dict[str, Any] = {
         "preset": name, "size": size, "batch": batch_size, "dtype": args.dtype, "text_len": args.text_len,
         "regions": args.regions, "scan_layers": args.scan_layers, "fast_compile": args.fast_compile,

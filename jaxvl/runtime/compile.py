@@ -54,6 +54,18 @@ def memory_stats(compiled: jax.stages.Compiled) -> dict[str, int]:
     return out
 
 
+def xla_flops(compiled: jax.stages.Compiled) -> float | None:
+    """XLA's own FLOP count of a compiled program (``cost_analysis()['flops']``, per device; loop bodies counted
+    once), where the backend reports one."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 -- an optional figure: some backends do not implement it
+        return None
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
