@@ -20,7 +20,7 @@ from jaxvl.benchmarks import ablate
 
 SMOKE = ["--sizes", "tiny", "--presets", "uniter", "--models", "2", "--vis4lang", "object", "--lang4vis", "phrase",
          "--thresholds", "0.3", "--batch", "4", "--text-len", "16", "--regions", "6", "--warmup", "0", "--iters", "2",
-         "--fast-compile", "--member-batch", "vmap,1"]
+         "--fast-compile", "--member-batch", "vmap,1", "--rows", "scored,every"]
 
 
 def bench(argv: list[str]) -> dict:
@@ -36,8 +36,9 @@ def test_bench_ablate_tiny_rows_table_and_loop_equals_sweep(tmp_path, capsys):
     result = bench([*SMOKE, "--out", str(out)])
 
     rows = result["rows"]
-    assert [(r["preset"], r["size"], r["k"], r["member_batch_size"]) for r in rows] == [("uniter", "tiny", 2, None),
-                                                                                        ("uniter", "tiny", 2, 1)]
+    assert [(r["preset"], r["size"], r["k"], r["member_batch_size"], r["head_rows"]) for r in rows] == [
+        ("uniter", "tiny", 2, None, "scored"), ("uniter", "tiny", 2, None, "every"),
+        ("uniter", "tiny", 2, 1, "scored"), ("uniter", "tiny", 2, 1, "every")]
     for r in rows:
         assert (r["members"], r["vis4lang_members"], r["lang4vis_members"]) == (2, 1, 1)
         assert r["batch"] == 4 and r["text_len"] == 16 and r["regions"] == 7  # 6 detector rows + [IMG]
@@ -52,14 +53,15 @@ def test_bench_ablate_tiny_rows_table_and_loop_equals_sweep(tmp_path, capsys):
             assert r[f"{what}_projected_s"] == pytest.approx(math.ceil(14_433 / 4) * r[f"{what}_ms"] / 1e3)
         assert r["sweep_over_loop"] == pytest.approx(r["sweep_evals_per_s"] / r["loop_evals_per_s"])
         assert r["max_abs_diff_bits"] < 1e-4, "the loop must evaluate what the sweep evaluates"
-    assert rows[0]["loop_runs_ms"] == rows[1]["loop_runs_ms"]  # both sweep variants against one loop timing
+    assert len({tuple(r["loop_runs_ms"]) for r in rows}) == 1  # every sweep variant against one loop timing
     assert result["options"]["models"] == [2]
 
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     printed = capsys.readouterr().out
     assert "| preset | size | K | B | members |" in printed
     table = [line for line in printed.splitlines() if line.startswith("| uniter | tiny | 2 | 4 | 2 |")]
-    assert [line.split(" | ")[5] for line in table] == ["vmap", "map 1"]
+    assert [line.split(" | ")[5] for line in table] == ["vmap, heads at scored rows", "vmap, heads at every row",
+                                                        "map 1, heads at scored rows", "map 1, heads at every row"]
 
 
 def test_member_specs_hold_one_member_each_and_the_default_spec_has_42():

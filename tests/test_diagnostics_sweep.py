@@ -177,7 +177,8 @@ def reference(world, tok, source, index, batches, model, params):
 def test_sweep_equals_a_per_condition_loop_and_compiles_once():
     world, tok, source, index, batches, model, params = setup()
     mesh = make_mesh()  # 8 fake devices on the data axis
-    spec = AblationSpec(tok.mask_id, thresholds=THRESHOLDS)
+    # the heads at the scored rows only (the phrase's sub-words, the target region), as `jaxvl ablate` runs it
+    spec = AblationSpec(tok.mask_id, thresholds=THRESHOLDS, max_phrase_tokens=index.max_phrase_tokens(T))
     events, listener = compile_counter()
     try:
         result = run_ablation(model, params, batches, spec, index.mean_feature, mesh, model_names=["a", "b"],
@@ -213,6 +214,35 @@ def test_sweep_equals_a_per_condition_loop_and_compiles_once():
             full = result.members[task].index(member)
             for metric, got in part.values[task].items():
                 np.testing.assert_allclose(got[:, m], result.values[task][metric][:, full], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["uniter", "lxmert"])
+def test_heads_at_the_scored_rows_only_equal_the_heads_at_every_row(preset):
+    """The MLM head at the phrase's sub-words only and the visual heads at the target region only (the default)
+    give the losses of the heads run at every row; a phrase longer than ``max_phrase_tokens`` is refused."""
+    world, tok, source, index, batches, model, params = setup()
+    if preset != "uniter":
+        model = get_model(preset, tiny=True, vocab_size=tok.vocab_size, num_object_classes=K,
+                          visual_target_weights={"0": 1.0, "3": 1.0})
+        inputs = {k: jnp.asarray(batches[0][k][:1]) for k in ("input_ids", "features", "locations")}
+        params = stack_params([nn.meta.unbox(jax.jit(model.init, compiler_options=FAST_COMPILE)(
+            jax.random.key(0), **inputs)["params"])])
+    mesh = make_mesh(data=2, fsdp=1, tensor=1, devices=jax.devices()[:2])
+    longest = index.max_phrase_tokens(T)
+    assert 1 <= longest < T - 2
+    base = dict(thresholds=(0.5,), control_threshold=0.5)
+    args = (model, params, batches, index.mean_feature, mesh)
+    every = run_ablation(args[0], args[1], args[2], AblationSpec(tok.mask_id, scored_rows_only=False, **base),
+                         *args[3:], compiler_options=FAST_COMPILE)
+    scored = run_ablation(args[0], args[1], args[2], AblationSpec(tok.mask_id, max_phrase_tokens=longest, **base),
+                          *args[3:], compiler_options=FAST_COMPILE)
+    for task, metrics in every.values.items():
+        for metric, want in metrics.items():
+            np.testing.assert_allclose(scored.values[task][metric], want, rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{task} {metric}")
+    with pytest.raises(BatchError, match=f"more than AblationSpec.max_phrase_tokens={longest - 1}"):
+        run_ablation(*args[:3], AblationSpec(tok.mask_id, max_phrase_tokens=longest - 1, **base), *args[3:],
+                     compiler_options=FAST_COMPILE)
 
 
 def test_lowered_sweep_has_one_row_per_example_first():

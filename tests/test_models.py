@@ -91,6 +91,20 @@ def test_tiny_forward_shapes_and_scan_equivalence(name):
     assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, b), back, params))
 
 
+@pytest.mark.parametrize("name", ["uniter", "vilbert"])
+def test_heads_at_given_rows_equal_the_all_rows_logits_there(name):
+    model, batch, params, out = tiny_case(name)
+    text_rows = jnp.array([[3, 1, 6], [0, 0, 2]])
+    region_rows = jnp.array([[4], [1]])
+    at = model.apply({"params": params}, **batch, text_positions=text_rows, region_positions=region_rows)
+    assert at.mlm_logits.shape == (2, 3, model.cfg.vocab_size) and at.visual_logits["0"].shape == (2, 1, 1601)
+    np.testing.assert_allclose(at.mlm_logits, np.take_along_axis(out.mlm_logits, text_rows[..., None], 1),
+                               rtol=1e-6, atol=1e-6)
+    for key, logits in at.visual_logits.items():
+        np.testing.assert_allclose(logits, np.take_along_axis(out.visual_logits[key], region_rows[..., None], 1),
+                                   rtol=1e-6, atol=1e-6)
+
+
 def test_shared_sublayers_tie_parameters():
     model = get_model("uniter", tiny=True)
     params = flatten_dict(param_shapes(model), sep="/")

@@ -144,6 +144,14 @@ def vis4lang_inputs(batch: Batch, level: jax.Array | int, threshold: jax.Array |
     return inputs, jnp.where(phrase, ids, obj.IGNORE)
 
 
+def phrase_positions(phrase_mask: jax.Array, size: int) -> jax.Array:
+    """int32 [B, size]: the positions of each row's phrase sub-words in order, then the row's other positions
+    (their labels are ignored). ``size`` must be at least every row's phrase length (``AblationSpec``'s
+    ``max_phrase_tokens``, checked per batch by ``run_ablation``); the MLM head then runs at these rows only."""
+    order = jnp.argsort(~phrase_mask.astype(bool), axis=-1, stable=True)
+    return order[:, :size].astype(jnp.int32)
+
+
 def phrase_nll_bits(mlm_logits: jax.Array, labels: jax.Array) -> jax.Array:
     """[B]: per example, the mean NLL (bits) over the tokens with a label (0 for an example with none)."""
     per_example = jax.vmap(lambda lg, lb: obj.mlm_loss(lg[None], lb[None]))(mlm_logits, labels)
@@ -184,9 +192,12 @@ def _at(values: jax.Array, index: jax.Array) -> jax.Array:
 
 
 def lang4vis_losses(visual_logits: dict[str, jax.Array], batch: Batch, index: jax.Array, has_target: jax.Array,
-                    quirks: Quirks = Quirks()) -> dict[str, jax.Array]:
-    """Per-example losses [B] in bits at the target region: ``mrc_kl`` (``"0"`` head), ``mrc_xe`` (``"3"`` or
-    ``"0"`` head) and, when the batch has ``vg_label``, ``mrc_xe_vg``. 0 where there is no target."""
+                    quirks: Quirks = Quirks(), logits_index: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Per-example losses [B] in bits at the target region ``index`` [B]: ``mrc_kl`` (``"0"`` head), ``mrc_xe``
+    (``"3"`` or ``"0"`` head) and, when the batch has ``vg_label``, ``mrc_xe_vg``. 0 where there is no target.
+    ``visual_logits`` {target: [B, L, size]} are read at ``logits_index`` [B] (default ``index``; 0 for logits
+    the model computed at the target row only, ``region_positions=index[:, None]``)."""
+    logits_index = index if logits_index is None else logits_index
     labels = jnp.where(has_target, 1, obj.IGNORE)[:, None]  # [B, 1]: one target row per example
 
     def per_example(fn, *rows):  # fn on each example as a batch of one example with one region
@@ -199,10 +210,10 @@ def lang4vis_losses(visual_logits: dict[str, jax.Array], batch: Batch, index: ja
     ids = jnp.maximum(raw_ids, 0)
     conf = jnp.where(has_id, _at(batch["objects_conf"], index), 0.0)
     if "0" in visual_logits:
-        logits0 = _at(visual_logits["0"], index)
+        logits0 = _at(visual_logits["0"], logits_index)
         out["mrc_kl"] = per_example(obj.mrc_kl_loss, logits0, cls_prob)
     if "3" in visual_logits:
-        out["mrc_xe"] = per_example(obj.mrc_xe_loss, _at(visual_logits["3"], index), ids, conf)
+        out["mrc_xe"] = per_example(obj.mrc_xe_loss, _at(visual_logits["3"], logits_index), ids, conf)
     elif "0" in visual_logits:
         target = ids if quirks.xent_1601_off_by_one else ids + 1
         out["mrc_xe"] = per_example(obj.mrc_xe_loss, logits0, target, has_id.astype(jnp.float32))
@@ -212,7 +223,7 @@ def lang4vis_losses(visual_logits: dict[str, jax.Array], batch: Batch, index: ja
         if "0" in visual_logits:
             logits, label = logits0, jnp.maximum(vg, 0)
         else:  # the 1600-way head: the label's K-space index
-            logits, label = _at(visual_logits["3"], index), jnp.maximum(vg - 1, 0)
+            logits, label = _at(visual_logits["3"], logits_index), jnp.maximum(vg - 1, 0)
         out["mrc_xe_vg"] = per_example(obj.mrc_xe_loss, logits, label, has_label)
     return {k: v / LN2 for k, v in out.items()}
 

@@ -94,6 +94,12 @@ class AblationIndex:
     def __len__(self) -> int:
         return int(self.records.shape[0])
 
+    def max_phrase_tokens(self, max_seq_length: int) -> int:
+        """The longest phrase's sub-words left after truncation to ``max_seq_length`` (at least 1): the
+        ``AblationSpec.max_phrase_tokens`` that covers every batch of this split."""
+        kept = np.minimum(self.spans[:, 1], max_seq_length - 1) - self.spans[:, 0]
+        return max(1, int(kept.max(initial=0)))
+
 
 def stored_ablation_example(ex: AblationExample, regions: RegionFeatures, spec: RegionSpec,
                             source: str = "<memory>") -> dict[str, Any]:

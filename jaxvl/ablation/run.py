@@ -174,9 +174,10 @@ def check_fits(model_cfg: VLConfig, tokenizer: Any, info: Any, dataset: str, gro
         raise ValueError(f"checkpoint(s) {group} do not match the ablation data {dataset}: " + "; ".join(problems))
 
 
-def label_matcher(cfg: ConfigDict, info: Any, dataset: str) -> tuple[Any, str]:
-    """The LabelMatch matcher of ``cfg.labelmatch`` (Visual Genome's ``objects_vocab.txt``, else the dataset's
-    own detector label list), and a note for the report when LabelMatch is enabled but cannot be computed."""
+def label_matcher(cfg: ConfigDict, info: Any, dataset: str, num_classes: int = 1600) -> tuple[Any, str]:
+    """The LabelMatch matcher of ``cfg.labelmatch`` (Visual Genome's ``objects_vocab.txt``, which must list
+    ``num_classes`` classes, the models' detector classes; else the dataset's own detector label list), and a note
+    for the report when LabelMatch is enabled but cannot be computed."""
     from jaxvl.ablation.labelmatch import LabelMatcher
 
     if not cfg.labelmatch.enabled:
@@ -184,7 +185,7 @@ def label_matcher(cfg: ConfigDict, info: Any, dataset: str) -> tuple[Any, str]:
     if cfg.labelmatch.objects_vocab:
         from jaxvl.data.readers.visual_genome import load_objects_vocab
 
-        return LabelMatcher.from_vocab(load_objects_vocab(cfg.labelmatch.objects_vocab)), ""
+        return LabelMatcher.from_vocab(load_objects_vocab(cfg.labelmatch.objects_vocab, num_classes)), ""
     if (info.metadata or {}).get("label_list"):
         return LabelMatcher.from_label_list(info.metadata["label_list"]), ""
     return None, (f"LabelMatch not computed: {dataset} carries no detector label list and "
@@ -244,7 +245,7 @@ def ablate(cfg: ConfigDict, workdir: str, expected: Mapping[tuple[str, str], str
     if len(source) == 0:
         raise ValueError(f"{dataset}: split {cfg.data.split!r} is empty")
     tokenizer = tokenizer_for(info, cfg.data.vocab_file or None)
-    matcher, labelmatch_note = label_matcher(cfg, info, dataset)
+    matcher, labelmatch_note = label_matcher(cfg, info, dataset, checkpoints[0].model_cfg.num_object_classes)
     mesh = make_mesh(**cfg.mesh.to_dict())
     options = FAST_COMPILE if cfg.fast_compile else None
 
@@ -261,7 +262,8 @@ def ablate(cfg: ConfigDict, workdir: str, expected: Mapping[tuple[str, str], str
         batches = ablation_dataset(source, tokenizer, pcfg, index)
         stacked = stack_params([c.params for c in members])
         names = [c.name for c in members]
-        spec = AblationSpec(tokenizer.mask_id, **spec_args)
+        spec = AblationSpec(tokenizer.mask_id, **spec_args,
+                            max_phrase_tokens=index.max_phrase_tokens(pcfg.max_seq_length))
         with tqdm(total=len(index), desc=f"ablate {group}", unit="ex", disable=not cfg.progress) as bar:
             result = run_ablation(model, stacked, batches, spec, index.mean_feature, mesh, model_names=names,
                                   progress=bar.update, compiler_options=options)

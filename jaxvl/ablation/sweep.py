@@ -53,6 +53,7 @@ from jaxvl.ablation.conditions import (
     lang4vis_losses,
     lang4vis_masked,
     phrase_nll_bits,
+    phrase_positions,
     vis4lang_ablated,
     vis4lang_inputs,
 )
@@ -89,7 +90,14 @@ class AblationSpec:
     by name; ``thresholds`` (each in [0, 1]) apply to vis4lang ``object`` and to every lang4vis condition.
     An empty tuple skips a task. ``control_threshold`` (one of ``thresholds``): every condition but ``none``
     also runs its matched control there (vis4lang ``all``'s control keeps the regions aligned at it); None:
-    no controls. The controls' draws read the batches' ``example`` field."""
+    no controls. The controls' draws read the batches' ``example`` field.
+
+    ``scored_rows_only`` (default): the MLM head runs only at the phrase's sub-words (the first
+    ``max_phrase_tokens`` positions of each row's phrase; None: the text length) and the visual heads only at
+    the target region, instead of at every row; the losses are the same (the heads act on each row alone).
+    ``max_phrase_tokens`` must cover every phrase: ``run_ablation`` checks each batch; ``jaxvl ablate`` sets it to
+    the split's longest phrase (``AblationIndex.max_phrase_tokens``). False: the heads at every row (the slower
+    program, kept to measure the difference)."""
 
     mask_id: int
     vis4lang: tuple[str, ...] = LEVELS["vis4lang"]
@@ -99,6 +107,8 @@ class AblationSpec:
     member_batch_size: int | None = None
     model_batch_size: int | None = None
     control_threshold: float | None = None
+    scored_rows_only: bool = True
+    max_phrase_tokens: int | None = None
 
     def __post_init__(self):
         for task in TASKS:
@@ -126,10 +136,10 @@ class AblationSpec:
                              f"{list(thresholds)}")
         if self.mask_id < 0:
             raise ValueError(f"mask_id={self.mask_id} must be a token id >= 0")
-        for name in ("member_batch_size", "model_batch_size"):
+        for name in ("member_batch_size", "model_batch_size", "max_phrase_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name}={value} must be >= 1 or None (vmap everything)")
+                raise ValueError(f"{name}={value} must be >= 1 or None")
 
     def members(self, task: str) -> tuple[Member, ...]:
         """The members of ``task`` in sweep order: the conditions, then their controls."""
@@ -319,8 +329,11 @@ class AblationSweep:
         def ctl(flag):  # without controls, their draw stays out of the program
             return None if spec.control_threshold is None else flag
 
-        def forward(params, inputs):
-            return model.apply({"params": params}, **inputs, deterministic=True)
+        def forward(params, inputs, **positions):
+            return model.apply({"params": params}, **inputs, deterministic=True, **positions)
+
+        text_len = batch["input_ids"].shape[1]
+        phrase_rows = min(spec.max_phrase_tokens or text_len, text_len)
 
         def per_model(params):
             out = {}
@@ -328,14 +341,21 @@ class AblationSweep:
                 def v_member(x):
                     inputs, labels = vis4lang_inputs(batch, x[0], x[1], mean_feature, spec.mask_id, add_global, quirks,
                                                      ctl(x[2]))
-                    return {"mlm": phrase_nll_bits(forward(params, inputs).mlm_logits, labels)}
+                    if not spec.scored_rows_only:
+                        return {"mlm": phrase_nll_bits(forward(params, inputs).mlm_logits, labels)}
+                    rows = phrase_positions(batch["phrase_mask"], phrase_rows)  # [B, P]
+                    logits = forward(params, inputs, text_positions=rows).mlm_logits  # [B, P, vocab]
+                    return {"mlm": phrase_nll_bits(logits, jnp.take_along_axis(labels, rows, axis=1))}
 
                 out["vis4lang"] = _map(v_member, (v_levels, v_thr, v_ctl), spec.member_batch_size)
             if spec.lang4vis:
                 def l_member(x):
                     inputs, index, has, _ = lang4vis_inputs(batch, x[0], x[1], spec.mask_id, add_global, quirks,
                                                             ctl(x[2]))
-                    return lang4vis_losses(forward(params, inputs).visual_logits, batch, index, has, quirks)
+                    if not spec.scored_rows_only:
+                        return lang4vis_losses(forward(params, inputs).visual_logits, batch, index, has, quirks)
+                    logits = forward(params, inputs, region_positions=index[:, None]).visual_logits  # [B, 1, size]
+                    return lang4vis_losses(logits, batch, index, has, quirks, logits_index=jnp.zeros_like(index))
 
                 out["lang4vis"] = _map(l_member, (l_levels, l_thr, l_ctl), spec.member_batch_size)
             return out
@@ -483,6 +503,7 @@ def run_ablation(model: VLBertForPreTraining, stacked_params: Any, batches: Iter
 
     chunks, total = [], 0
     for batch in _chain(first, iterator):
+        check_phrase_rows(batch, spec)
         out = gather_to_host(sweep(params, sweep.device_batch(batch), mean))
         host = gather_to_host(to_global({key: np.asarray(batch[key]) for key in HOST_FIELDS}, mesh))
         keep = host["valid"].astype(bool)
@@ -501,6 +522,20 @@ def run_ablation(model: VLBertForPreTraining, stacked_params: Any, batches: Iter
     vg_label = stats.pop("vg_label", None)
     return AblationResult(model_names=names, members=dict(sweep.members), example=example[order], values=values,
                           stats=stats, quirks=spec.quirks, vg_label=vg_label)
+
+
+def check_phrase_rows(batch: Mapping[str, Any], spec: AblationSpec) -> None:
+    """Raises when a row's phrase has more sub-words than ``spec.max_phrase_tokens`` (its loss would leave
+    some out); names the row's ``example``."""
+    if not spec.scored_rows_only or spec.max_phrase_tokens is None or not spec.vis4lang:
+        return
+    lengths = np.asarray(batch["phrase_mask"]).astype(bool).sum(-1)
+    if lengths.max(initial=0) > spec.max_phrase_tokens:
+        row = int(np.argmax(lengths))
+        example = int(np.asarray(batch["example"])[row]) if "example" in batch else row
+        raise BatchError(f"ablation example {example}: its phrase has {int(lengths[row])} sub-words, more than "
+                         f"AblationSpec.max_phrase_tokens={spec.max_phrase_tokens} (set it to the split's longest "
+                         "phrase: AblationIndex.max_phrase_tokens)")
 
 
 def _chain(first: Mapping[str, Any], rest: Iterable[Mapping[str, Any]]):

@@ -10,11 +10,15 @@ LabelMatch labels) from a synthetic world at the model's feature size and class 
 - **sweep**: ``AblationSweep`` over every member of the spec (default: 3 vis4lang + 3 lang4vis conditions
   over 10 IoT thresholds = 12 + 30 = 42 members) and the K checkpoints, in one program. ``--member-batch``
   lists variants of it, timed side by side: ``vmap`` (every member at once, ``member_batch_size=None``) and
-  N (``lax.map`` over chunks of N members inside the same single program);
+  N (``lax.map`` over chunks of N members inside the same single program); ``--rows`` lists where the heads
+  run: ``scored`` (the default: the MLM head at the phrase's sub-words, the visual heads at the target region)
+  and ``every`` (at every text position and region, as before), also side by side;
 - **loop**: the plain alternative, one jitted evaluation per member: an ``AblationSpec`` holding a single
   condition and threshold, each its own ``AblationSweep`` of K = 1, called in Python for every member and
   every checkpoint (42 x K calls per batch). Its executables are compiled once per model and reused for
   every K; one pass ends with ``block_until_ready`` on all its outputs (calls dispatch asynchronously);
+- ``--volta-heads``: tiny widths with VOLTA's vocabulary (30,522) and 1,601 detector classes, what a tiny
+  model trained on real files carries; there the heads' projections dominate a tiny model's cost;
 - compile times: AOT ``lower`` + ``compile`` of the sweep, and the sum over the loop's member programs
   (the persistent compilation cache is off meanwhile); the per-device memory estimate of the compiled
   sweep and of the loop's largest member program (``compiled.memory_analysis()``, where the backend has one);
@@ -82,6 +86,8 @@ if TYPE_CHECKING:
     from jaxvl.data.tokenizer import Tokenizer
 
 SIZES = ("tiny", "ctrl")
+ROWS = ("scored", "every")
+VOLTA_VOCAB, VOLTA_CLASSES = 30522, 1600  # BERT's uncased vocabulary; Visual Genome's classes (+ background)
 DEFAULT_PRESETS = ("uniter", "lxmert")
 FLICKR30K_VAL_EXAMPLES = 14_433  # Flickr30k Entities val phrases the paper ablates
 TEXT_LEN = 38  # VOLTA's max_seq_length
@@ -144,6 +150,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="AblationSpec.member_batch_size of the sweep, one sweep variant per value, timed side by "
                              "side against the same loop: 'vmap' (all members at once, the default) or N (lax.map "
                              "over chunks of N members), e.g. vmap,1")
+    parser.add_argument("--rows", type=csv_choices(ROWS), default=["scored"], metavar="ROWS[,ROWS]",
+                        help="where the MLM / visual heads run, one sweep variant per value, side by side: scored "
+                             "(only the phrase's sub-words and the target region, the default) and/or every (every "
+                             "row, the slower program)")
+    parser.add_argument("--volta-heads", action="store_true",
+                        help="tiny size with VOLTA's vocabulary (30522) and 1601 detector classes")
     parser.add_argument("--model-batch", type=int, default=None,
                         help="AblationSpec.model_batch_size of the sweep: lax.map over checkpoint chunks "
                              "(default: vmap)")
@@ -239,10 +251,14 @@ def ablation_inputs(size: str, feature_dim: int, num_classes: int, batch: int, t
 
 
 def build_model(name: str, size: str, dtype: str, tokenizer: Tokenizer | None = None,
-                scan_layers: bool = False) -> VLBertForPreTraining:
-    """``name`` at ``size``: ctrl as VOLTA configures it; tiny with the tiny world's vocabulary and classes."""
+                scan_layers: bool = False, volta_heads: bool = False) -> VLBertForPreTraining:
+    """``name`` at ``size``: ctrl as VOLTA configures it; tiny with the tiny world's vocabulary and classes, or
+    with VOLTA's (``volta_heads``)."""
     if size == "ctrl":
         return get_model(name, dtype=dtype, scan_layers=scan_layers)
+    if volta_heads:
+        return get_model(name, tiny=True, dtype=dtype, num_object_classes=VOLTA_CLASSES, vocab_size=VOLTA_VOCAB,
+                         scan_layers=scan_layers)
     extra = {} if tokenizer is None else {"vocab_size": tokenizer.vocab_size}
     return get_model(name, tiny=True, dtype=dtype, num_object_classes=TINY_CLASSES, scan_layers=scan_layers, **extra)
 
@@ -262,9 +278,10 @@ def _concat(trees: Sequence[Any]) -> Any:
 
 def member_spec(spec: AblationSpec, member: Member) -> AblationSpec:
     """The spec that evaluates ``member`` of ``spec`` alone (one condition, its one threshold or none)."""
-    return AblationSpec(spec.mask_id, vis4lang=(member.condition,) if member.task == "vis4lang" else (),
-                        lang4vis=(member.condition,) if member.task == "lang4vis" else (),
-                        thresholds=() if member.threshold is None else (member.threshold,), quirks=spec.quirks)
+    return dataclasses.replace(spec, vis4lang=(member.condition,) if member.task == "vis4lang" else (),
+                               lang4vis=(member.condition,) if member.task == "lang4vis" else (),
+                               thresholds=() if member.threshold is None else (member.threshold,),
+                               member_batch_size=None, model_batch_size=None, control_threshold=None)
 
 
 def _defaults(size: str, accelerator: bool, args: argparse.Namespace) -> tuple[int, int]:
@@ -302,13 +319,15 @@ def bench_model(name: str, size: str, args: argparse.Namespace, device: jax.Devi
     """Every K of ``args.models`` for ``name`` at ``size``: appends one row per K to ``result['rows']``."""
     warmup, iters = _defaults(size, device.platform != "cpu", args)
     options = FAST_COMPILE if args.fast_compile else None
-    base = build_model(name, size, args.dtype).cfg
-    classes = TINY_CLASSES if size == "tiny" else base.num_object_classes
+    base = build_model(name, size, args.dtype, volta_heads=args.volta_heads).cfg
+    classes = TINY_CLASSES if size == "tiny" and not args.volta_heads else base.num_object_classes
     host, mean_feature, tokenizer = ablation_inputs(size, base.v_feature_size, classes, args.batch, args.text_len,
                                                     args.regions, args.seed, base.add_global_imgfeat)
-    model = build_model(name, size, args.dtype, tokenizer, args.scan_layers)
+    model = build_model(name, size, args.dtype, tokenizer, args.scan_layers, args.volta_heads)
+    longest = max(1, int(np.asarray(host["phrase_mask"]).sum(-1).max()))  # the batch's longest phrase
     spec = AblationSpec(tokenizer.mask_id, vis4lang=tuple(args.vis4lang), lang4vis=tuple(args.lang4vis),
-                        thresholds=tuple(args.thresholds), model_batch_size=args.model_batch)
+                        thresholds=tuple(args.thresholds), model_batch_size=args.model_batch,
+                        max_phrase_tokens=longest)
     members = {task: spec.members(task) for task in TASKS}
     flat = [m for task in TASKS for m in members[task]]
     log(f"{name}/{size}: B={args.batch}, {len(flat)} members ({len(members['vis4lang'])} vis4lang + "
@@ -326,7 +345,8 @@ def bench_model(name: str, size: str, args: argparse.Namespace, device: jax.Devi
               "members": len(flat), "vis4lang_members": len(members["vis4lang"]),
               "lang4vis_members": len(members["lang4vis"]), "thresholds": list(spec.thresholds),
               "model_batch_size": spec.model_batch_size, "fast_compile": bool(args.fast_compile),
-              "scan_layers": args.scan_layers,
+              "scan_layers": args.scan_layers, "volta_heads": bool(args.volta_heads),
+              "vocab_size": model.cfg.vocab_size, "max_phrase_tokens": longest,
               "params_per_model": count_params(singles[0]), "init_s": init_s}
 
     loop: list[Any] = []
@@ -346,13 +366,14 @@ def bench_model(name: str, size: str, args: argparse.Namespace, device: jax.Devi
     for k in args.models:
         params = jax.device_put(_concat(singles[:k]), replicated)
         rows, calls = [], {}
-        for chunk in args.member_batch:
-            sweep = AblationSweep(model, dataclasses.replace(spec, member_batch_size=chunk), mesh, None, options)
+        for chunk, where in [(c, r) for c in args.member_batch for r in args.rows]:
+            variant = dataclasses.replace(spec, member_batch_size=chunk, scored_rows_only=where == "scored")
+            sweep = AblationSweep(model, variant, mesh, None, options)
             batch = sweep.device_batch(host)
             compiled, lower_s, compile_s = aot_compile(sweep, params, batch, mean)
-            log(f"  sweep K={k}, member batch {chunk or 'vmap'}: compiled in {lower_s + compile_s:.1f} s "
-                f"(lower {lower_s:.1f} s)")
-            rows.append({**common, "k": k, "member_batch_size": chunk, "sweep_lower_s": lower_s,
+            log(f"  sweep K={k}, member batch {chunk or 'vmap'}, heads at {where} rows: compiled in "
+                f"{lower_s + compile_s:.1f} s (lower {lower_s:.1f} s)")
+            rows.append({**common, "k": k, "member_batch_size": chunk, "head_rows": where, "sweep_lower_s": lower_s,
                          "sweep_compile_s": lower_s + compile_s, "sweep_memory": memory_stats(compiled),
                          "evals_per_call": args.batch * len(flat) * k})
             calls[f"sweep{len(rows) - 1}"] = lambda exe=compiled, params=params, batch=batch: exe(params, batch, mean)
@@ -420,12 +441,15 @@ def _mib(memory: dict[str, int] | None) -> str:
 
 
 def _chunk(row: dict[str, Any]) -> str:
-    """How the sweep runs its members: ``vmap`` (all at once) or ``map N`` (lax.map over chunks of N)."""
-    return "vmap" if row["member_batch_size"] is None else f"map {row['member_batch_size']}"
+    """How the sweep runs its members: ``vmap`` (all at once) or ``map N`` (lax.map over chunks of N), and where
+    its heads run (``scored`` rows or ``every`` row)."""
+    members = "vmap" if row["member_batch_size"] is None else f"map {row['member_batch_size']}"
+    return members + (", heads at scored rows" if row.get("head_rows") == "scored" else ", heads at every row")
 
 
 def _summary(row: dict[str, Any]) -> str:
-    text = (f"{row['preset']}/{row['size']} K={row['k']} {_chunk(row)}: sweep {row['sweep_ms']:.1f} ms/batch = "
+    size = row["size"] + (" (VOLTA heads)" if row.get("volta_heads") else "")
+    text = (f"{row['preset']}/{size} K={row['k']} {_chunk(row)}: sweep {row['sweep_ms']:.1f} ms/batch = "
             f"{_rate(row['sweep_evals_per_s'])} example-members/s")
     if "loop_ms" in row:
         text += (f"; loop {row['loop_ms']:.1f} ms/batch = {_rate(row['loop_evals_per_s'])}/s; sweep/loop "
@@ -444,7 +468,8 @@ def format_markdown(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         looped = "loop_ms" in r
         rows.append([
-            r["preset"], r["size"], r["k"], r["batch"], r["members"], _chunk(r),
+            r["preset"], r["size"] + (f" (vocab {r['vocab_size']:,})" if r.get("volta_heads") else ""), r["k"],
+            r["batch"], r["members"], _chunk(r),
             f"{r['sweep_compile_s']:.1f} / " + (f"{r['loop_compile_s']:.1f} ({r['loop_programs']})" if looped else "-"),
             f"{r['sweep_ms']:,.1f}", fmt(r.get("loop_ms"), ",.1f"), _rate(r["sweep_evals_per_s"]),
             _rate(r.get("loop_evals_per_s")), f"**{r['sweep_over_loop']:.2f}x**" if looped else "-",

@@ -37,8 +37,8 @@ class VLOutput:
     pooled_vision: jax.Array | None = None  # [B, v_pooler_size]
     pooled: jax.Array | None = None  # [B, pooler_size], fused
     hidden_states: tuple | None = None
-    mlm_logits: jax.Array | None = None  # [B, Lt, vocab_size] (never padded)
-    visual_logits: dict[str, jax.Array] | None = None  # {target: [B, Lv, cfg.visual_targets[target]]}
+    mlm_logits: jax.Array | None = None  # [B, Lt, vocab_size] (never padded); [B, P, ..] at ``text_positions``
+    visual_logits: dict[str, jax.Array] | None = None  # {target: [B, Lv, size]}; [B, Q, size] at ``region_positions``
     itm_logits: jax.Array | None = None  # [B, itm_dim]
 
 
@@ -86,9 +86,22 @@ class VLBertModel(nn.Module):
         return VLOutput(text=t, vision=v, pooled_text=pooled_t, pooled_vision=pooled_v, hidden_states=states)
 
 
+def rows_at(hidden: jax.Array, positions: jax.Array | None) -> jax.Array:
+    """hidden [B, L, D] at ``positions`` [B, P] (int, each in [0, L)) -> [B, P, D]; all rows when None."""
+    if positions is None:
+        return hidden
+    return jnp.take_along_axis(hidden, positions[..., None].astype(jnp.int32), axis=1)
+
+
 class VLBertForPreTraining(nn.Module):
     """VOLTA's ``BertForVLPreTraining`` without the losses (those live in ``jaxvl.models.volta.objectives``):
-    ``bert`` (``VLBertModel``) and the heads ``cls`` (MLM tied to the word table, visual targets, ITM)."""
+    ``bert`` (``VLBertModel``) and the heads ``cls`` (MLM tied to the word table, visual targets, ITM).
+
+    ``text_positions`` [B, P] / ``region_positions`` [B, Q] (optional, int): run the MLM / visual heads only at
+    those rows (``mlm_logits`` [B, P, vocab], ``visual_logits`` [B, Q, size]). The heads act on each row
+    alone, so the logits equal the all-rows logits taken at those rows; a caller that scores a few rows
+    (the ablation: the masked phrase, the target region) skips the vocabulary projection everywhere else.
+    """
 
     cfg: VLConfig
     sow_weights: bool = False
@@ -102,7 +115,8 @@ class VLBertForPreTraining(nn.Module):
             self.itm = dense(c.itm_dim, ("pooler", "classes"), dtype=c.dtype, name="itm", xavier=True)
 
     def __call__(self, input_ids, features, locations, token_type_ids=None, text_mask=None, region_mask=None,
-                 deterministic: bool = True, output_hidden_states: bool = False) -> VLOutput:
+                 deterministic: bool = True, output_hidden_states: bool = False,
+                 text_positions: jax.Array | None = None, region_positions: jax.Array | None = None) -> VLOutput:
         c = self.cfg
         out = self.bert(input_ids, features, locations, token_type_ids, text_mask, region_mask,
                         deterministic, output_hidden_states)
@@ -111,8 +125,8 @@ class VLBertForPreTraining(nn.Module):
         pooled = None if fused is None else dropout(self, fused, 0.1, deterministic)
         return out.replace(
             pooled=pooled,
-            mlm_logits=self.mlm(out.text, self.bert.word_logits),
-            visual_logits=self.image_predictions(out.vision),
+            mlm_logits=self.mlm(rows_at(out.text, text_positions), self.bert.word_logits),
+            visual_logits=self.image_predictions(rows_at(out.vision, region_positions)),
             itm_logits=None if pooled is None else self.itm(pooled).astype(jnp.float32),
         )
 
