@@ -128,6 +128,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_world_export(args: argparse.Namespace) -> int:
+    """``jaxvl world export``: ``jaxvl.data.synthetic.volta_files.run``, then what the world plants (``planted.md``)."""
+    from jaxvl.data.synthetic.volta_files import run, world_from_source
+    from jaxvl.demo import planted
+
+    world, _ = world_from_source(args.world)  # a bad knob fails before anything is written
+    done = run(args)
+    story = planted(world)
+    with open(os.path.join(done.root, "planted.md"), "w", encoding="utf-8") as f:
+        f.write(story)
+    print(f"\n{story}(also in {os.path.join(done.root, 'planted.md')}; the commands that pretrain on these files and "
+          "ablate: jaxvl/configs/pretrain.py, variant learns)")
+    return 0
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     """``jaxvl compile``: ``jaxvl.aot.run.run`` (the config read first, so its errors come before libtpu loads)."""
     cfg = _config(args)
@@ -222,6 +237,7 @@ def _module_args(module: str) -> Callable[[argparse.ArgumentParser], None]:
 # ----------------------------------------------------------------------------------------------- the table
 
 GROUPS = {"caption": "the geometry-aware captioner (ORT): train, decode, evaluate, analyze",
+          "world": "synthetic worlds with planted cross-modal structure: write one in VOLTA's file formats",
           "bench": "benchmarks: speed, compile time, memory (results go to BENCHMARKS.md)"}
 
 BENCHMARKS = {  # name: (summary, description, example)
@@ -309,6 +325,15 @@ COMMANDS: tuple[Command, ...] = (
              "jaxvl ablate --config ablate --workdir runs/ablate_f30k --config.checkpoints=runs/uniter/vl "
              "--config.data.dataset=data/jaxvl_ablation_phrases/f30k/1.0.0 --config.data.vocab_file=vocab.txt"),
             cmd_ablate, _ablate_args, config="ablate"),
+    Command("world export", "write a synthetic world in VOLTA's file formats (CC LMDBs, Flickr30k Entities)",
+            "Writes a synthetic world with planted cross-modal structure as the files VOLTA's real data comes in: "
+            "Conceptual Captions LMDBs (tensorpack layout, train and validation), a Flickr30k Entities tree "
+            "(Sentences, Annotations, split files) with a per-image feature LMDB, a BERT vocab.txt and a Visual "
+            "Genome style objects_vocab.txt; then prints the `jaxvl prepare` sources and what the world plants "
+            "(planted.md). The whole path on these files: jaxvl/configs/pretrain.py, variant learns.",
+            ("jaxvl world export --out worlds/demo",
+             "jaxvl world export --out /tmp/w --world synthetic:num_images=512,val_images=64,vision_to_language=0.5"),
+            cmd_world_export, _module_args("jaxvl.data.synthetic.volta_files")),
     Command("compile", "compile a config's train step for a TPU slice on this machine: memory, collectives, time",
             "Compiles a config's real train step ahead of time for a TPU slice (v5e-16 ... v5e-256, v5p, v6e; "
             "several slices with --num-slices) or for this process's devices (--local), without the accelerator, "

@@ -7,17 +7,25 @@
         --config.data.dataset=data/jaxvl_ablation/flickr30k_val/1.0.0 --config.data.vocab_file=vocab.txt \\
         --config.labelmatch.objects_vocab=data/genome/1600-400-20/objects_vocab.txt
 
+The ablation of the ``learns`` recipe's checkpoints on an exported synthetic world's Flickr30k Entities
+(``jaxvl world export``; the whole path is in ``jaxvl/configs/pretrain.py``'s doc)::
+
+    jaxvl ablate --config ablate:learns --workdir runs/learns_ablation \\
+        --config.checkpoints=runs/learns/members/mrc-kl,runs/learns/members/mrc-xe --config.names=mrc-kl,mrc-xe
+
 ``checkpoints``: comma-separated jaxvl workdirs (a run, a stage such as ``<run>/vl``, or a sweep member
 ``<run>/members/<name>``) or VOLTA ``pytorch_model_*.bin`` files (their model is ``model.name`` at ctrl
 size, or ``model.volta_config``, a VOLTA config JSON). ``names``: optional labels, same order.
 Checkpoints with the same model config are stacked and evaluated by one compiled program.
 
-Argument: ``[tiny]`` (the synthetic world's ablation phrases, no download; ``VARIANTS``; ``REQUIRED``: the
-keys a run must set). Every condition (vis4lang none / object / all; lang4vis none / phrase / all) and
-every IoT threshold run together as one vmapped sweep, with each condition's matched control at
-``report_threshold`` (``controls``; ``jaxvl.ablation.controls``), from which the report reads a verdict
-per model and effect (``jaxvl.ablation.verdicts``). VOLTA's quirks are on by default (reference
-section 7); ``quirks.*`` turn each off.
+Argument: ``[tiny|learns]`` (``tiny``: the synthetic world's ablation phrases, no download; ``learns``: the
+Flickr30k Entities files of ``jaxvl world export --out worlds/demo`` prepared under ``worlds/demo/data``, with its
+``vocab.txt`` and ``objects_vocab.txt`` and the ``learns`` recipe's text length 12 and batch 32 (``LEARNS``:
+override those keys for another location); ``VARIANTS``; ``REQUIRED``: the keys a run must set). Every condition
+(vis4lang none / object / all; lang4vis none / phrase / all) and every IoT threshold run together as one vmapped
+sweep, with each condition's matched control at ``report_threshold`` (``controls``; ``jaxvl.ablation.controls``),
+from which the report reads a verdict per model and effect (``jaxvl.ablation.verdicts``). VOLTA's quirks are on by
+default (reference section 7); ``quirks.*`` turn each off.
 """
 
 from ml_collections import ConfigDict
@@ -25,11 +33,18 @@ from ml_collections import ConfigDict
 from jaxvl.configs import parse_arg
 
 # For `jaxvl ablate --help`: the argument's form, its words, and the keys a run must set.
-ARGUMENT = "[tiny]"
+ARGUMENT = "[tiny|learns]"
 VARIANTS = {
     "(none)": "real data: the Flickr30k Entities ablation phrases (set the keys below)",
     "tiny": "the synthetic world's ablation phrases (no download)",
+    "learns": "the Flickr30k Entities of an exported synthetic world (jaxvl world export --out worlds/demo, prepared "
+              "under worlds/demo/data), for checkpoints of pretrain:MODEL,learns,tiny",
 }
+# The ``learns`` variant: the exported world's files (where pretrain.py's documented commands put them) and the
+# recipe's text length and batch.
+LEARNS = {"data.dataset": "worlds/demo/data/jaxvl_ablation_phrases/flickr30k_entities-val-flickr30k_feat/1.0.0",
+          "data.vocab_file": "worlds/demo/vocab.txt", "labelmatch.objects_vocab": "worlds/demo/objects_vocab.txt",
+          "data.max_seq_length": 12, "data.batch_size": 32, "fast_compile": True}
 REQUIRED = {
     "checkpoints": "comma-separated jaxvl workdirs (a run, <run>/vl, <run>/members/<name>) or VOLTA .bin files; "
                    "every run",
@@ -43,7 +58,7 @@ REQUIRED = {
 
 def get_config(arg: str | None = None) -> ConfigDict:
     """The config of ``arg`` (``ARGUMENT``; the module doc)."""
-    args = parse_arg(arg, tiny=False)
+    args = parse_arg(arg, tiny=False, learns=False)
     cfg = ConfigDict()
     cfg.checkpoints = ""
     cfg.names = ""
@@ -86,4 +101,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     cfg.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     cfg.fast_compile = False
     cfg.progress = True
+    if args.learns:
+        if args.tiny:
+            raise ValueError("ablate: tiny (the embedded world) and learns (an exported world) exclude each other")
+        for key, value in LEARNS.items():
+            section, _, name = key.rpartition(".")
+            (cfg[section] if section else cfg)[name] = value
     return cfg

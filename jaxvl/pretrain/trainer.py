@@ -159,14 +159,27 @@ def _mean_eval_loss(eval_fn: Callable, params: Any, batches: list[dict[str, jax.
     return [{k: float(v[i]) for k, v in totals.items()} for i in range(len(members))]
 
 
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """``evaluation(state)``: the held-out losses ({name: float}, or one dict per sweep member); ``chance()``: each
+    objective's chance level on the same batches and masking draws (``jaxvl.pretrain.chance``), in the same form."""
+
+    run: Callable[[Any], Any]
+    chance: Callable[[], Any]
+
+    def __call__(self, state: Any) -> Any:
+        return self.run(state)
+
+
 def pretrain_evaluation(cfg: ConfigDict, model: VLBertForPreTraining, ocfg: ObjectiveConfig, dataset: str,
                         tokenizer: Tokenizer, pipeline: PipelineConfig, mesh: Mesh,
                         host_to_global: Callable[[Mapping[str, np.ndarray]], dict[str, jax.Array]],
                         shardings: Any, compiler_options: dict[str, Any] | None,
-                        members: list[sweep.SweepMember] | None = None) -> Callable[[Any], Any] | None:
+                        members: list[sweep.SweepMember] | None = None) -> Evaluation | None:
     """``evaluate(state)``: the deterministic loss and its parts averaged over ``cfg.eval_batches`` fixed
     held-out batches ({name: float}, or one dict per sweep member: vmapped over the members with each
-    member's own masking and head weights); None without evaluation or without an eval split."""
+    member's own masking and head weights), with ``evaluate.chance()``, the chance levels of the same batches;
+    None without evaluation or without an eval split."""
     if not cfg.eval_every or not cfg.eval_batches:
         return None
     try:
@@ -178,13 +191,22 @@ def pretrain_evaluation(cfg: ConfigDict, model: VLBertForPreTraining, ocfg: Obje
                                    batch_size=min(pipeline.batch_size, len(eval_source)))
     batches = take_batches(pretrain_dataset(eval_source, tokenizer, eval_cfg), host_to_global, cfg.eval_batches)
 
+    def chance() -> dict[str, float] | list[dict[str, float]]:
+        from jaxvl.pretrain.chance import chance_levels, evaluation_targets
+
+        args = (batches, cfg.seed + 1, ocfg, model.cfg.vocab_size, model.cfg.add_global_imgfeat)
+        if not members:
+            return chance_levels(evaluation_targets(*args))
+        return [chance_levels(evaluation_targets(*args, token_prob=m.token_prob, region_prob=m.region_prob,
+                                                 overlap_threshold=m.overlap_threshold)) for m in members]
+
     if not members:
         def loss(params, batch, rng):
             return pretraining_loss(model, params, batch, rng, ocfg, deterministic=True)
 
         fn = jax.jit(loss, in_shardings=(shardings.params, batch_sharding(mesh), None),
                      compiler_options=compiler_options)
-        return lambda state: _mean_eval_loss(fn, state.params, batches, cfg.seed + 1)
+        return Evaluation(lambda state: _mean_eval_loss(fn, state.params, batches, cfg.seed + 1), chance)
 
     def member_loss(params, batch, rng, hp):
         return pretraining_loss(model, params, batch, rng, ocfg, deterministic=True, token_prob=hp.token_prob,
@@ -195,7 +217,8 @@ def pretrain_evaluation(cfg: ConfigDict, model: VLBertForPreTraining, ocfg: Obje
                  in_shardings=(shardings.params, batch_sharding(mesh), None, shardings.hparams),
                  compiler_options=compiler_options)
     names = [m.name for m in members]
-    return lambda state: _mean_eval_loss(fn, state.params, batches, cfg.seed + 1, (state.hparams,), names)
+    return Evaluation(lambda state: _mean_eval_loss(fn, state.params, batches, cfg.seed + 1, (state.hparams,), names),
+                      chance)
 
 
 # ========================================================================================= a stage
@@ -287,22 +310,105 @@ def pretrain_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, ini
     from jaxvl.models.volta.config import JAXVL_ONLY, to_volta_dict
 
     model_cfg = {**to_volta_dict(model.cfg), **{k: getattr(model.cfg, k) for k in JAXVL_ONLY if k != "plan"}}
+    built: dict[str, Evaluation | None] = {}
+
+    def make_evaluate() -> Evaluation | None:
+        built["evaluation"] = pretrain_evaluation(cfg, model, ocfg, dataset, tokenizer, pipeline, mesh, host_to_global,
+                                                  shardings, compiler_options, members)
+        return built["evaluation"]
+
+    def on_done(state: Any) -> None:
+        learned = report_learned(workdir, state, built.get("evaluation"), trained_objectives(model.cfg, ocfg, members),
+                                 members)
+        if members:
+            finish_sweep(workdir, state, members, learned)
+
     return Stage(
         description=f"{cfg.model.name} ({'vision-only' if vision_only else 'V&L'} stage), {steps} steps of "
                     f"{cfg.data.batch_size}",
         mesh=mesh, train_data=train_ds, host_to_global=host_to_global, example=example, init_state=fresh_state,
         shardings=shardings, loop=loop, jitted_step=jitted, init_from=start_from, initialise=initialise,
-        make_evaluate=lambda: pretrain_evaluation(cfg, model, ocfg, dataset, tokenizer, pipeline, mesh,
-                                                  host_to_global, shardings, compiler_options, members),
+        make_evaluate=make_evaluate,
         run_info=dict(config=cfg.to_dict(), model_config=model_cfg, dataset=dataset,
                       stage="vision" if vision_only else "vl"),
-        on_done=(lambda state: finish_sweep(workdir, state, members)) if members else None,
+        on_done=on_done,
         checkpoint_keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
 
 
-def finish_sweep(workdir: str, state: Any, members: list[sweep.SweepMember]) -> None:
+_HEAD_OBJECTIVES = {"0": "mrc_kl", "3": "mrc_xe", "1": "mrfr", "5": "mrfr"}
+_MEMBER_OBJECTIVES = {"mrc_kl_weight": "mrc_kl", "mrc_xe_weight": "mrc_xe", "mrfr_weight": "mrfr"}
+
+
+def trained_objectives(model_cfg: Any, ocfg: ObjectiveConfig,
+                       members: list[sweep.SweepMember] | None = None) -> dict[str, tuple[set[str], set[str]]]:
+    """{member ("" for a single run): (objectives it trains, objectives it does not)} among MLM (token masking
+    above 0), ITM (objectives 0 and 1) and the region heads (weight above 0: the model's, or the member's)."""
+    itm = {"itm"} if ocfg.objective != 2 else set()
+    heads = {_HEAD_OBJECTIVES[k] for k in model_cfg.visual_targets if k in _HEAD_OBJECTIVES}
+    out = {}
+    for m in members or [None]:
+        if m is None:
+            weighed = {_HEAD_OBJECTIVES[k] for k, w in model_cfg.visual_target_weights
+                       if w > 0 and k in _HEAD_OBJECTIVES}
+            text = ocfg.token_prob > 0
+        else:
+            weighed = {name for key, name in _MEMBER_OBJECTIVES.items() if getattr(m, key) > 0}
+            text = m.token_prob > 0
+        trained = weighed | itm | ({"mlm"} if text else set())
+        out["" if m is None else m.name] = (trained, ({"mlm", "itm"} | heads) - trained)
+    return out
+
+
+def report_learned(workdir: str, state: Any, evaluation: Evaluation | None,
+                   objectives: dict[str, tuple[set[str], set[str]]],
+                   members: list[sweep.SweepMember] | None = None) -> str:
+    """Whether each trained objective learned above chance (``jaxvl.pretrain.chance``): the final evaluation loss
+    (the one logged at the last step, else evaluated now) beside its chance level, a verdict per objective.
+    Printed, written to ``<workdir>/learned.md`` and ``learned.json``, and added to ``run.json`` as ``learned``
+    ({member: {objective: verdict}}). Returns the markdown ("" without an evaluation split)."""
+    import json
+
+    from jaxvl.pretrain.chance import LEARNED_MARGIN, learned_table, verdicts
+    from jaxvl.runtime.metrics_log import read_metrics
+    from jaxvl.runtime.stage import write_run_info
+
+    if evaluation is None:
+        log(f"{workdir}: no evaluation (eval_every / eval_batches 0, or no held-out split): cannot say whether the "
+            "model learned above chance")
+        return ""
+    step = int(jax.device_get(state.step))
+    names = [m.name for m in members] if members else [""]
+    logged = {n: [r for r in read_metrics(workdir, "eval", n or None) if r["step"] == step] for n in names}
+    if all(logged.values()):
+        final = [logged[n][-1] for n in names]
+    else:
+        now = evaluation(state)
+        final = now if isinstance(now, list) else [now]
+    chance = evaluation.chance()
+    chance = chance if isinstance(chance, list) else [chance]
+    rows = [v for n, losses, levels in zip(names, final, chance, strict=True)
+            for v in verdicts(losses, levels, objectives[n][0], member=n)]
+    table = learned_table(rows, {n: objectives[n][1] for n in names}, step=step)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "learned.md"), "w", encoding="utf-8") as f:
+            f.write(table + "\n")
+        with open(os.path.join(workdir, "learned.json"), "w", encoding="utf-8") as f:
+            json.dump({"step": step, "margin": LEARNED_MARGIN, "rows": [dataclasses.asdict(r) for r in rows],
+                       "untrained": {n: sorted(objectives[n][1]) for n in names}}, f, indent=1)
+        run_json = os.path.join(workdir, "run.json")
+        if os.path.isfile(run_json):
+            with open(run_json, encoding="utf-8") as f:
+                info = json.load(f)
+            info["learned"] = {n: {r.objective: r.verdict for r in rows if r.member == n} for n in names}
+            write_run_info(workdir, info)
+    log(f"{workdir}:\n{table}")
+    return table
+
+
+def finish_sweep(workdir: str, state: Any, members: list[sweep.SweepMember], learned: str = "") -> None:
     """Each member's final state as its own checkpoint (``<workdir>/members/<name>``, a single-run layout
-    that ``init.checkpoint`` and the ablation read), and the summary table (``summary.md``, printed)."""
+    that ``init.checkpoint`` and the ablation read), and the summary table (``summary.md``, printed), followed
+    by ``learned``, the learned-above-chance table (``report_learned``)."""
     from jaxvl.runtime.metrics_log import read_metrics
 
     for k, member in enumerate(members):
@@ -317,7 +423,7 @@ def finish_sweep(workdir: str, state: Any, members: list[sweep.SweepMember]) -> 
     table = sweep.summary_table([{k: [rows[m.name][k] for m in members] for k in keys}], members, seconds)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.md"), "w") as f:
-            f.write(table + "\n")
+            f.write(table + "\n" + (f"\n{learned}\n" if learned else ""))
     log(f"sweep of {len(members)} members at step {last_step}:\n{table}")
 
 
@@ -346,5 +452,6 @@ def pretrain(cfg: ConfigDict, workdir: str) -> list[StageResult]:
     return [first, run_stage(cfg, vl_dir, init_from=vision_dir, run_dir=workdir)]
 
 
-__all__ = ["finish_sweep", "fit_model_to_data", "grad_accum_steps", "initial_params", "pretrain", "pretrain_evaluation",
-           "pretrain_stage", "run_stage", "vision_only_batch"]
+__all__ = ["Evaluation", "finish_sweep", "fit_model_to_data", "grad_accum_steps", "initial_params", "pretrain",
+           "pretrain_evaluation", "pretrain_stage", "report_learned", "run_stage", "trained_objectives",
+           "vision_only_batch"]
