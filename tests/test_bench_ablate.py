@@ -18,9 +18,9 @@ import pytest
 from jaxvl.ablation.sweep import AblationSpec, Member
 from jaxvl.benchmarks import ablate
 
-SMOKE = ["--sizes", "tiny", "--presets", "uniter", "--models", "2", "--vis4lang", "object", "--lang4vis", "phrase",
+SMOKE = ["--sizes", "tiny", "--presets", "lxmert", "--models", "2", "--vis4lang", "object", "--lang4vis", "phrase",
          "--thresholds", "0.3", "--batch", "4", "--text-len", "16", "--regions", "6", "--warmup", "0", "--iters", "2",
-         "--fast-compile", "--member-batch", "vmap,1", "--rows", "scored,every"]
+         "--fast-compile", "--member-batch", "vmap,1", "--rows", "scored,every", "--prefix", "shared"]
 
 
 def bench(argv: list[str]) -> dict:
@@ -37,8 +37,8 @@ def test_bench_ablate_tiny_rows_table_and_loop_equals_sweep(tmp_path, capsys):
 
     rows = result["rows"]
     assert [(r["preset"], r["size"], r["k"], r["member_batch_size"], r["head_rows"]) for r in rows] == [
-        ("uniter", "tiny", 2, None, "scored"), ("uniter", "tiny", 2, None, "every"),
-        ("uniter", "tiny", 2, 1, "scored"), ("uniter", "tiny", 2, 1, "every")]
+        ("lxmert", "tiny", 2, None, "scored"), ("lxmert", "tiny", 2, None, "every"),
+        ("lxmert", "tiny", 2, 1, "scored"), ("lxmert", "tiny", 2, 1, "every")]
     for r in rows:
         assert (r["members"], r["vis4lang_members"], r["lang4vis_members"]) == (2, 1, 1)
         assert r["batch"] == 4 and r["text_len"] == 16 and r["regions"] == 7  # 6 detector rows + [IMG]
@@ -59,9 +59,10 @@ def test_bench_ablate_tiny_rows_table_and_loop_equals_sweep(tmp_path, capsys):
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     printed = capsys.readouterr().out
     assert "| preset | size | K | B | members |" in printed
-    table = [line for line in printed.splitlines() if line.startswith("| uniter | tiny | 2 | 4 | 2 |")]
-    assert [line.split(" | ")[5] for line in table] == ["vmap, heads at scored rows", "vmap, heads at every row",
-                                                        "map 1, heads at scored rows", "map 1, heads at every row"]
+    table = [line for line in printed.splitlines() if line.startswith("| lxmert | tiny | 2 | 4 | 2 |")]
+    assert [line.split(" | ")[5] for line in table] == [
+        "vmap, heads at scored rows, prefix shared", "vmap, heads at every row, prefix shared",
+        "map 1, heads at scored rows, prefix shared", "map 1, heads at every row, prefix shared"]
 
 
 def test_member_specs_hold_one_member_each_and_the_default_spec_has_42():

@@ -217,9 +217,11 @@ def test_sweep_equals_a_per_condition_loop_and_compiles_once():
 
 
 @pytest.mark.parametrize("preset", ["uniter", "lxmert"])
-def test_heads_at_the_scored_rows_only_equal_the_heads_at_every_row(preset):
-    """The MLM head at the phrase's sub-words only and the visual heads at the target region only (the default)
-    give the losses of the heads run at every row; a phrase longer than ``max_phrase_tokens`` is refused."""
+def test_scored_rows_and_shared_prefixes_equal_the_whole_model_per_member(preset):
+    """The default sweep (the MLM head at the phrase's sub-words only, the visual heads at the target region
+    only, and for dual-stream models each stream's unimodal prefix once per distinct input) gives the losses of
+    the whole model run per member with its heads at every row, vmapped or mapped in chunks; a phrase longer
+    than ``max_phrase_tokens`` is refused."""
     world, tok, source, index, batches, model, params = setup()
     if preset != "uniter":
         model = get_model(preset, tiny=True, vocab_size=tok.vocab_size, num_object_classes=K,
@@ -227,22 +229,25 @@ def test_heads_at_the_scored_rows_only_equal_the_heads_at_every_row(preset):
         inputs = {k: jnp.asarray(batches[0][k][:1]) for k in ("input_ids", "features", "locations")}
         params = stack_params([nn.meta.unbox(jax.jit(model.init, compiler_options=FAST_COMPILE)(
             jax.random.key(0), **inputs)["params"])])
+    assert (model.cfg.unimodal_prefix > 0) == (preset == "lxmert")
     mesh = make_mesh(data=2, fsdp=1, tensor=1, devices=jax.devices()[:2])
     longest = index.max_phrase_tokens(T)
     assert 1 <= longest < T - 2
     base = dict(thresholds=(0.5,), control_threshold=0.5)
     args = (model, params, batches, index.mean_feature, mesh)
-    every = run_ablation(args[0], args[1], args[2], AblationSpec(tok.mask_id, scored_rows_only=False, **base),
-                         *args[3:], compiler_options=FAST_COMPILE)
-    scored = run_ablation(args[0], args[1], args[2], AblationSpec(tok.mask_id, max_phrase_tokens=longest, **base),
-                          *args[3:], compiler_options=FAST_COMPILE)
-    for task, metrics in every.values.items():
-        for metric, want in metrics.items():
-            np.testing.assert_allclose(scored.values[task][metric], want, rtol=1e-5, atol=1e-5,
-                                       err_msg=f"{task} {metric}")
+
+    def ablate(**kwargs):
+        spec = AblationSpec(tok.mask_id, **base, **kwargs)
+        return run_ablation(*args[:3], spec, *args[3:], compiler_options=FAST_COMPILE)
+
+    whole = ablate(scored_rows_only=False, share_prefix=False)
+    for fast in (ablate(max_phrase_tokens=longest), ablate(max_phrase_tokens=longest, member_batch_size=2)):
+        for task, metrics in whole.values.items():
+            for metric, want in metrics.items():
+                np.testing.assert_allclose(fast.values[task][metric], want, rtol=1e-5, atol=1e-5,
+                                           err_msg=f"{task} {metric}")
     with pytest.raises(BatchError, match=f"more than AblationSpec.max_phrase_tokens={longest - 1}"):
-        run_ablation(*args[:3], AblationSpec(tok.mask_id, max_phrase_tokens=longest - 1, **base), *args[3:],
-                     compiler_options=FAST_COMPILE)
+        ablate(max_phrase_tokens=longest - 1)
 
 
 def test_lowered_sweep_has_one_row_per_example_first():

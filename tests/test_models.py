@@ -105,6 +105,25 @@ def test_heads_at_given_rows_equal_the_all_rows_logits_there(name):
                                    rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["lxmert", "vilbert"])
+def test_unimodal_prefix_apart_equals_the_whole_forward(name):
+    """Each stream's unimodal prefix computed alone (as the ablation shares it across conditions), then the rest,
+    gives the whole forward pass's outputs, unscanned and scanned; single-stream models have no prefix."""
+    model, batch, params, out = tiny_case(name)
+    assert 0 < model.cfg.unimodal_prefix < len(model.cfg.sublayers)
+    for m, p in ((model, params), (get_model(name, tiny=True, scan_layers=True), scan_params(params, model.cfg))):
+        t = m.apply({"params": p}, batch["input_ids"], None, batch["text_mask"], method=m.text_prefix)
+        v = m.apply({"params": p}, batch["features"], batch["locations"], batch["region_mask"], method=m.vision_prefix)
+        got = m.apply({"params": p}, t, v, batch["text_mask"], batch["region_mask"], method=m.from_prefix)
+        for field in ("text", "vision", "pooled", "mlm_logits", "itm_logits"):
+            np.testing.assert_allclose(getattr(got, field), getattr(out, field), rtol=2e-5, atol=2e-5, err_msg=field)
+        np.testing.assert_allclose(got.visual_logits["0"], out.visual_logits["0"], rtol=2e-5, atol=2e-5)
+    single, _, single_params, _ = tiny_case("uniter")
+    assert single.cfg.unimodal_prefix == 0
+    with pytest.raises(ValueError, match="no unimodal prefix"):
+        single.apply({"params": single_params}, batch["input_ids"], method=single.text_prefix)
+
+
 def test_shared_sublayers_tie_parameters():
     model = get_model("uniter", tiny=True)
     params = flatten_dict(param_shapes(model), sep="/")

@@ -50,13 +50,10 @@ from jaxvl.ablation.conditions import (
     Quirks,
     detector_rank,
     lang4vis_inputs,
-    lang4vis_losses,
     lang4vis_masked,
-    phrase_nll_bits,
-    phrase_positions,
     vis4lang_ablated,
-    vis4lang_inputs,
 )
+from jaxvl.ablation.forward import lang4vis_forward, map_members, vis4lang_forward
 from jaxvl.models.validate import BatchError, validate_batch
 from jaxvl.models.volta.model import VLBertForPreTraining
 from jaxvl.runtime.sharding import DEFAULT_DATA_AXES, to_global
@@ -96,8 +93,9 @@ class AblationSpec:
     ``max_phrase_tokens`` positions of each row's phrase; None: the text length) and the visual heads only at
     the target region, instead of at every row; the losses are the same (the heads act on each row alone).
     ``max_phrase_tokens`` must cover every phrase: ``run_ablation`` checks each batch; ``jaxvl ablate`` sets it to
-    the split's longest phrase (``AblationIndex.max_phrase_tokens``). False: the heads at every row (the slower
-    program, kept to measure the difference)."""
+    the split's longest phrase (``AblationIndex.max_phrase_tokens``). ``share_prefix`` (default; dual-stream
+    models): each stream's unimodal prefix runs once per distinct input instead of once per member
+    (``jaxvl.ablation.forward``). False for either: the slower program, kept to measure the difference."""
 
     mask_id: int
     vis4lang: tuple[str, ...] = LEVELS["vis4lang"]
@@ -109,6 +107,7 @@ class AblationSpec:
     control_threshold: float | None = None
     scored_rows_only: bool = True
     max_phrase_tokens: int | None = None
+    share_prefix: bool = True
 
     def __post_init__(self):
         for task in TASKS:
@@ -181,13 +180,6 @@ def stack_params(trees: Sequence[Any]) -> Any:
 def _paths(tree: Any) -> list[str]:
     return ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
             for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-
-def _map(fn: Callable, xs: Any, batch_size: int | None) -> Any:
-    """``vmap(fn)(xs)``, or ``lax.map`` over chunks of ``batch_size`` (vmapped inside each chunk)."""
-    if batch_size is None:
-        return jax.vmap(fn)(xs)
-    return jax.lax.map(fn, xs, batch_size=batch_size)
 
 
 def num_models(stacked_params: Any) -> int:
@@ -329,38 +321,16 @@ class AblationSweep:
         def ctl(flag):  # without controls, their draw stays out of the program
             return None if spec.control_threshold is None else flag
 
-        def forward(params, inputs, **positions):
-            return model.apply({"params": params}, **inputs, deterministic=True, **positions)
-
-        text_len = batch["input_ids"].shape[1]
-        phrase_rows = min(spec.max_phrase_tokens or text_len, text_len)
-
         def per_model(params):
             out = {}
             if spec.vis4lang:
-                def v_member(x):
-                    inputs, labels = vis4lang_inputs(batch, x[0], x[1], mean_feature, spec.mask_id, add_global, quirks,
-                                                     ctl(x[2]))
-                    if not spec.scored_rows_only:
-                        return {"mlm": phrase_nll_bits(forward(params, inputs).mlm_logits, labels)}
-                    rows = phrase_positions(batch["phrase_mask"], phrase_rows)  # [B, P]
-                    logits = forward(params, inputs, text_positions=rows).mlm_logits  # [B, P, vocab]
-                    return {"mlm": phrase_nll_bits(logits, jnp.take_along_axis(labels, rows, axis=1))}
-
-                out["vis4lang"] = _map(v_member, (v_levels, v_thr, v_ctl), spec.member_batch_size)
+                out["vis4lang"] = vis4lang_forward(model, params, batch, self._arrays["vis4lang"], mean_feature, spec,
+                                                   ctl)
             if spec.lang4vis:
-                def l_member(x):
-                    inputs, index, has, _ = lang4vis_inputs(batch, x[0], x[1], spec.mask_id, add_global, quirks,
-                                                            ctl(x[2]))
-                    if not spec.scored_rows_only:
-                        return lang4vis_losses(forward(params, inputs).visual_logits, batch, index, has, quirks)
-                    logits = forward(params, inputs, region_positions=index[:, None]).visual_logits  # [B, 1, size]
-                    return lang4vis_losses(logits, batch, index, has, quirks, logits_index=jnp.zeros_like(index))
-
-                out["lang4vis"] = _map(l_member, (l_levels, l_thr, l_ctl), spec.member_batch_size)
+                out["lang4vis"] = lang4vis_forward(model, params, batch, self._arrays["lang4vis"], spec, ctl)
             return out
 
-        per = _map(per_model, stacked_params, spec.model_batch_size)  # leaves [K, M, B]
+        per = map_members(per_model, stacked_params, spec.model_batch_size)  # leaves [K, M, B]
         out: dict[str, Any] = {task: {k: jnp.moveaxis(v, -1, 0) for k, v in d.items()} for task, d in per.items()}
         out["phrase_tokens"] = batch["phrase_mask"].sum(-1).astype(jnp.int32)
         if spec.vis4lang:

@@ -12,7 +12,9 @@ LabelMatch labels) from a synthetic world at the model's feature size and class 
   lists variants of it, timed side by side: ``vmap`` (every member at once, ``member_batch_size=None``) and
   N (``lax.map`` over chunks of N members inside the same single program); ``--rows`` lists where the heads
   run: ``scored`` (the default: the MLM head at the phrase's sub-words, the visual heads at the target region)
-  and ``every`` (at every text position and region, as before), also side by side;
+  and ``every`` (at every text position and region, as before), and ``--prefix`` whether dual-stream models
+  run each stream's unimodal prefix once per distinct input (``shared``, the default) or per member
+  (``each``), also side by side;
 - **loop**: the plain alternative, one jitted evaluation per member: an ``AblationSpec`` holding a single
   condition and threshold, each its own ``AblationSweep`` of K = 1, called in Python for every member and
   every checkpoint (42 x K calls per batch). Its executables are compiled once per model and reused for
@@ -87,6 +89,7 @@ if TYPE_CHECKING:
 
 SIZES = ("tiny", "ctrl")
 ROWS = ("scored", "every")
+PREFIX = ("shared", "each")
 VOLTA_VOCAB, VOLTA_CLASSES = 30522, 1600  # BERT's uncased vocabulary; Visual Genome's classes (+ background)
 DEFAULT_PRESETS = ("uniter", "lxmert")
 FLICKR30K_VAL_EXAMPLES = 14_433  # Flickr30k Entities val phrases the paper ablates
@@ -154,6 +157,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the MLM / visual heads run, one sweep variant per value, side by side: scored "
                              "(only the phrase's sub-words and the target region, the default) and/or every (every "
                              "row, the slower program)")
+    parser.add_argument("--prefix", type=csv_choices(PREFIX), default=["shared"], metavar="P[,P]",
+                        help="dual-stream models: shared (each stream's unimodal prefix once per distinct input, the "
+                             "default) and/or each (once per member), one sweep variant per value, side by side")
     parser.add_argument("--volta-heads", action="store_true",
                         help="tiny size with VOLTA's vocabulary (30522) and 1601 detector classes")
     parser.add_argument("--model-batch", type=int, default=None,
@@ -366,14 +372,17 @@ def bench_model(name: str, size: str, args: argparse.Namespace, device: jax.Devi
     for k in args.models:
         params = jax.device_put(_concat(singles[:k]), replicated)
         rows, calls = [], {}
-        for chunk, where in [(c, r) for c in args.member_batch for r in args.rows]:
-            variant = dataclasses.replace(spec, member_batch_size=chunk, scored_rows_only=where == "scored")
+        prefixes = args.prefix if model.cfg.unimodal_prefix else ["each"]  # single-stream models have none
+        for chunk, where, prefix in [(c, r, p) for c in args.member_batch for r in args.rows for p in prefixes]:
+            variant = dataclasses.replace(spec, member_batch_size=chunk, scored_rows_only=where == "scored",
+                                          share_prefix=prefix == "shared")
             sweep = AblationSweep(model, variant, mesh, None, options)
             batch = sweep.device_batch(host)
             compiled, lower_s, compile_s = aot_compile(sweep, params, batch, mean)
-            log(f"  sweep K={k}, member batch {chunk or 'vmap'}, heads at {where} rows: compiled in "
+            log(f"  sweep K={k}, member batch {chunk or 'vmap'}, heads at {where} rows, prefix {prefix}: compiled in "
                 f"{lower_s + compile_s:.1f} s (lower {lower_s:.1f} s)")
-            rows.append({**common, "k": k, "member_batch_size": chunk, "head_rows": where, "sweep_lower_s": lower_s,
+            rows.append({**common, "k": k, "member_batch_size": chunk, "head_rows": where, "prefix": prefix,
+                         "sweep_lower_s": lower_s,
                          "sweep_compile_s": lower_s + compile_s, "sweep_memory": memory_stats(compiled),
                          "evals_per_call": args.batch * len(flat) * k})
             calls[f"sweep{len(rows) - 1}"] = lambda exe=compiled, params=params, batch=batch: exe(params, batch, mean)
@@ -444,7 +453,8 @@ def _chunk(row: dict[str, Any]) -> str:
     """How the sweep runs its members: ``vmap`` (all at once) or ``map N`` (lax.map over chunks of N), and where
     its heads run (``scored`` rows or ``every`` row)."""
     members = "vmap" if row["member_batch_size"] is None else f"map {row['member_batch_size']}"
-    return members + (", heads at scored rows" if row.get("head_rows") == "scored" else ", heads at every row")
+    text = members + (", heads at scored rows" if row.get("head_rows") == "scored" else ", heads at every row")
+    return text + (", prefix shared" if row.get("prefix") == "shared" else "")
 
 
 def _summary(row: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from jaxvl.models.volta.plan import LIST_KEYS, MAP_KEYS, Sublayer, SublayerPlan
+from jaxvl.models.volta.plan import LIST_KEYS, MAP_KEYS, Sublayer, SublayerPlan, unimodal_prefix
 
 # VOLTA's visual target heads: key -> output size (volta/losses.py `pre_vis_targets`).
 VISUAL_TARGET_SIZES = {"0": 1601, "1": 2048, "2": 2048, "3": 1600, "4": 400, "5": 2048, "6": 1601}
@@ -147,6 +147,12 @@ class VLConfig:
     def sublayers(self) -> tuple[Sublayer, ...]:
         return self.plan.sublayers(self.hidden_size, self.num_attention_heads, self.intermediate_size,
                                    self.v_hidden_size, self.v_num_attention_heads, self.v_intermediate_size)
+
+    @property
+    def unimodal_prefix(self) -> int:
+        """Leading sub-layers where each stream reads only its own input (``plan.unimodal_prefix``; segment
+        aligned with ``scan_layers``); 0 for single-stream models, whose embeddings already mix the two."""
+        return unimodal_prefix(self.sublayers, self.scan_layers) if self.dual_stream else 0
 
     def replace(self, **overrides: Any) -> VLConfig:
         """A copy with fields replaced; plan keys (e.g. ``tt_attn_sublayers``) may be given directly."""

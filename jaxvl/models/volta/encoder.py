@@ -179,6 +179,8 @@ class Encoder(nn.Module):
     pairs: the inputs, then the streams after every sub-layer (VOLTA's ``output_all_encoded_layers``).
     Parameter names: ``layer_{n}`` unscanned; ``segment_{k}/sub_{j}`` stacked on axis 0 when scanned.
     ``cfg.remat`` wraps each sub-layer (unscanned) or each ``Block`` (scanned) in ``nn.remat``.
+    ``start`` / ``stop``: run only the sub-layers ``[start, stop)`` (whole segments when scanned), e.g. the
+    unimodal prefix and the rest apart (``VLBertForPreTraining.text_prefix`` / ``from_prefix``).
     """
 
     cfg: VLConfig
@@ -186,16 +188,25 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, t: jax.Array, v: jax.Array, t_bias: jax.Array, v_bias: jax.Array,
-                 deterministic: bool = True, output_hidden_states: bool = False):
+                 deterministic: bool = True, output_hidden_states: bool = False, start: int = 0,
+                 stop: int | None = None):
         cfg = self.cfg
+        stop = len(cfg.sublayers) if stop is None else stop
         states = [(t, v)]
         if not cfg.scan_layers:
             for n, spec in enumerate(cfg.sublayers):
+                if not start <= n < stop:
+                    continue
                 layer = make_sublayer(cfg, spec, self.sow_weights, f"layer_{n}", remat=True)
                 t, v = layer(t, v, t_bias, v_bias, deterministic)
                 states.append((t, v))
         else:
             for k, seg in enumerate(find_segments(cfg.sublayers)):
+                if seg.stop <= start or seg.start >= stop:
+                    continue
+                if seg.start < start or seg.stop > stop:
+                    raise ValueError(f"sub-layers [{start}, {stop}) split the scanned segment [{seg.start}, "
+                                     f"{seg.stop}); a scanned encoder runs whole segments")
                 block = dict(cfg=cfg, sublayers=seg.sublayers, deterministic=deterministic,
                              collect=output_hidden_states, sow_weights=self.sow_weights)
                 if seg.repeats == 1:

@@ -81,9 +81,41 @@ class VLBertModel(nn.Module):
         t, v = constrain_stream(t), constrain_stream(v)
         (t, v), states = self.encoder(t, v, attention_bias(text_mask), attention_bias(region_mask),
                                       deterministic, output_hidden_states)
+        return self.pool(t, v, states)
+
+    def pool(self, t: jax.Array, v: jax.Array, states: tuple | None = None) -> VLOutput:
+        """The final streams (and hidden states) with the poolers' outputs."""
+        c = self.cfg
         pooled_t = self.t_pooler(t) if c.fusion_method != "none" else None
         pooled_v = self.v_pooler(v) if c.fusion_method in ("mul", "sum") else None
         return VLOutput(text=t, vision=v, pooled_text=pooled_t, pooled_vision=pooled_v, hidden_states=states)
+
+    def text_prefix(self, input_ids: jax.Array, token_type_ids: jax.Array, text_mask: jax.Array,
+                    deterministic: bool = True) -> jax.Array:
+        """Dual-stream models: the text stream [B, Lt, hidden] after the ``cfg.unimodal_prefix`` sub-layers,
+        which read the text input only (the vision stream there is a 1-row stand-in, discarded)."""
+        t = constrain_stream(self.embeddings(input_ids, token_type_ids, deterministic))
+        stand_in = jnp.zeros((t.shape[0], 1, self.cfg.v_hidden_size), t.dtype)
+        (t, _), _ = self.encoder(t, stand_in, attention_bias(text_mask), attention_bias(jnp.ones((t.shape[0], 1))),
+                                 deterministic, stop=self.cfg.unimodal_prefix)
+        return t
+
+    def vision_prefix(self, features: jax.Array, locations: jax.Array, region_mask: jax.Array,
+                      deterministic: bool = True) -> jax.Array:
+        """Dual-stream models: the vision stream [B, Lv, v_hidden] after the ``cfg.unimodal_prefix`` sub-layers
+        (the text stream there is a 1-row stand-in, discarded)."""
+        v = constrain_stream(self.v_embeddings(features, locations, deterministic))
+        stand_in = jnp.zeros((v.shape[0], 1, self.cfg.hidden_size), v.dtype)
+        (_, v), _ = self.encoder(stand_in, v, attention_bias(jnp.ones((v.shape[0], 1))), attention_bias(region_mask),
+                                 deterministic, stop=self.cfg.unimodal_prefix)
+        return v
+
+    def from_prefix(self, t: jax.Array, v: jax.Array, text_mask: jax.Array, region_mask: jax.Array,
+                    deterministic: bool = True) -> VLOutput:
+        """The sub-layers after ``cfg.unimodal_prefix`` and the poolers, from the two prefix streams."""
+        (t, v), _ = self.encoder(t, v, attention_bias(text_mask), attention_bias(region_mask), deterministic,
+                                 start=self.cfg.unimodal_prefix)
+        return self.pool(t, v)
 
 
 def rows_at(hidden: jax.Array, positions: jax.Array | None) -> jax.Array:
@@ -117,9 +149,14 @@ class VLBertForPreTraining(nn.Module):
     def __call__(self, input_ids, features, locations, token_type_ids=None, text_mask=None, region_mask=None,
                  deterministic: bool = True, output_hidden_states: bool = False,
                  text_positions: jax.Array | None = None, region_positions: jax.Array | None = None) -> VLOutput:
-        c = self.cfg
         out = self.bert(input_ids, features, locations, token_type_ids, text_mask, region_mask,
                         deterministic, output_hidden_states)
+        return self.heads(out, deterministic, text_positions, region_positions)
+
+    def heads(self, out: VLOutput, deterministic: bool = True, text_positions: jax.Array | None = None,
+              region_positions: jax.Array | None = None) -> VLOutput:
+        """``out`` with the fused pooled vector and the MLM, visual and ITM logits."""
+        c = self.cfg
         fused = {"mul": lambda: out.pooled_text * out.pooled_vision, "sum": lambda: out.pooled_text + out.pooled_vision,
                  "text": lambda: out.pooled_text, "none": lambda: None}[c.fusion_method]()
         pooled = None if fused is None else dropout(self, fused, 0.1, deterministic)
@@ -129,6 +166,40 @@ class VLBertForPreTraining(nn.Module):
             visual_logits=self.image_predictions(rows_at(out.vision, region_positions)),
             itm_logits=None if pooled is None else self.itm(pooled).astype(jnp.float32),
         )
+
+    # The unimodal prefix apart (dual-stream models, ``cfg.unimodal_prefix`` > 0): ``from_prefix(text_prefix(..),
+    # vision_prefix(..), ..)`` equals ``__call__``, and a caller evaluating many inputs that share one stream
+    # (the ablation's conditions, EMAP's pairings) computes that stream's prefix once.
+
+    def text_prefix(self, input_ids: jax.Array, token_type_ids: jax.Array | None = None,
+                    text_mask: jax.Array | None = None) -> jax.Array:
+        """[B, Lt] ids -> the text stream [B, Lt, hidden] after the unimodal prefix (deterministic)."""
+        self._check_prefix()
+        token_type_ids = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        text_mask = jnp.ones(input_ids.shape, jnp.int32) if text_mask is None else text_mask
+        return self.bert.text_prefix(input_ids, token_type_ids, text_mask)
+
+    def vision_prefix(self, features: jax.Array, locations: jax.Array, region_mask: jax.Array | None = None
+                      ) -> jax.Array:
+        """[B, Lv, D] features -> the vision stream [B, Lv, v_hidden] after the unimodal prefix (deterministic)."""
+        self._check_prefix()
+        region_mask = jnp.ones(features.shape[:2], jnp.int32) if region_mask is None else region_mask
+        return self.bert.vision_prefix(features, locations, region_mask)
+
+    def from_prefix(self, text: jax.Array, vision: jax.Array, text_mask: jax.Array | None = None,
+                    region_mask: jax.Array | None = None, text_positions: jax.Array | None = None,
+                    region_positions: jax.Array | None = None) -> VLOutput:
+        """The rest of the encoder, the poolers and the heads from the two prefix streams (deterministic)."""
+        self._check_prefix()
+        text_mask = jnp.ones(text.shape[:2], jnp.int32) if text_mask is None else text_mask
+        region_mask = jnp.ones(vision.shape[:2], jnp.int32) if region_mask is None else region_mask
+        out = self.bert.from_prefix(text, vision, text_mask, region_mask)
+        return self.heads(out, True, text_positions, region_positions)
+
+    def _check_prefix(self) -> None:
+        if self.cfg.unimodal_prefix == 0:
+            raise ValueError("this model has no unimodal prefix (cfg.unimodal_prefix == 0: single-stream embeddings "
+                             "mix the two inputs); run the whole model")
 
     def dummy_inputs(self, batch: int = 2, text_len: int = 8, regions: int = 5) -> dict[str, jax.Array]:
         """Zero-filled inputs of the right shapes and dtypes, for ``init`` and shape checks."""

@@ -230,3 +230,15 @@ def find_segments(sublayers: Sequence[Sublayer]) -> tuple[Segment, ...]:
         segments.append(Segment(i, tuple(sublayers[i:i + period]), reps))
         i += period * reps
     return tuple(segments)
+
+
+def unimodal_prefix(sublayers: Sequence[Sublayer], segment_aligned: bool = False) -> int:
+    """How many leading sub-layers have no cross-modal attention (no ``tv`` / ``vt``): there the text stream
+    depends on the text input only and the vision stream on the vision input only, so a caller can compute
+    each stream's prefix once per distinct input (LXMERT: 18, its text and vision layers; ViLBERT: 12, its
+    text-only layers; single-stream models: 0). ``segment_aligned``: rounded down to a ``find_segments``
+    boundary (a scanned encoder runs whole segments)."""
+    n = next((i for i, s in enumerate(sublayers) if s.kind == "attn" and (s.tv or s.vt)), len(sublayers))
+    if not segment_aligned:
+        return n
+    return max((seg.stop for seg in find_segments(sublayers) if seg.stop <= n), default=0)
