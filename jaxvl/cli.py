@@ -335,7 +335,8 @@ COMMANDS: tuple[Command, ...] = (
              "jaxvl world export --out /tmp/w --world synthetic:num_images=512,val_images=64,vision_to_language=0.5"),
             cmd_world_export, _module_args("jaxvl.data.synthetic.volta_files")),
     Command("compile", "compile a config's train step for a TPU slice on this machine: memory, collectives, time",
-            "Compiles a config's real train step ahead of time for a TPU slice (v5e-16 ... v5e-256, v5p, v6e; "
+            "Compiles a config's real train step (pretrain:..., caption:...) or the ablation sweep (--config ablate "
+            "--config.model.name=lxmert) ahead of time for a TPU slice (v5e-16 ... v5e-256, v5p, v6e; "
             "several slices with --num-slices) or for this process's devices (--local), without the accelerator, "
             "and prints the memory per device against the chip's HBM, the step's FLOPs, the collectives per step and "
             "an estimated step time (a lower bound). TPU targets need libtpu: pip install 'jaxvl[tpu]'.",

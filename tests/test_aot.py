@@ -122,13 +122,29 @@ def test_local_caption_report():
     assert report.collective_bytes["all-reduce"] >= 2 * 7 / 8 * 4 * report.params
 
 
+def test_local_ablation_sweep_report():
+    """The ablation sweep compiles through the same path: K stacked checkpoints x every member of the config on
+    a batch sharded over 8 devices; nothing crosses devices (each example is evaluated where it lies), and
+    the FLOPs grow with the members."""
+    from jaxvl.models.volta.presets import tiny_overrides
+
+    cfg = load_config("ablate")
+    cfg.model.name, cfg.checkpoints, cfg.thresholds = "lxmert", "a,b", (0.5,)
+    report = compile_report(cfg, "ablate", None, 1, "data=8", 16, model_overrides=tiny_overrides("lxmert"))
+    assert report.description.startswith("ablate lxmert") and "2 checkpoint(s) x 10 members" in report.description
+    assert not report.collective_counts, report.collective_counts
+    cfg.lang4vis = "none"
+    fewer = compile_report(cfg, "ablate", None, 1, "data=8", 16, model_overrides=tiny_overrides("lxmert"))
+    assert 0 < fewer.model_flops < report.model_flops
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--topology", "v9-16"], "topology 'v9-16': expected CHIP-N"),
     (["--local", "--mesh", "data=3"], "mesh {'data': 3, 'fsdp': 1, 'tensor': 1} has 3 devices; the target has 8"),
     (["--local", "--num-slices", "2"], "--num-slices needs --topology"),
     (["--topology", "v5e-16", "--local"], "not allowed with argument"),
-    (["--local", "--config", "ablate:tiny"], "the ablation sweep is not wired in yet"),
-], ids=["unknown-chip", "mesh-does-not-cover", "slices-without-topology", "two-targets", "ablation"])
+    (["--local", "--config", "ablate:tiny"], "needs the model: --config.model.name=uniter"),
+], ids=["unknown-chip", "mesh-does-not-cover", "slices-without-topology", "two-targets", "ablation-without-model"])
 def test_compile_command_errors_are_one_line(argv, words, capsys):
     assert main(["compile", "--config", "pretrain:uniter,tiny", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()

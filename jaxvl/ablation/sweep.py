@@ -309,6 +309,7 @@ class AblationSweep:
         self.param_sharding = replicated if param_sharding is None else param_sharding
         self.members = {task: spec.members(task) for task in TASKS}
         self._arrays = {task: spec.member_arrays(task) for task in TASKS}
+        self.program = self._sweep  # the traced function (FLOP counts, jaxprs); ``__call__`` runs it compiled
         self._jitted = jax.jit(self._sweep, in_shardings=(self.param_sharding, self.batch_sharding, replicated),
                                out_shardings=self.batch_sharding, compiler_options=compiler_options)
 
@@ -359,8 +360,10 @@ class AblationSweep:
 
     def lower(self, stacked_params: Any, batch: Mapping[str, Any], mean_feature: Any) -> jax.stages.Lowered:
         """``jax.jit(...).lower`` for ahead-of-time compilation and memory statistics (benchmarks)."""
+        if not isinstance(mean_feature, jax.ShapeDtypeStruct):  # abstract inputs (``jaxvl compile``) pass as they are
+            mean_feature = jnp.asarray(mean_feature, jnp.float32)
         with jax.set_mesh(self.mesh):
-            return self._jitted.lower(stacked_params, batch, jnp.asarray(mean_feature, jnp.float32))
+            return self._jitted.lower(stacked_params, batch, mean_feature)
 
     def __call__(self, stacked_params: Any, batch: Mapping[str, Any], mean_feature: Any) -> dict[str, Any]:
         with jax.set_mesh(self.mesh):

@@ -1,11 +1,12 @@
-"""``jaxvl compile``: a config's train step compiled ahead of time for a TPU slice (or the local devices), and its
-report, on a machine without the accelerator.
+"""``jaxvl compile``: a config's train step (or the ablation sweep) compiled ahead of time for a TPU slice (or the
+local devices), and its report, on a machine without the accelerator.
 
     jaxvl compile --config pretrain:uniter --topology v5e-256 --config.model.dtype=bfloat16
     jaxvl compile --config pretrain:lxmert --topology v5p-128 --mesh fsdp=16,tensor=4 --batch 2048
     jaxvl compile --config pretrain:uniter --topology v5e-256 --num-slices 2 --batch 4096
     jaxvl compile --config pretrain:uniter,tiny --local --mesh data=2,fsdp=2,tensor=2
     jaxvl compile --config caption:ort --topology v5e-16 --batch 256 --config.model.dtype=bfloat16
+    jaxvl compile --config ablate --config.model.name=lxmert --topology v5e-16 --batch 256
 
 TPU targets need libtpu (``pip install 'jaxvl[tpu]'``); ``--local`` compiles for the devices this process sees
 instead (a GPU host's GPUs, or CPU devices), which is how a GPU mesh is checked: XLA's GPU compiler needs the
@@ -27,7 +28,7 @@ import jax
 
 from jaxvl.aot.chips import Slice, gpu_spec, parse_slice, topology_devices
 from jaxvl.aot.report import CompileReport
-from jaxvl.aot.targets import caption_target, pretrain_target
+from jaxvl.aot.targets import ablate_target, caption_target, pretrain_target
 from jaxvl.runtime.sharding import MESH_AXES, bytes_per_device, make_mesh
 
 STRATEGIES = {"dp": "data=-1", "fsdp": "fsdp=-1", "fsdp+tp": "fsdp=-1,tensor=4"}
@@ -76,14 +77,16 @@ def compile_report(cfg: Any, config_name: str, slice_: Slice | None, num_slices:
     ``model_overrides``: ``VLConfig`` fields over the config's model (``targets.pretrain_target``);
     ``hlo_path``: also write the compiled program's HLO text there (gzip if it ends in ``.gz``)."""
     kind = config_name.split(":")[0]
-    if kind not in ("pretrain", "caption"):
+    if kind not in ("pretrain", "caption", "ablate"):
         raise ValueError(f"--config {config_name}: `jaxvl compile` compiles the pretraining (pretrain:...) and "
-                         "captioning (caption:...) train steps; the ablation sweep is not wired in yet")
+                         "captioning (caption:...) train steps and the ablation sweep (ablate:...)")
     devices = topology_devices(slice_, num_slices) if slice_ else jax.devices()
     sizes = resolve_sizes(parse_mesh(mesh_spec, cfg.mesh.to_dict()), len(devices))
     mesh = make_mesh(sizes["data"], sizes["fsdp"], sizes["tensor"], devices=devices)
     if kind == "caption":
         target = caption_target(cfg, mesh, batch)
+    elif kind == "ablate":
+        target = ablate_target(cfg, mesh, batch, model_overrides=model_overrides)
     else:
         target = pretrain_target(cfg, mesh, batch, model_overrides=model_overrides)
     start = time.perf_counter()
@@ -95,8 +98,10 @@ def compile_report(cfg: Any, config_name: str, slice_: Slice | None, num_slices:
             f.write(compiled.as_text())
     name = f"{slice_.name}{f' x {num_slices} slices' if num_slices > 1 else ''}" if slice_ else \
         f"local {devices[0].platform} ({len(devices)} devices)"
-    params = target.args[0].params
-    grads = bytes_per_device(params, jax.tree.map(lambda x: x.sharding, params))
+    state = target.args[0]
+    grads = 0  # a train step's gradient bytes per device (the ablation sweep reduces no gradients)
+    if hasattr(state, "params"):
+        grads = bytes_per_device(state.params, jax.tree.map(lambda x: x.sharding, state.params))
     gpu = None if slice_ else gpu_spec(devices[0].device_kind)
     figures = {} if gpu is None else dict(hbm_bytes=gpu.hbm_bytes, peak_flops=gpu.bf16_flops,
                                           ici_bytes_per_s=gpu.ici_bytes_per_s, sources=gpu.source)

@@ -155,6 +155,63 @@ def caption_target(cfg: ConfigDict, mesh: Mesh, batch_size: int | None = None) -
     return Target(jitted, (state, batch_in), float(flops), params, desc)
 
 
+ABLATION_REF_BOXES = 4  # gold boxes per phrase in the compiled batch (most Flickr30k Entities phrases have 1-2)
+
+
+def ablation_batch_spec(cfg: VLConfig, batch_size: int, text_len: int = VOLTA_TEXT_LEN, regions: int = VOLTA_REGIONS,
+                        ref_boxes: int = ABLATION_REF_BOXES) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of a global ablation batch (``jaxvl.ablation.data``'s fields the sweep reads, with the
+    controls' ``example`` and LabelMatch's ``vg_label``): the pretraining fields plus ``phrase_mask`` [B, T] and
+    the phrase's gold boxes ``ref_boxes`` [B, G, 4] / ``ref_mask`` [B, G]."""
+    b = batch_size
+    i32, f32 = jnp.int32, jnp.float32
+    spec = {k: v for k, v in pretrain_batch_spec(cfg, b, text_len, regions).items()}
+    extra = dict(phrase_mask=((b, text_len), i32), ref_boxes=((b, ref_boxes, 4), f32), ref_mask=((b, ref_boxes), i32),
+                 example=((b,), i32), vg_label=((b,), i32))
+    return {**spec, **{k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in extra.items()}}
+
+
+def ablate_target(cfg: ConfigDict, mesh: Mesh, batch_size: int | None = None, text_len: int = VOLTA_TEXT_LEN,
+                  regions: int = VOLTA_REGIONS, model_overrides: dict[str, Any] | None = None) -> Target:
+    """The ablation sweep of ``cfg`` (a ``jaxvl/configs/ablate.py`` config: its conditions, thresholds, controls,
+    member / model batch sizes and quirks) for ``model.name`` at VOLTA's ctrl size (``model_overrides``: other
+    ``VLConfig`` fields) on ``mesh``: K stacked checkpoints (K = the configured ``checkpoints``, at least 1,
+    replicated as ``jaxvl ablate`` holds them) x every member, on a global batch of ``batch_size`` phrases
+    (default ``cfg.data.batch_size``) sharded over the data axes. FLOPs: the matmuls of the traced sweep."""
+    from flax import linen as nn
+
+    from jaxvl.ablation.conditions import Quirks
+    from jaxvl.ablation.sweep import AblationSpec, AblationSweep
+    from jaxvl.pretrain.flops import dot_flops
+
+    if not cfg.model.name:
+        raise ValueError("`jaxvl compile --config ablate` needs the model: --config.model.name=uniter (a preset at "
+                         "ctrl size)")
+    batch_size = batch_size or cfg.data.batch_size
+    model = get_model(cfg.model.name, **(model_overrides or {}))
+    k = max(1, len([p for p in str(cfg.checkpoints).split(",") if p]))
+    words = {task: tuple(w for w in str(cfg[task]).split(",") if w) for task in ("vis4lang", "lang4vis")}
+    thresholds = tuple(float(t) for t in cfg.thresholds)
+    spec = AblationSpec(103, **words, thresholds=thresholds, quirks=Quirks(**cfg.quirks.to_dict()),
+                        member_batch_size=cfg.member_batch_size, model_batch_size=cfg.model_batch_size,
+                        control_threshold=float(cfg.report_threshold) if cfg.controls else None)
+    sweep = AblationSweep(model, spec, mesh)
+    batch = ablation_batch_spec(model.cfg, batch_size, text_len, regions)
+    dummy = model.dummy_inputs(1, text_len, regions)
+    shapes = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.key(0), **dummy)["params"]))
+    stacked = jax.tree.map(lambda x: jax.ShapeDtypeStruct((k, *x.shape), x.dtype), shapes)
+    params = abstract(stacked, jax.tree.map(lambda _: sweep.param_sharding, stacked))
+    batch_in = abstract(batch, jax.tree.map(lambda _: sweep.batch_sharding, batch))
+    mean = jax.ShapeDtypeStruct((model.cfg.v_feature_size,), jnp.float32, sharding=sweep.param_sharding)
+
+    with jax.set_mesh(mesh):
+        flops = dot_flops(sweep.program, params, batch_in, mean)
+    members = sum(len(spec.members(task)) for task in ("vis4lang", "lang4vis"))
+    desc = (f"ablate {cfg.model.name} ({model.cfg.dtype}), {k} checkpoint(s) x {members} members, global batch "
+            f"{batch_size} phrases x ({text_len} tokens, {regions} regions)")
+    return Target(sweep, (params, batch_in, mean), float(flops), _count(model, shapes), desc)
+
+
 def scaled_single_stream(hidden: int, layers: int) -> dict[str, Any]:
     """``VLConfig`` overrides of a single-stream model (UNITER's plan) ``hidden`` wide and ``layers`` deep, BERT's
     proportions: heads of 64, a feed-forward 4x wide, the vision stream the same (it shares the layers)."""
@@ -179,5 +236,6 @@ def _count(model: Any, params: Any) -> int:
     return int(count_params(params, model.cfg))
 
 
-__all__ = ["Target", "VOLTA_REGIONS", "VOLTA_TEXT_LEN", "abstract", "caption_batch_spec", "caption_target",
+__all__ = ["Target", "VOLTA_REGIONS", "VOLTA_TEXT_LEN", "ablate_target", "ablation_batch_spec", "abstract",
+           "caption_batch_spec", "caption_target",
            "pretrain_batch_spec", "pretrain_target", "scaled_single_stream"]
