@@ -225,7 +225,8 @@ def _ablate_args(p: argparse.ArgumentParser) -> None:
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="where the runs and the report go (default runs/demo)")
-    p.add_argument("--steps", type=int, default=600, help="pretraining steps per model")
+    p.add_argument("--steps", type=int, default=1500,
+                   help="pretraining steps per model (default 1500: at 600 region learning has only begun; README)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -6,8 +6,9 @@
    detector that ranks the gold class first (a sharp region target);
 2. a tiny single-stream model (UNITER) and a tiny dual-stream model (LXMERT), each pretrained as ONE
    compiled sweep of two members, MRC-KL and MRC-XE (``--config pretrain:MODEL,tiny,sweep=objectives``),
-   with more masking than VOLTA's 15% and no ITM negatives (``DEMO_OBJECTIVE``) so that they learn the
-   world in a few hundred steps;
+   with more masking than VOLTA's 15% and no ITM negatives (``DEMO_OBJECTIVE``), 1500 steps: the text
+   objective is learnt in a few hundred, the region heads leave their class prior only after ~300-700
+   (``scripts/investigate_lang4vis.py``; README);
 3. the full cross-modal input ablation of the four checkpoints (every condition and IoT threshold,
    one compiled sweep per model), the attention analyses, and the report: ``<out>/ablation/table.md``,
    ``results.csv``, per-example losses and PNG plots; each member read on the region head it trained.
@@ -121,7 +122,7 @@ def planted(world: WorldConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def demo(out: str, steps: int = 600, fast_compile: bool = True, progress: bool = True) -> str:
+def demo(out: str, steps: int = 1500, fast_compile: bool = True, progress: bool = True) -> str:
     """Runs the demo (module doc) into ``out``; returns the ablation's console tables (markdown)."""
     from jaxvl.ablation import ablate
     from jaxvl.pretrain.trainer import pretrain
