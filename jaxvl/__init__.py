@@ -13,7 +13,9 @@ Packages by what a researcher does, over one shared runtime:
 """
 
 from jaxvl import compat
+from jaxvl.runtime.platforms import prefer_local_platforms
 
 __version__ = "0.2.0"
 
+prefer_local_platforms()  # before JAX starts: no libtpu warnings on a machine without TPUs (runtime.platforms)
 compat.install()
