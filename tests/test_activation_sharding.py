@@ -69,7 +69,12 @@ def compile_log(*names: str) -> tuple[str, str]:
 def test_mixed_mesh_compiles_without_involuntary_rematerialization():
     with_rules, without = compile_log("uniter", "lxmert")
     assert WARNING not in with_rules, with_rules[with_rules.index(WARNING) - 200:][:2000]
-    assert WARNING in without  # the control: the check would see the warning
+    # The control (the check would see the warning): with jax/jaxlib 0.10 XLA warns for the step compiled without
+    # activation rules. jaxlib 0.12's partitioner (Shardy only) compiles that step without any involuntary
+    # rematerialisation (measured: no such line on stderr, not even at TF_CPP_MIN_LOG_LEVEL=0, which does show
+    # XLA's C++ log), so there the control has nothing to see and only the assertion above holds.
+    if jax.__version_info__ < (0, 12):
+        assert WARNING in without
 
 
 def test_streams_split_over_the_batch_axes_and_tables_gathered_over_fsdp():

@@ -39,6 +39,11 @@ def fresh_import(name: str):
 @pytest.mark.parametrize("old", sorted(SAMPLES))
 def test_old_path_warns_and_gives_the_same_object(old):
     attr, new = SAMPLES[old]
+    parent = old.rpartition(".")[0]
+    if parent in MOVED:  # an old package (jaxvl.train): imported first, so its own warning does not leak out
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            importlib.import_module(parent)
     with pytest.warns(DeprecationWarning, match=f"{old} moved to .*{new}"):
         module = fresh_import(old)
     assert getattr(module, attr) is getattr(importlib.import_module(new), attr)
@@ -60,7 +65,13 @@ def test_from_import_of_an_old_submodule_and_the_old_entry_point():
     with pytest.warns(DeprecationWarning, match="jaxvl.train"):
         from jaxvl.train import sweep  # jaxvl.train is an old package
     assert sweep.members_from_config is importlib.import_module("jaxvl.pretrain.sweep").members_from_config
-    out = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c",
+    # The new code itself uses no old path, and no deprecated API is used from jaxvl's own modules. Only those are
+    # errors: a newer dependency's own deprecated use of another (orbax importing jax 0.12's deprecated
+    # jax.sharding.SingleDeviceSharding) is not jaxvl's.
+    out = subprocess.run([sys.executable, "-c",
+                          "import warnings; "
+                          "warnings.filterwarnings('error', r'jaxvl\\.\\S+ moved to', DeprecationWarning); "
+                          "warnings.filterwarnings('error', category=DeprecationWarning, module=r'jaxvl(\\.|$)'); "
                           "import jaxvl.cli, jaxvl.runtime.stage, jaxvl.pretrain.trainer, jaxvl.caption.trainer, "
                           "jaxvl.ablation.run, jaxvl.demo"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr  # the new code itself uses no old path
+    assert out.returncode == 0, out.stderr

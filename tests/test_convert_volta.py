@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import traverse_util
 from flax.linen import meta
 
@@ -32,6 +31,7 @@ from jaxvl.models import PRESETS, get_config, get_model, scan_params, to_volta_d
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 ATOL = 1e-5
+TORCH = "needs torch to write a .bin: pip install -e '.[test]'"
 FULL_PARAMS = {"visualbert": 114_882_941, "uniter": 114_497_405, "vl-bert": 116_066_941, "lxmert": 211_369_853,
                "vilbert": 242_076_029}
 
@@ -206,6 +206,7 @@ def test_vision_params_are_separate_where_not_tied():
 
 def test_load_volta_checkpoint_from_torch_bin(tmp_path):
     """A DataParallel-style ``.bin`` with real shared tensors (as VOLTA saves them) loads weights-only."""
+    torch = pytest.importorskip("torch", reason=TORCH)
     sd = golden("uniter")["sd"]
     cfg = get_config("uniter", tiny=True)
     tensors: dict[str, torch.Tensor] = {}
@@ -229,6 +230,7 @@ class NotATensor:
 
 
 def test_checkpoint_with_pickled_object_is_refused(tmp_path):
+    torch = pytest.importorskip("torch", reason=TORCH)
     sd = {k: torch.from_numpy(v.copy()) for k, v in golden("visualbert")["sd"].items()}
     sd["evil"] = NotATensor()
     path = tmp_path / "pytorch_model.bin"

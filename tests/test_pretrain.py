@@ -116,8 +116,8 @@ def test_warnings_repeated_by_members_are_said_once(caplog):
 def test_bert_initialisation_through_the_converter(tmp_path):
     """init.kind=bert loads a HF BertModel (here a random one of the tiny text stream's shape) into the text
     stream: word table, attention and FFN of BERT layer 0 land where the plan maps them."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch", reason="needs torch to write a HF BertModel: pip install -e '.[test]'")
+    transformers = pytest.importorskip("transformers", reason="needs transformers: pip install -e '.[test]'")
     from jaxvl.models import get_model
 
     model = get_model("uniter", tiny=True)

@@ -12,7 +12,6 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import traverse_util
 
 from jaxvl.convert.common import StateDictError
@@ -68,6 +67,7 @@ def test_both_layouts_give_identical_parameters_and_outputs(golden):
 
 def test_a_checkpoint_file_in_the_ablation_layout_loads(golden, tmp_path):
     """As ``init.checkpoint`` and ``jaxvl ablate`` read it: a torch ``.bin`` of 417 tensors at ctrl size."""
+    torch = pytest.importorskip("torch", reason="needs torch to write a .bin: pip install -e '.[test]'")
     cfg = get_config("uniter", tiny=True)
     path = tmp_path / "pytorch_model_9.bin"
     torch.save({f"module.{k}": torch.from_numpy(v) for k, v in ablation_layout(golden["sd"]).items()}, path)

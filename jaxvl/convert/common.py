@@ -38,8 +38,11 @@ def load_state_dict(path: str | os.PathLike, prefix_strip: str = "") -> StateDic
 
         state = dict(load_file(path))
     else:
-        import torch
-
+        try:
+            import torch
+        except ImportError as e:  # torch is a test extra only; jaxvl itself runs without it
+            raise StateDictError(f"{path}: reading a PyTorch checkpoint needs torch (pip install torch; the CPU "
+                                 "build is enough), or save the state dict as .safetensors") from e
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
