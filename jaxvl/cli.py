@@ -120,6 +120,16 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """``jaxvl probe emap``: prints the tables (``jaxvl.probes.run``)."""
+    cfg = _config(args)
+    from jaxvl.probes.run import probe_emap
+
+    print(probe_emap(cfg, args.workdir))
+    print(f"\nemap.json and table.md per checkpoint in {args.workdir}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``jaxvl demo``: ``jaxvl.demo.demo``."""
     from jaxvl.demo import demo
@@ -223,6 +233,10 @@ def _ablate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, help="results.csv/jsonl, table.md, per-example losses, plots")
 
 
+def _probe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="<name>/emap.json and <name>/table.md per checkpoint, table.md")
+
+
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="where the runs and the report go (default runs/demo)")
     p.add_argument("--steps", type=int, default=1500,
@@ -238,6 +252,7 @@ def _module_args(module: str) -> Callable[[argparse.ArgumentParser], None]:
 # ----------------------------------------------------------------------------------------------- the table
 
 GROUPS = {"caption": "the geometry-aware captioner (ORT): train, decode, evaluate, analyze",
+          "probe": "probes of how much a trained model uses each modality (EMAP)",
           "world": "synthetic worlds with planted cross-modal structure: write one in VOLTA's file formats",
           "bench": "benchmarks: speed, compile time, memory (results go to BENCHMARKS.md)"}
 
@@ -326,6 +341,17 @@ COMMANDS: tuple[Command, ...] = (
              "jaxvl ablate --config ablate --workdir runs/ablate_f30k --config.checkpoints=runs/uniter/vl "
              "--config.data.dataset=data/jaxvl_ablation_phrases/f30k/1.0.0 --config.data.vocab_file=vocab.txt"),
             cmd_ablate, _ablate_args, config="ablate"),
+    Command("probe emap", "EMAP: does the ITM head need cross-modal interactions? (N x N pairs, compiled blocks)",
+            "EMAP (Hessel & Lee, 2020) of trained checkpoints: scores all N x N (text, image) pairings of N items of "
+            "a pretraining split with the ITM head in compiled blocks (dual-stream models run their unimodal prefix "
+            "once per item), projects the logits onto additive text + image effects, and reports the full model's "
+            "and EMAP's accuracy and AUROC on matched vs mismatched pairs and the interaction share (emap.json, "
+            "table.md).",
+            ("jaxvl probe emap --config probes:emap,tiny --workdir runs/emap --config.checkpoints=runs/uniter_tiny",
+             "jaxvl probe emap --config probes:emap --workdir runs/emap_volta --config.checkpoints=pytorch_model_9.bin "
+             "--config.model.name=uniter --config.data.dataset=data/jaxvl_volta_cc/default/1.0.0 "
+             "--config.data.vocab_file=vocab.txt"),
+            cmd_probe, _probe_args, config="probes"),
     Command("world export", "write a synthetic world in VOLTA's file formats (CC LMDBs, Flickr30k Entities)",
             "Writes a synthetic world with planted cross-modal structure as the files VOLTA's real data comes in: "
             "Conceptual Captions LMDBs (tensorpack layout, train and validation), a Flickr30k Entities tree "

@@ -18,8 +18,8 @@ from jaxvl.ablation.conditions import LEVELS, TASKS, Quirks
 from jaxvl.ablation.labelmatch import LabelMatcher, detector_rows
 from jaxvl.ablation.report import markdown_table, tidy_rows, write_report
 from jaxvl.ablation.run import Checkpoint, ablate, check_fits, load_checkpoint, model_config_from_run
+from jaxvl.ablation.spec import DEFAULT_THRESHOLDS
 from jaxvl.ablation.sweep import (
-    DEFAULT_THRESHOLDS,
     AblationResult,
     AblationSpec,
     AblationSweep,

@@ -16,7 +16,7 @@ member of their task, [M, B], evaluated together (``vmap``, or ``lax.map`` over 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,10 +31,8 @@ from jaxvl.ablation.conditions import (
     phrase_positions,
     vis4lang_inputs,
 )
+from jaxvl.ablation.spec import AblationSpec
 from jaxvl.models.volta.model import VLBertForPreTraining
-
-if TYPE_CHECKING:
-    from jaxvl.ablation.sweep import AblationSpec
 
 MemberArrays = tuple[jax.Array, jax.Array, jax.Array]  # levels [M] int, thresholds [M] float, controls [M] bool
 

@@ -53,8 +53,8 @@ from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxvl.ablation.conditions import LEVELS, TASKS
+from jaxvl.ablation.spec import DEFAULT_THRESHOLDS
 from jaxvl.ablation.sweep import (
-    DEFAULT_THRESHOLDS,
     AblationSpec,
     AblationSweep,
     Member,

@@ -26,7 +26,7 @@ from typing import Any
 
 import jax
 
-from jaxvl.ablation.sweep import DEFAULT_THRESHOLDS
+from jaxvl.ablation.spec import DEFAULT_THRESHOLDS
 from jaxvl.benchmarks import ablate, caption, caption_decode, caption_setup, data, models, models_torch, pretrain
 from jaxvl.benchmarks.common import fmt, log, markdown_table
 from jaxvl.models.ort.captioner import Captioner

@@ -1,7 +1,8 @@
 """Probes of how much a V&L model uses each modality, as compiled counterfactual sweeps.
 
 ``pairs``: every (text i, image j) pairing of N items, scored in compiled blocks into O(N x C) streaming sums;
-``emap``: EMAP (Hessel & Lee, 2020), the additive projection of those scores and what it loses.
+``emap``: EMAP (Hessel & Lee, 2020), the additive projection of those scores and what it loses;
+``run``: ``jaxvl probe emap`` (``probe_emap(cfg, workdir)``: checkpoints and a pretraining split -> reports).
 """
 
 from jaxvl.probes.emap import (
@@ -23,9 +24,10 @@ from jaxvl.probes.pairs import (
     itm_logits,
     itm_match_score,
 )
+from jaxvl.probes.run import build_items, probe_emap, select_items
 
 __all__ = [
     "EmapResult", "MatchMetrics", "PairItems", "PairProgram", "PairSums", "additive_parts", "auc_wins",
-    "block_stats", "emap_metrics", "emap_projection", "full_metrics", "interaction_share", "itm_logits",
-    "itm_match_score", "run_emap",
+    "block_stats", "build_items", "emap_metrics", "emap_projection", "full_metrics", "interaction_share",
+    "itm_logits", "itm_match_score", "probe_emap", "run_emap", "select_items",
 ]
