@@ -28,9 +28,9 @@ import time
 
 from jaxvl.configs import load_config
 from jaxvl.data.synthetic import World, WorldConfig
+from jaxvl.data.synthetic.world import DEMO_WORLD
 
-WORLD = ("synthetic:num_images=256,val_images=48,min_objects=1,max_objects=1,num_classes=12,num_regions=6,"
-         "vision_to_language=1.0,ambiguous_fraction=1.0,detector_rank_probs=1/0/0/0/0,detector_temperature=0.5")
+WORLD = DEMO_WORLD
 DEMO_OBJECTIVE = ["objective.objective=2", "objective.token_prob=0.4", "objective.region_prob=0.3",
                   "optimizer.learning_rate=3e-3", "optimizer.warmup_fraction=0.05", "data.batch_size=32",
                   "data.max_seq_length=12"]

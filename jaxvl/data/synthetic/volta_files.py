@@ -56,7 +56,7 @@ import lmdb
 import msgpack
 import numpy as np
 
-from jaxvl.data.synthetic.world import SyntheticImage, World, WorldConfig
+from jaxvl.data.synthetic.world import DEMO_WORLD, SyntheticImage, World, WorldConfig
 
 CC_DIR, F30K_DIR, FEATURES_DIR = "conceptual_captions", "flickr30k_entities", "flickr30k"
 CC_TRAIN_LMDB, CC_VAL_LMDB = "training_feat_all.lmdb", "validation_feat_all.lmdb"
@@ -283,10 +283,8 @@ def world_from_source(text: str) -> tuple[WorldConfig, int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The exporter's command-line arguments (``jaxvl world export`` and ``python -m``)."""
-    from jaxvl.demo import WORLD
-
     p.add_argument("--out", required=True, help="a new directory for the files")
-    p.add_argument("--world", default=WORLD, help="the world: synthetic:KEY=VALUE,... as `jaxvl prepare --source` "
+    p.add_argument("--world", default=DEMO_WORLD, help="the world: synthetic:KEY=VALUE,... as `jaxvl prepare --source` "
                    "takes it (WorldConfig knobs and val_images); default: the demo's world")
     p.add_argument("--serializer", choices=("msgpack", "pickle"), default="msgpack",
                    help="the CC LMDB values: msgpack (tensorpack 0.9.4, VOLTA's pin) or pickle (tensorpack >= 0.11)")

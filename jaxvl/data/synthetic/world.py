@@ -34,6 +34,10 @@ from jaxvl.data.records import AblationExample, RegionFeatures
 
 # P(gold rank = 1), P(2-3), P(4-5), P(6-10), P(> 10): cumulative 0.38, 0.55, 0.64, 0.75, 1.0.
 REAL_DETECTOR_RANK_PROBS = (0.38, 0.17, 0.09, 0.11, 0.25)
+# The demo's world as a `jaxvl prepare --source` string (``jaxvl.demo``, ``jaxvl world export``'s default): one
+# object per image, named by every caption; 6 pairs of classes sharing a visual prototype; a sharp detector.
+DEMO_WORLD = ("synthetic:num_images=256,val_images=48,min_objects=1,max_objects=1,num_classes=12,num_regions=6,"
+              "vision_to_language=1.0,ambiguous_fraction=1.0,detector_rank_probs=1/0/0/0/0,detector_temperature=0.5")
 _RANK_BINS = ((1, 1), (2, 3), (4, 5), (6, 10), (11, None))
 _FUNCTION_WORDS = ("a", "the", "there", "is", "are", "and", "on", "near", "next", "to", "of", "with", "in",
                    "front", "behind", "left", "right", "picture", "shows", "we", "see")
