@@ -130,6 +130,16 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe_mmshap(args: argparse.Namespace) -> int:
+    """``jaxvl probe mmshap``: prints the tables (``jaxvl.probes.run.probe_mmshap``)."""
+    cfg = _config(args)
+    from jaxvl.probes.run import probe_mmshap
+
+    print(probe_mmshap(cfg, args.workdir))
+    print(f"\nmmshap.json and table.md per checkpoint in {args.workdir}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``jaxvl demo``: ``jaxvl.demo.demo``."""
     from jaxvl.demo import demo
@@ -237,6 +247,10 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, help="<name>/emap.json and <name>/table.md per checkpoint, table.md")
 
 
+def _probe_mmshap_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="<name>/mmshap.json and <name>/table.md per checkpoint, table.md")
+
+
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="where the runs and the report go (default runs/demo)")
     p.add_argument("--steps", type=int, default=1500,
@@ -252,7 +266,7 @@ def _module_args(module: str) -> Callable[[argparse.ArgumentParser], None]:
 # ----------------------------------------------------------------------------------------------- the table
 
 GROUPS = {"caption": "the geometry-aware captioner (ORT): train, decode, evaluate, analyze",
-          "probe": "probes of how much a trained model uses each modality (EMAP)",
+          "probe": "probes of how much a trained model uses each modality (EMAP, MM-SHAP)",
           "world": "synthetic worlds with planted cross-modal structure: write one in VOLTA's file formats",
           "bench": "benchmarks: speed, compile time, memory (results go to BENCHMARKS.md)"}
 
@@ -352,6 +366,19 @@ COMMANDS: tuple[Command, ...] = (
              "--config.model.name=uniter --config.data.dataset=data/jaxvl_volta_cc/default/1.0.0 "
              "--config.data.vocab_file=vocab.txt"),
             cmd_probe, _probe_args, config="probes"),
+    Command("probe mmshap", "MM-SHAP: how much of the ITM score is text vs image (Shapley values, compiled coalitions)",
+            "MM-SHAP (Parcalabescu & Frank, 2023) of trained checkpoints: per item of a pretraining split (a caption "
+            "with its own image), Shapley values of its caption sub-words and detector regions for the ITM match "
+            "score, by antithetic permutation sampling with every coalition of an item in one compiled call; regions "
+            "removed by the dataset-mean feature or masked, sub-words by [MASK]; T-SHAP and V-SHAP per item and "
+            "their mean with a 95% bootstrap interval (mmshap.json, table.md).",
+            ("jaxvl probe mmshap --config probes:mmshap,tiny --workdir runs/mmshap "
+             "--config.checkpoints=runs/uniter_tiny",
+             "jaxvl probe mmshap --config probes:mmshap --workdir runs/mmshap_volta "
+             "--config.checkpoints=pytorch_model_9.bin --config.model.name=uniter "
+             "--config.data.dataset=data/jaxvl_volta_cc/default/1.0.0 --config.data.vocab_file=vocab.txt "
+             "--config.removal=mask"),
+            cmd_probe_mmshap, _probe_mmshap_args, config="probes"),
     Command("world export", "write a synthetic world in VOLTA's file formats (CC LMDBs, Flickr30k Entities)",
             "Writes a synthetic world with planted cross-modal structure as the files VOLTA's real data comes in: "
             "Conceptual Captions LMDBs (tensorpack layout, train and validation), a Flickr30k Entities tree "

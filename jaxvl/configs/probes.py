@@ -1,4 +1,5 @@
-"""Probes of how much a trained V&L BERT uses each modality: EMAP (Hessel & Lee 2020) on its ITM head.
+"""Probes of how much a trained V&L BERT uses each modality: EMAP (Hessel & Lee 2020) and MM-SHAP (Parcalabescu &
+Frank 2023) on its ITM head.
 
     jaxvl probe emap --config probes:emap,tiny --workdir runs/emap --config.checkpoints=runs/uniter_tiny
     jaxvl probe emap --config probes:emap --workdir runs/emap_cc \\
@@ -6,13 +7,14 @@
     jaxvl probe emap --config probes:emap --workdir runs/emap_volta \\
         --config.checkpoints=volta/ctrl_uniter/pytorch_model_9.bin --config.model.name=uniter \\
         --config.data.dataset=data/jaxvl_volta_cc/default/1.0.0 --config.data.vocab_file=vocab.txt
+    jaxvl probe mmshap --config probes:mmshap,tiny --workdir runs/mmshap --config.checkpoints=runs/uniter_tiny
 
 ``checkpoints``: comma-separated jaxvl workdirs (a run, a stage such as ``<run>/vl``, or a sweep member
 ``<run>/members/<name>``) or VOLTA ``pytorch_model_*.bin`` files (their model is ``model.name`` at ctrl size, or
 ``model.volta_config``), as ``jaxvl ablate`` takes them; ``names``: optional labels, same order.
 
-Argument: ``[emap][,tiny]`` (``emap``, the only probe so far, is the default; ``tiny``: small blocks and item
-count, fast compilation, for tiny checkpoints on a CPU; ``VARIANTS``; ``REQUIRED``: the keys a run must set).
+Argument: ``[emap|mmshap][,tiny]`` (``emap`` is the default; ``tiny``: small blocks and item count, fast
+compilation, for tiny checkpoints on a CPU; ``VARIANTS``; ``REQUIRED``: the keys a run must set).
 The items are ``n_items`` (text, image) pairs of ``data.split`` of a pretraining dataset, one per image (a
 second caption of an item's image would count as a mismatched pair): the first met in split order, or in a
 random order drawn with ``seed`` >= 0; each caption with its own image's regions, unmasked, each keeping its
@@ -22,6 +24,13 @@ checkpoints need ``data.dataset`` (and ``data.vocab_file``). All N x N (text, im
 ITM head in compiled blocks of ``text_block`` x ``image_block`` pairs (``jaxvl.probes.pairs``); dual-stream models
 run their unimodal prefix once per item (``cache_prefix``). Each checkpoint's ``emap.json`` and ``table.md`` go to
 ``<workdir>/<name>/``, all tables to ``<workdir>/table.md``.
+
+``mmshap`` (``jaxvl.probes.mmshap``): per item (its caption with its own image) the Shapley values of its caption
+sub-words and detector regions for the ITM match score (logit0 - logit1), ``permutations`` sampled permutations
+each with its reverse, all coalitions of an item in one compiled call (``chunk`` coalitions per model batch);
+regions removed by the dataset-mean feature (``removal=mean``, the mean over ``mean_items`` images of the split)
+or by masking (``removal=mask``), sub-words by ``[MASK]``. T-SHAP / V-SHAP per item and their mean with a 95%
+bootstrap interval: ``<workdir>/<name>/mmshap.json`` and ``table.md``.
 """
 
 from ml_collections import ConfigDict
@@ -29,9 +38,10 @@ from ml_collections import ConfigDict
 from jaxvl.configs import parse_arg
 
 # For `jaxvl probe --help`: the argument's form, its words, and the keys a run must set.
-ARGUMENT = "[emap][,tiny]"
+ARGUMENT = "[emap|mmshap][,tiny]"
 VARIANTS = {
     "emap": "EMAP: the ITM logits of all N x N (text, image) pairings and their additive projection (default)",
+    "mmshap": "MM-SHAP: Shapley values of caption sub-words and regions for the ITM match score; T-SHAP, V-SHAP",
     "tiny": "8 x 8 blocks, 16 items, fast compilation: tiny checkpoints on a CPU",
 }
 REQUIRED = {
@@ -42,7 +52,7 @@ REQUIRED = {
     "model.name": "for VOLTA .bin checkpoints: the preset (or model.volta_config, a VOLTA config JSON)",
     "data.vocab_file": "for VOLTA .bin checkpoints on real data: bert-base-uncased vocab.txt",
 }
-PROBES = ("emap",)
+PROBES = ("emap", "mmshap")
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
@@ -70,6 +80,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     cfg.cache_prefix = True  # dual-stream models: the unimodal prefix once per item (no effect on single-stream)
     cfg.per_item = True  # emap.json keeps the matched pairs' logits and their EMAP projections [N, C]
     cfg.seed = -1  # < 0: the first n_items images in split order; >= 0: in a random order drawn with it
+    # mmshap: antithetic permutation pairs per item (the published code's 10), region removal, coalitions per model
+    # batch, and the images whose mean region feature replaces removed regions (removal "mean")
+    cfg.permutations = 10
+    cfg.removal = "mean"
+    cfg.chunk = 64 if args.tiny else 256
+    cfg.mean_items = 64 if args.tiny else 1000
     cfg.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     cfg.fast_compile = args.tiny
     cfg.progress = True

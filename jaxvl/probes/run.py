@@ -1,4 +1,5 @@
-"""``jaxvl probe emap``: EMAP of trained checkpoints' ITM heads on N items of a pretraining split.
+"""``jaxvl probe emap`` / ``jaxvl probe mmshap``: EMAP / MM-SHAP of trained checkpoints' ITM heads on N items of a
+pretraining split (``probe_mmshap``: steps 1-3 below, then ``jaxvl.probes.mmshap`` per checkpoint).
 
 ``probe_emap(cfg, workdir)`` runs ``jaxvl/configs/probes.py``:
 
@@ -136,23 +137,13 @@ def _positive_int(cfg: ConfigDict, key: str, least: int = 1) -> int:
     return value
 
 
-def probe_emap(cfg: ConfigDict, workdir: str) -> str:
-    """Runs EMAP as the module doc says; returns the tables (also in ``<workdir>/table.md``)."""
-    from tqdm import tqdm
-
+def _load_jobs(cfg: ConfigDict, workdir: str, probe: str, least: int) -> list[tuple[Any, PairItems, dict, Any, str]]:
+    """Steps 1-3 of the module doc for ``probe`` ("EMAP", "MM-SHAP"): per checkpoint (checkpoint, items, facts,
+    tokenizer, ITM note); ``least`` the fewest items of distinct images the probe needs."""
     from jaxvl.ablation.run import load_checkpoint
     from jaxvl.data.grain import open_split, tokenizer_for
-    from jaxvl.models.volta.model import VLBertForPreTraining
-    from jaxvl.probes.emap import EmapResult
-    from jaxvl.probes.pairs import PairProgram
-    from jaxvl.runtime.compile import FAST_COMPILE
-    from jaxvl.runtime.sharding import make_mesh
 
-    # ------------------------------------------------------------------- arguments and checkpoints
-    if cfg.probe != "emap":
-        raise ValueError(f"config probe={cfg.probe!r}: `jaxvl probe emap` runs probe 'emap'")
-    n_wanted = _positive_int(cfg, "n_items", 2)
-    text_block, image_block = _positive_int(cfg, "text_block"), _positive_int(cfg, "image_block")
+    n_wanted = _positive_int(cfg, "n_items", least)
     paths = [p for p in str(cfg.checkpoints).split(",") if p]
     if not paths:
         raise ValueError("config checkpoints is empty: give one or more jaxvl workdirs or VOLTA .bin files")
@@ -164,7 +155,7 @@ def probe_emap(cfg: ConfigDict, workdir: str) -> str:
     for ckpt in checkpoints:
         if ckpt.model_cfg.fusion_method == "none" or "itm" not in ckpt.params.get("params", ckpt.params):
             raise ValueError(f"checkpoint {ckpt.path}: its model has no ITM head (fusion_method "
-                             f"{ckpt.model_cfg.fusion_method!r}); EMAP scores the ITM logits")
+                             f"{ckpt.model_cfg.fusion_method!r}); {probe} scores the ITM logits")
 
     # ------------------------------------------------------------------------ items, per checkpoint
     os.makedirs(workdir, exist_ok=True)
@@ -181,9 +172,9 @@ def probe_emap(cfg: ConfigDict, workdir: str) -> str:
             if len(source) == 0:
                 raise ValueError(f"{dataset}: split {cfg.data.split!r} is empty (config data.split)")
             indices = select_items(source, n_wanted, cfg.seed)
-            if len(indices) < 2:
+            if len(indices) < least:
                 raise ValueError(f"{dataset}: split {cfg.data.split!r} holds {len(source)} record(s) of "
-                                 f"{len(indices)} image(s); EMAP needs items of >= 2 distinct images")
+                                 f"{len(indices)} image(s); {probe} needs items of >= {least} distinct images")
             tokenizer = tokenizer_for(ds_info, vocab_file or None)
             items, facts = build_items(source, tokenizer, indices, max_len, ckpt.model_cfg.add_global_imgfeat)
             facts.update(dataset=dataset, split=cfg.data.split, split_size=len(source), max_seq_length=max_len)
@@ -193,7 +184,25 @@ def probe_emap(cfg: ConfigDict, workdir: str) -> str:
         objective = info.get("config", {}).get("objective", {}).get("objective")
         itm_note = ("its ITM head was never trained (pretrained with objective 2: no ITM negatives), so its ITM "
                     "logits are those of a random head" if objective == 2 else "")
-        jobs.append((ckpt, items, facts, itm_note))
+        jobs.append((ckpt, items, facts, tokenizer, itm_note))
+    return jobs
+
+
+def probe_emap(cfg: ConfigDict, workdir: str) -> str:
+    """Runs EMAP as the module doc says; returns the tables (also in ``<workdir>/table.md``)."""
+    from tqdm import tqdm
+
+    from jaxvl.models.volta.model import VLBertForPreTraining
+    from jaxvl.probes.emap import EmapResult
+    from jaxvl.probes.pairs import PairProgram
+    from jaxvl.runtime.compile import FAST_COMPILE
+    from jaxvl.runtime.sharding import make_mesh
+
+    # ------------------------------------------------------------------- arguments and checkpoints
+    if cfg.probe != "emap":
+        raise ValueError(f"config probe={cfg.probe!r}: `jaxvl probe emap` runs probe 'emap'")
+    text_block, image_block = _positive_int(cfg, "text_block"), _positive_int(cfg, "image_block")
+    jobs = [(c, i, f, note) for c, i, f, _, note in _load_jobs(cfg, workdir, "EMAP", 2)]
 
     # -------------------------------------------------- programs (block / mesh errors before any compile)
     mesh = make_mesh(**cfg.mesh.to_dict())
@@ -243,4 +252,76 @@ def probe_emap(cfg: ConfigDict, workdir: str) -> str:
     return combined
 
 
-__all__ = ["build_items", "probe_emap", "select_items"]
+def mean_region_feature(source: Sequence[Any], n_images: int) -> np.ndarray:
+    """float32 [D]: the dataset-mean region feature (the ablation's convention, ``jaxvl.ablation.data``): the mean
+    over up to ``n_images`` distinct images (split order) of each image's mean real region feature."""
+    from jaxvl.data.builders.common import decode_regions
+
+    total, count = None, 0
+    for i in select_items(source, n_images):
+        feats = decode_regions(source[int(i)]).features
+        if len(feats):
+            mean = np.asarray(feats, np.float64).mean(0)
+            total, count = (mean if total is None else total + mean), count + 1
+    if not count:
+        raise ValueError("no image of the split has a detector region: removal 'mean' needs region features")
+    return (total / count).astype(np.float32)
+
+
+def probe_mmshap(cfg: ConfigDict, workdir: str) -> str:
+    """``jaxvl probe mmshap`` (``jaxvl/configs/probes.py``, ``jaxvl.probes.mmshap``): checkpoints and items as for
+    EMAP (steps 1-3), then per checkpoint the MM-SHAP of every item, ``<workdir>/<name>/mmshap.json`` and
+    ``table.md``, all tables in ``<workdir>/table.md``; returns the tables."""
+    from tqdm import tqdm
+
+    from jaxvl.data.grain import open_split
+    from jaxvl.models.volta.model import VLBertForPreTraining
+    from jaxvl.probes.mmshap import REMOVALS, MMShapProgram
+    from jaxvl.runtime.compile import FAST_COMPILE
+
+    if cfg.probe != "mmshap":
+        raise ValueError(f"config probe={cfg.probe!r}: `jaxvl probe mmshap` runs probe 'mmshap' "
+                         "(--config probes:mmshap)")
+    permutations, chunk = _positive_int(cfg, "permutations"), _positive_int(cfg, "chunk")
+    if cfg.removal not in REMOVALS:
+        raise ValueError(f"config removal={cfg.removal!r}: expected one of {', '.join(REMOVALS)}")
+    mean_items = _positive_int(cfg, "mean_items")
+    jobs = _load_jobs(cfg, workdir, "MM-SHAP", 1)
+    options = FAST_COMPILE if cfg.fast_compile else None
+    means: dict[tuple[str, str], np.ndarray] = {}
+    programs: dict[Any, MMShapProgram] = {}
+    tables = []
+    for ckpt, items, facts, tokenizer, itm_note in jobs:
+        where = (facts["dataset"], facts["split"])
+        if cfg.removal == "mean" and where not in means:
+            means[where] = mean_region_feature(open_split(*where)[0], mean_items)
+        key = (ckpt.model_cfg, tokenizer.mask_id, where)
+        if key not in programs:
+            programs[key] = MMShapProgram(VLBertForPreTraining(ckpt.model_cfg), tokenizer.mask_id, cfg.removal,
+                                          means.get(where), chunk=chunk, compiler_options=options)
+        start = time.perf_counter()
+        with tqdm(total=items.n, desc=f"mmshap {ckpt.name}", unit="item", disable=not cfg.progress) as bar:
+            result = programs[key](ckpt.params, items, permutations, max(cfg.seed, 0), bar.update)
+        seconds = time.perf_counter() - start
+        out = os.path.join(workdir, ckpt.name)
+        os.makedirs(out, exist_ok=True)
+        mean_note = f", the mean feature over {mean_items} images at most" if cfg.removal == "mean" else ""
+        about = (f"Checkpoint {ckpt.path} ({ckpt.preset}). Items: {items.n} captions with their own images (distinct "
+                 f"images) of split {facts['split']!r} of {facts['dataset']}{mean_note}; [MASK] id "
+                 f"{tokenizer.mask_id}. {items.n * result.coalitions} coalitions in {seconds:.1f} s (compilation "
+                 f"included; {chunk} per model batch).")
+        table = "\n\n".join(p for p in (result.table(ckpt.name), about, f"Note: {itm_note}." if itm_note else "") if p)
+        result.save_json(os.path.join(out, "mmshap.json"), checkpoint=ckpt.path, preset=ckpt.preset, mask_id=
+                         tokenizer.mask_id, seconds=round(seconds, 3), coalitions_per_second=items.n *
+                         result.coalitions / seconds if seconds > 0 else math.nan, chunk=chunk,
+                         itm_trained=not itm_note, **facts)
+        with open(os.path.join(out, "table.md"), "w", encoding="utf-8") as f:
+            f.write(table + "\n")
+        tables.append(f"### {ckpt.name}\n\n{table}")
+    combined = "\n\n".join(tables)
+    with open(os.path.join(workdir, "table.md"), "w", encoding="utf-8") as f:
+        f.write(combined + "\n")
+    return combined
+
+
+__all__ = ["build_items", "mean_region_feature", "probe_emap", "probe_mmshap", "select_items"]
