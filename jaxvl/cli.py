@@ -121,22 +121,13 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    """``jaxvl probe emap``: prints the tables (``jaxvl.probes.run``)."""
+    """``jaxvl probe emap|mmshap``: prints the tables (``jaxvl.probes.run.probe_emap`` / ``probe_mmshap``)."""
     cfg = _config(args)
-    from jaxvl.probes.run import probe_emap
+    from jaxvl.probes import run
 
-    print(probe_emap(cfg, args.workdir))
-    print(f"\nemap.json and table.md per checkpoint in {args.workdir}")
-    return 0
-
-
-def cmd_probe_mmshap(args: argparse.Namespace) -> int:
-    """``jaxvl probe mmshap``: prints the tables (``jaxvl.probes.run.probe_mmshap``)."""
-    cfg = _config(args)
-    from jaxvl.probes.run import probe_mmshap
-
-    print(probe_mmshap(cfg, args.workdir))
-    print(f"\nmmshap.json and table.md per checkpoint in {args.workdir}")
+    verb = args.jaxvl_command.name.split()[-1]
+    print(getattr(run, f"probe_{verb}")(cfg, args.workdir))
+    print(f"\n{verb}.json and table.md per checkpoint in {args.workdir}")
     return 0
 
 
@@ -378,7 +369,7 @@ COMMANDS: tuple[Command, ...] = (
              "--config.checkpoints=pytorch_model_9.bin --config.model.name=uniter "
              "--config.data.dataset=data/jaxvl_volta_cc/default/1.0.0 --config.data.vocab_file=vocab.txt "
              "--config.removal=mask"),
-            cmd_probe_mmshap, _probe_mmshap_args, config="probes"),
+            cmd_probe, _probe_mmshap_args, config="probes"),
     Command("world export", "write a synthetic world in VOLTA's file formats (CC LMDBs, Flickr30k Entities)",
             "Writes a synthetic world with planted cross-modal structure as the files VOLTA's real data comes in: "
             "Conceptual Captions LMDBs (tensorpack layout, train and validation), a Flickr30k Entities tree "

@@ -137,8 +137,10 @@ def load_checkpoint(path: str, name: str, cfg: ConfigDict) -> Checkpoint:
                                                                                  model_cfg))
 
 
-def _names(cfg: ConfigDict, paths: Sequence[str]) -> list[str]:
-    names = [n for n in cfg.names.split(",") if n] if cfg.names else []
+def checkpoint_names(cfg: ConfigDict, paths: Sequence[str]) -> list[str]:
+    """The labels of ``paths``: ``cfg.names`` (comma-separated, one per path) or each path's last component;
+    raises when the counts differ or a label repeats."""
+    names = [n for n in str(cfg.names).split(",") if n] if cfg.names else []
     if names and len(names) != len(paths):
         raise ValueError(f"config names lists {len(names)} names for {len(paths)} checkpoints")
     if not names:
@@ -233,7 +235,7 @@ def ablate(cfg: ConfigDict, workdir: str, expected: Mapping[tuple[str, str], str
     paths = [p for p in str(cfg.checkpoints).split(",") if p]
     if not paths:
         raise ValueError("config checkpoints is empty: give one or more jaxvl workdirs or VOLTA .bin files")
-    checkpoints = [load_checkpoint(p, n, cfg) for p, n in zip(paths, _names(cfg, paths), strict=True)]
+    checkpoints = [load_checkpoint(p, n, cfg) for p, n in zip(paths, checkpoint_names(cfg, paths), strict=True)]
     groups: dict[VLConfig, list[Checkpoint]] = {}
     for ckpt in checkpoints:
         groups.setdefault(ckpt.model_cfg, []).append(ckpt)

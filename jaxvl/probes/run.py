@@ -33,15 +33,9 @@ from jaxvl.probes.pairs import IMAGE_FIELDS, TEXT_FIELDS, PairItems
 DEFAULT_MAX_SEQ_LENGTH = 38  # VOLTA's, for checkpoints without a run.json
 
 
-def _names(cfg: ConfigDict, paths: Sequence[str]) -> list[str]:
-    names = [n for n in str(cfg.names).split(",") if n] if cfg.names else []
-    if names and len(names) != len(paths):
-        raise ValueError(f"config names lists {len(names)} names for {len(paths)} checkpoints")
-    if not names:
-        names = [os.path.basename(os.path.normpath(p)) or p for p in paths]
-    if len(set(names)) != len(names):
-        raise ValueError(f"checkpoint names {names} repeat; give config.names")
-    return names
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
 
 
 def _run_info(path: str) -> tuple[dict[str, Any], str]:
@@ -140,14 +134,14 @@ def _positive_int(cfg: ConfigDict, key: str, least: int = 1) -> int:
 def _load_jobs(cfg: ConfigDict, workdir: str, probe: str, least: int) -> list[tuple[Any, PairItems, dict, Any, str]]:
     """Steps 1-3 of the module doc for ``probe`` ("EMAP", "MM-SHAP"): per checkpoint (checkpoint, items, facts,
     tokenizer, ITM note); ``least`` the fewest items of distinct images the probe needs."""
-    from jaxvl.ablation.run import load_checkpoint
+    from jaxvl.ablation.run import checkpoint_names, load_checkpoint
     from jaxvl.data.grain import open_split, tokenizer_for
 
     n_wanted = _positive_int(cfg, "n_items", least)
     paths = [p for p in str(cfg.checkpoints).split(",") if p]
     if not paths:
         raise ValueError("config checkpoints is empty: give one or more jaxvl workdirs or VOLTA .bin files")
-    names = _names(cfg, paths)
+    names = checkpoint_names(cfg, paths)
     for path in paths:
         if not os.path.exists(path):
             raise FileNotFoundError(f"config checkpoints: {path}: no such jaxvl workdir or VOLTA checkpoint file")
@@ -243,12 +237,10 @@ def probe_emap(cfg: ConfigDict, workdir: str) -> str:
                       cache_prefix=program.cache_prefix, itm_trained=not itm_note, **facts)
         with open(os.path.join(out, "emap.json"), "w", encoding="utf-8") as f:
             f.write(json.dumps(record, indent=1) + "\n")
-        with open(os.path.join(out, "table.md"), "w", encoding="utf-8") as f:
-            f.write(table + "\n")
+        _write_text(os.path.join(out, "table.md"), table)
         tables.append(f"### {ckpt.name}\n\n{table}")
     combined = "\n\n".join(tables)
-    with open(os.path.join(workdir, "table.md"), "w", encoding="utf-8") as f:
-        f.write(combined + "\n")
+    _write_text(os.path.join(workdir, "table.md"), combined)
     return combined
 
 
@@ -315,12 +307,10 @@ def probe_mmshap(cfg: ConfigDict, workdir: str) -> str:
                          tokenizer.mask_id, seconds=round(seconds, 3), coalitions_per_second=items.n *
                          result.coalitions / seconds if seconds > 0 else math.nan, chunk=chunk,
                          itm_trained=not itm_note, **facts)
-        with open(os.path.join(out, "table.md"), "w", encoding="utf-8") as f:
-            f.write(table + "\n")
+        _write_text(os.path.join(out, "table.md"), table)
         tables.append(f"### {ckpt.name}\n\n{table}")
     combined = "\n\n".join(tables)
-    with open(os.path.join(workdir, "table.md"), "w", encoding="utf-8") as f:
-        f.write(combined + "\n")
+    _write_text(os.path.join(workdir, "table.md"), combined)
     return combined
 
 
