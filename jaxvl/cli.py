@@ -120,13 +120,15 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_probe(args: argparse.Namespace) -> int:
-    """``jaxvl probe emap|mmshap``: prints the tables (``jaxvl.probes.run.probe_emap`` / ``probe_mmshap``)."""
-    cfg = _config(args)
-    from jaxvl.probes import run
+PROBE_MODULES = {"emap": "run", "mmshap": "run", "mirror": "mirror", "colour": "colour"}  # verb -> jaxvl.probes.X
 
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """``jaxvl probe emap|mmshap|mirror|colour``: prints the tables (``jaxvl.probes.<module>.probe_<verb>``)."""
+    cfg = _config(args)
     verb = args.jaxvl_command.name.split()[-1]
-    print(getattr(run, f"probe_{verb}")(cfg, args.workdir))
+    module = importlib.import_module(f"jaxvl.probes.{PROBE_MODULES[verb]}")
+    print(getattr(module, f"probe_{verb}")(cfg, args.workdir))
     print(f"\n{verb}.json and table.md per checkpoint in {args.workdir}")
     return 0
 
@@ -242,6 +244,14 @@ def _probe_mmshap_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, help="<name>/mmshap.json and <name>/table.md per checkpoint, table.md")
 
 
+def _probe_mirror_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="<name>/mirror.json and <name>/table.md per checkpoint, table.md")
+
+
+def _probe_colour_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="<name>/colour.json and <name>/table.md per checkpoint, table.md")
+
+
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="where the runs and the report go (default runs/demo)")
     p.add_argument("--steps", type=int, default=1500,
@@ -257,7 +267,7 @@ def _module_args(module: str) -> Callable[[argparse.ArgumentParser], None]:
 # ----------------------------------------------------------------------------------------------- the table
 
 GROUPS = {"caption": "the geometry-aware captioner (ORT): train, decode, evaluate, analyze",
-          "probe": "probes of how much a trained model uses each modality (EMAP, MM-SHAP)",
+          "probe": "probes of how much a trained model uses each modality (EMAP, MM-SHAP, mirror, colour)",
           "world": "synthetic worlds with planted cross-modal structure: write one in VOLTA's file formats",
           "bench": "benchmarks: speed, compile time, memory (results go to BENCHMARKS.md)"}
 
@@ -288,6 +298,10 @@ BENCHMARKS = {  # name: (summary, description, example)
     "ablate": ("the ablation as one compiled sweep vs a per-condition loop",
                "Examples x conditions per second of the cross-modal ablation as ONE compiled sweep over conditions, "
                "thresholds and stacked checkpoints, against a per-condition loop.", "jaxvl bench ablate --sizes tiny"),
+    "probe": ("EMAP pairs/s and MM-SHAP coalitions/s, projected to 1000 items; LXMERT's prefix cache",
+              "EMAP (text, image) pairs per second and MM-SHAP coalitions per second of the compiled probe programs, "
+              "the projected time for N = 1000 items (EMAP: 10^6 pairs) and 1000 examples (MM-SHAP), and the "
+              "speed-up of running LXMERT's unimodal prefix once per item.", "jaxvl bench probe --sizes tiny"),
 }
 
 COMMANDS: tuple[Command, ...] = (
@@ -370,6 +384,23 @@ COMMANDS: tuple[Command, ...] = (
              "--config.data.dataset=data/jaxvl_volta_cc/default/1.0.0 --config.data.vocab_file=vocab.txt "
              "--config.removal=mask"),
             cmd_probe, _probe_mmshap_args, config="probes"),
+    Command("probe mirror", "positional skew: flip the boxes left-right, with and without swapping left/right",
+            "The mirror probe of trained checkpoints: items of a pretraining split whose captions hold a mirrored word "
+            "(left / right), scored as they are, with the boxes flipped horizontally (x -> 1 - x, the global box "
+            "unchanged), with the words swapped, and with both: the MLM loss on the left/right token and the ITM "
+            "match score; a model that reads geometry keeps its score under flip + swap and changes it under the flip "
+            "alone (mirror.json, table.md).",
+            ("jaxvl probe mirror --config probes:mirror,tiny --workdir runs/mirror "
+             "--config.checkpoints=runs/uniter_tiny",),
+            cmd_probe, _probe_mirror_args, config="probes"),
+    Command("probe colour", "colour use: colour-word foils and a colour subspace of the features projected out",
+            "The colour probe of trained checkpoints: items whose captions hold a colour word, scored with the word "
+            "swapped for another colour (ITM match score; MLM preference for the true colour at the masked colour "
+            "token) and, given colour.basis, with the colour subspace of every region feature projected out (MLM "
+            "loss on the colour token) (colour.json, table.md).",
+            ("jaxvl probe colour --config probes:colour,tiny --workdir runs/colour "
+             "--config.checkpoints=runs/uniter_tiny --config.colour.basis=worlds/colour/colour_basis.npy",),
+            cmd_probe, _probe_colour_args, config="probes"),
     Command("world export", "write a synthetic world in VOLTA's file formats (CC LMDBs, Flickr30k Entities)",
             "Writes a synthetic world with planted cross-modal structure as the files VOLTA's real data comes in: "
             "Conceptual Captions LMDBs (tensorpack layout, train and validation), a Flickr30k Entities tree "

@@ -38,10 +38,14 @@ from ml_collections import ConfigDict
 from jaxvl.configs import parse_arg
 
 # For `jaxvl probe --help`: the argument's form, its words, and the keys a run must set.
-ARGUMENT = "[emap|mmshap][,tiny]"
+ARGUMENT = "[emap|mmshap|mirror|colour][,tiny]"
 VARIANTS = {
     "emap": "EMAP: the ITM logits of all N x N (text, image) pairings and their additive projection (default)",
     "mmshap": "MM-SHAP: Shapley values of caption sub-words and regions for the ITM match score; T-SHAP, V-SHAP",
+    "mirror": "positional skew: boxes flipped left-right, with and without swapping left/right words; MLM on the "
+              "left/right token and ITM consistency",
+    "colour": "colour use: colour words swapped for other colours (ITM, MLM on the colour token) and a colour "
+              "subspace of the region features projected out (colour.basis)",
     "tiny": "8 x 8 blocks, 16 items, fast compilation: tiny checkpoints on a CPU",
 }
 REQUIRED = {
@@ -52,7 +56,9 @@ REQUIRED = {
     "model.name": "for VOLTA .bin checkpoints: the preset (or model.volta_config, a VOLTA config JSON)",
     "data.vocab_file": "for VOLTA .bin checkpoints on real data: bert-base-uncased vocab.txt",
 }
-PROBES = ("emap", "mmshap")
+PROBES = ("emap", "mmshap", "mirror", "colour")
+# The basic colour terms swapped by the colour probe (Berlin & Kay's eleven, plus "gold" for the synthetic worlds).
+COLOUR_WORDS = "red,green,blue,yellow,white,black,brown,orange,purple,pink,grey,gray,gold"
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
@@ -86,6 +92,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
     cfg.removal = "mean"
     cfg.chunk = 64 if args.tiny else 256
     cfg.mean_items = 64 if args.tiny else 1000
+    # mirror: word pairs swapped as whole word tokens under the flip ("a:b,c:d")
+    cfg.mirror = ConfigDict(dict(words="left:right"))
+    # colour: the colour words (whole word tokens; a caption's colour word is swapped for another of them) and an
+    # optional .npy [k, D] whose rows span the colour subspace of the region features (projected out; empty: none)
+    cfg.colour = ConfigDict(dict(words=COLOUR_WORDS, basis=""))
     cfg.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     cfg.fast_compile = args.tiny
     cfg.progress = True

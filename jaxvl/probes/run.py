@@ -131,7 +131,7 @@ def _positive_int(cfg: ConfigDict, key: str, least: int = 1) -> int:
     return value
 
 
-def _load_jobs(cfg: ConfigDict, workdir: str, probe: str, least: int) -> list[tuple[Any, PairItems, dict, Any, str]]:
+def load_jobs(cfg: ConfigDict, workdir: str, probe: str, least: int) -> list[tuple[Any, PairItems, dict, Any, str]]:
     """Steps 1-3 of the module doc for ``probe`` ("EMAP", "MM-SHAP"): per checkpoint (checkpoint, items, facts,
     tokenizer, ITM note); ``least`` the fewest items of distinct images the probe needs."""
     from jaxvl.ablation.run import checkpoint_names, load_checkpoint
@@ -196,7 +196,7 @@ def probe_emap(cfg: ConfigDict, workdir: str) -> str:
     if cfg.probe != "emap":
         raise ValueError(f"config probe={cfg.probe!r}: `jaxvl probe emap` runs probe 'emap'")
     text_block, image_block = _positive_int(cfg, "text_block"), _positive_int(cfg, "image_block")
-    jobs = [(c, i, f, note) for c, i, f, _, note in _load_jobs(cfg, workdir, "EMAP", 2)]
+    jobs = [(c, i, f, note) for c, i, f, _, note in load_jobs(cfg, workdir, "EMAP", 2)]
 
     # -------------------------------------------------- programs (block / mesh errors before any compile)
     mesh = make_mesh(**cfg.mesh.to_dict())
@@ -278,7 +278,7 @@ def probe_mmshap(cfg: ConfigDict, workdir: str) -> str:
     if cfg.removal not in REMOVALS:
         raise ValueError(f"config removal={cfg.removal!r}: expected one of {', '.join(REMOVALS)}")
     mean_items = _positive_int(cfg, "mean_items")
-    jobs = _load_jobs(cfg, workdir, "MM-SHAP", 1)
+    jobs = load_jobs(cfg, workdir, "MM-SHAP", 1)
     options = FAST_COMPILE if cfg.fast_compile else None
     means: dict[tuple[str, str], np.ndarray] = {}
     programs: dict[Any, MMShapProgram] = {}
@@ -314,4 +314,4 @@ def probe_mmshap(cfg: ConfigDict, workdir: str) -> str:
     return combined
 
 
-__all__ = ["build_items", "mean_region_feature", "probe_emap", "probe_mmshap", "select_items"]
+__all__ = ["build_items", "load_jobs", "mean_region_feature", "probe_emap", "probe_mmshap", "select_items"]
