@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -70,17 +70,20 @@ def _data_source(cfg: ConfigDict, info: dict[str, Any], run_dir: str, ckpt_path:
     return resolve_dataset(data.get("dataset", ""), data.get("prepare_dir", ""), run_dir, PretrainPairs)
 
 
-def select_items(source: Sequence[Any], n: int, seed: int = -1) -> np.ndarray:
+def select_items(source: Sequence[Any], n: int, seed: int = -1,
+                 keep: Callable[[str], bool] | None = None) -> np.ndarray:
     """The record indices of up to ``n`` items, one per image (the first of its captions met): a second caption of
     an item's image would count as a mismatched pair. Records in split order (``seed`` < 0) or in the order of a
-    permutation drawn with ``seed``; the indices come back sorted."""
+    permutation drawn with ``seed``; only records whose caption ``keep`` accepts (all without it); the indices
+    come back sorted."""
     from jaxvl.data.builders.common import as_str
 
     order = range(len(source)) if seed < 0 else np.random.default_rng(seed).permutation(len(source))
     chosen: dict[str, int] = {}
     for i in order:
-        image = as_str(source[int(i)]["image_id"])
-        if image not in chosen:
+        record = source[int(i)]
+        image = as_str(record["image_id"])
+        if image not in chosen and (keep is None or keep(as_str(record["caption"]))):
             chosen[image] = int(i)
             if len(chosen) == n:
                 break
@@ -131,9 +134,11 @@ def _positive_int(cfg: ConfigDict, key: str, least: int = 1) -> int:
     return value
 
 
-def load_jobs(cfg: ConfigDict, workdir: str, probe: str, least: int) -> list[tuple[Any, PairItems, dict, Any, str]]:
-    """Steps 1-3 of the module doc for ``probe`` ("EMAP", "MM-SHAP"): per checkpoint (checkpoint, items, facts,
-    tokenizer, ITM note); ``least`` the fewest items of distinct images the probe needs."""
+def load_jobs(cfg: ConfigDict, workdir: str, probe: str, least: int, keep: Callable[[str], bool] | None = None,
+              wanted: str = "") -> list[tuple[Any, PairItems, dict, Any, str]]:
+    """Steps 1-3 of the module doc for ``probe`` ("EMAP", "MM-SHAP", ...): per checkpoint (checkpoint, items, facts,
+    tokenizer, ITM note); ``least`` the fewest items of distinct images the probe needs; ``keep``: only captions it
+    accepts become items (``wanted`` says which, for the error when too few are found)."""
     from jaxvl.ablation.run import checkpoint_names, load_checkpoint
     from jaxvl.data.grain import open_split, tokenizer_for
 
@@ -165,10 +170,11 @@ def load_jobs(cfg: ConfigDict, workdir: str, probe: str, least: int) -> list[tup
             source, ds_info = open_split(dataset, cfg.data.split)
             if len(source) == 0:
                 raise ValueError(f"{dataset}: split {cfg.data.split!r} is empty (config data.split)")
-            indices = select_items(source, n_wanted, cfg.seed)
+            indices = select_items(source, n_wanted, cfg.seed, keep)
             if len(indices) < least:
-                raise ValueError(f"{dataset}: split {cfg.data.split!r} holds {len(source)} record(s) of "
-                                 f"{len(indices)} image(s); {probe} needs items of >= {least} distinct images")
+                which = f" with {wanted}" if wanted else ""
+                raise ValueError(f"{dataset}: split {cfg.data.split!r} holds {len(source)} record(s), captions{which} "
+                                 f"of {len(indices)} image(s); {probe} needs items of >= {least} distinct images")
             tokenizer = tokenizer_for(ds_info, vocab_file or None)
             items, facts = build_items(source, tokenizer, indices, max_len, ckpt.model_cfg.add_global_imgfeat)
             facts.update(dataset=dataset, split=cfg.data.split, split_size=len(source), max_seq_length=max_len)
