@@ -11,6 +11,9 @@
     flickr30k_entities/Sentences/<id>.txt       captions with [/EN#<chain>/<type> phrase] markup,
     flickr30k_entities/Annotations/<id>.xml     boxes per chain (1-based integer pixels)
     flickr30k/flickr30k_feat.lmdb               VOLTA's per-image feature LMDB (convert_flickr30k_lmdb.py)
+    colour_basis.npy                            only for a world with colour_dims > 0: float32 [colour_dims, D],
+                                                rows spanning the features' colour subspace (``jaxvl probe colour``'s
+                                                ``colour.basis``)
 
 Layouts (the readers' docstrings, ``jaxvl.data.readers.volta_lmdb`` / ``volta_records`` /
 ``flickr30k_entities``, describe the originals; the files here are those layouts, nothing jaxvl-specific):
@@ -79,6 +82,7 @@ class ExportedWorld:
     train_pairs: int
     val_pairs: int
     val_phrases: int
+    colour_basis: str = ""  # colour_basis.npy, for a world with colour_dims > 0
 
     def sources(self) -> dict[str, str]:
         """The ``jaxvl prepare --source`` strings of the exported files: ``pretrain`` and ``ablation``."""
@@ -265,10 +269,14 @@ def export_world(world_cfg: WorldConfig, val_images: int, out: str | os.PathLike
     keys = pickle.dumps([k for k, _ in rows], protocol=3)
     features = os.path.join(feats, FEATURE_LMDB)
     _write_lmdb(features, [*rows, (b"keys", keys)], subdir=True)
+    basis = ""
+    if world_cfg.colour_dims:
+        basis = os.path.join(root, "colour_basis.npy")
+        np.save(basis, world.colour_basis())
     return ExportedWorld(root=root, vocab=os.path.join(root, "vocab.txt"),
                          objects_vocab=os.path.join(root, "objects_vocab.txt"), cc_dir=cc, flickr30k_entities=f30k,
                          features=features, train_pairs=counts["train"], val_pairs=counts["val"],
-                         val_phrases=sum(len(image.phrases) for image in splits["val"]))
+                         val_phrases=sum(len(image.phrases) for image in splits["val"]), colour_basis=basis)
 
 
 def world_from_source(text: str) -> tuple[WorldConfig, int]:
@@ -301,7 +309,8 @@ def run(args: argparse.Namespace) -> ExportedWorld:
           f"  per-image feature LMDB      {done.features}\n"
           f"  BERT vocabulary             {done.vocab}\n"
           f"  detector classes (VG style) {done.objects_vocab}\n"
-          f"sources for `jaxvl prepare --source`:\n  {done.sources()['pretrain']}\n  {done.sources()['ablation']}")
+          + (f"  colour subspace basis       {done.colour_basis}\n" if done.colour_basis else "")
+          + f"sources for `jaxvl prepare --source`:\n  {done.sources()['pretrain']}\n  {done.sources()['ablation']}")
     return done
 
 

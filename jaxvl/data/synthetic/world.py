@@ -21,6 +21,19 @@ Three knobs plant known structure, so the cross-modal ablation diagnostic has a 
   6th-10th or lower (silver-label noise). The default reproduces the real detector on the
   LabelMatch subset: top-1 38%, top-3 55%, top-5 64%, top-10 75%.
 
+Two knobs plant what the mirror and colour probes (``jaxvl.probes``) look for; both are off by default, and
+every world without them is unchanged:
+
+- ``spatial_relations``: ``left`` / ``right`` tied to the gold boxes. A caption of one mention reads
+  ``there is a ATTRIBUTE CLASS on the left`` (``right``) by the side of the image its object's box centre lies
+  on; a caption of two mentions reads ``NP(a) left of NP(b)`` (``right of``) by the order of the two objects'
+  box centres (two distinct objects). A mention of a random object (``vision_to_language`` < 1) gets a random
+  side. Off, two-mention captions take a relation at random (``left of`` among them), independent of the boxes.
+- ``colour_dims`` (> 0) and ``colour_signal``: attribute words become colour words (``COLOURS``) and an object's
+  colour is carried by the last ``colour_dims`` feature dimensions only (class prototypes and clutter are zero
+  there), scaled by ``colour_signal`` (0: the features carry no colour at all, the captions still name one).
+  ``World.colour_basis()`` gives the orthonormal rows spanning that subspace, for the colour probe to project out.
+
 Everything is deterministic from ``seed``; image ``i`` is the same whatever ``num_images`` is.
 """
 
@@ -42,6 +55,8 @@ _RANK_BINS = ((1, 1), (2, 3), (4, 5), (6, 10), (11, None))
 _FUNCTION_WORDS = ("a", "the", "there", "is", "are", "and", "on", "near", "next", "to", "of", "with", "in",
                    "front", "behind", "left", "right", "picture", "shows", "we", "see")
 _RELATIONS = ("on", "near", "next to", "behind", "in front of", "left of", "right of", "with")
+# Attribute words of a world with colour_dims > 0 (the first num_attributes).
+COLOURS = ("red", "green", "blue", "yellow", "white", "black", "brown", "orange", "purple", "pink", "grey", "gold")
 _ONSETS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
 
@@ -64,6 +79,9 @@ class WorldConfig:
     ambiguous_fraction: float = 0.0
     detector_rank_probs: tuple[float, ...] = REAL_DETECTOR_RANK_PROBS
     detector_temperature: float = 1.0
+    spatial_relations: bool = False  # left/right tied to the gold boxes (module doc)
+    colour_dims: int = 0  # > 0: colour words, colour carried by the last colour_dims feature dims (module doc)
+    colour_signal: float = 1.0  # scale of the colour component (0: features carry no colour)
     seed: int = 0
 
     def __post_init__(self):
@@ -75,6 +93,12 @@ class WorldConfig:
             raise ValueError(f"detector_rank_probs must be {len(_RANK_BINS)} probabilities summing to 1")
         if not 1 <= self.min_objects <= self.max_objects <= self.num_regions:
             raise ValueError("need 1 <= min_objects <= max_objects <= num_regions")
+        if not 0 <= self.colour_dims < self.feature_dim:
+            raise ValueError(f"colour_dims={self.colour_dims} must lie in [0, feature_dim={self.feature_dim})")
+        if self.colour_dims and self.num_attributes > len(COLOURS):
+            raise ValueError(f"num_attributes={self.num_attributes}: a colour world has at most {len(COLOURS)} colours")
+        if self.colour_signal < 0:
+            raise ValueError(f"colour_signal={self.colour_signal} must be >= 0")
         if self.num_classes < 11:
             raise ValueError("num_classes must be at least 11 (the detector ranks need 11 places)")
 
@@ -134,7 +158,21 @@ class World:
         self.prototypes = rng.normal(size=(cfg.num_classes, cfg.feature_dim)).astype(np.float32)
         self.attribute_vectors = 0.5 * rng.normal(size=(cfg.num_attributes, cfg.feature_dim)).astype(np.float32)
         self.clutter = rng.normal(size=(cfg.feature_dim,)).astype(np.float32)
+        if cfg.colour_dims:  # the colour subspace: the last colour_dims dims, only colour lives there
+            k = cfg.colour_dims
+            self.attribute_names = list(COLOURS[:cfg.num_attributes])
+            self.prototypes[:, -k:] = 0.0
+            self.clutter[-k:] = 0.0
+            colours = np.random.default_rng([cfg.seed, 3]).normal(size=(cfg.num_attributes, k))
+            self.attribute_vectors = np.zeros_like(self.attribute_vectors)
+            self.attribute_vectors[:, -k:] = cfg.colour_signal * colours
         self._seeds = np.random.SeedSequence([cfg.seed, 1])
+
+    def colour_basis(self) -> np.ndarray:
+        """float32 [colour_dims, feature_dim]: orthonormal rows spanning the features' colour subspace (no rows
+        without ``colour_dims``)."""
+        d, k = self.cfg.feature_dim, self.cfg.colour_dims
+        return np.eye(d, dtype=np.float32)[d - k:]
 
     # ------------------------------------------------------------------------------------------ words
 
@@ -228,25 +266,10 @@ class World:
         c = self.cfg
         captions, mentions, phrases = [], [], []
         for s in range(c.captions_per_image):
-            picked = []
-            for _ in range(min(2, len(objects))):
-                if rng.random() < c.vision_to_language:
-                    i = int(rng.integers(len(objects)))
-                    picked.append((i, objects[i].label, objects[i].attribute))
-                else:
-                    picked.append((-1, int(rng.integers(c.num_classes)), int(rng.integers(c.num_attributes))))
-            noun = [f"a {self.attribute_names[a]} {self.class_names[k]}" for _, k, a in picked]
-            template = int(rng.integers(3))
-            if len(noun) == 1:
-                words, starts = f"there is {noun[0]}".split(" "), [2]
-            elif template == 0:
-                rel = _RELATIONS[int(rng.integers(len(_RELATIONS)))]
-                words = f"{noun[0]} {rel} {noun[1]}".split(" ")
-                starts = [0, 3 + len(rel.split(" "))]
-            elif template == 1:
-                words, starts = f"there is {noun[0]} and {noun[1]}".split(" "), [2, 6]
+            if c.spatial_relations:
+                words, starts, picked, noun = self._spatial_caption(rng, objects)
             else:
-                words, starts = f"the picture shows {noun[0]} with {noun[1]}".split(" "), [3, 7]
+                words, starts, picked, noun = self._caption(rng, objects)
             sentence = " ".join(words)
             captions.append(sentence)
             mentions.append(picked)
@@ -257,3 +280,51 @@ class World:
                     image_id=image_id, sentence_index=s, sentence=sentence, phrase=noun[j], first_word_index=start,
                     entity_id=f"{image_id}-{i}", phrase_type="object", ref_boxes=objects[i].box[None].copy()))
         return captions, mentions, phrases
+
+    def _noun_phrases(self, picked: list[tuple[int, int, int]]) -> list[str]:
+        return [f"a {self.attribute_names[a]} {self.class_names[k]}" for _, k, a in picked]
+
+    def _caption(self, rng: np.random.Generator, objects: list[SyntheticObject]):
+        """A caption of the small grammar: (words, first word of each mention, mentions, noun phrases)."""
+        c = self.cfg
+        picked = []
+        for _ in range(min(2, len(objects))):
+            if rng.random() < c.vision_to_language:
+                i = int(rng.integers(len(objects)))
+                picked.append((i, objects[i].label, objects[i].attribute))
+            else:
+                picked.append((-1, int(rng.integers(c.num_classes)), int(rng.integers(c.num_attributes))))
+        noun = self._noun_phrases(picked)
+        template = int(rng.integers(3))
+        if len(noun) == 1:
+            words, starts = f"there is {noun[0]}".split(" "), [2]
+        elif template == 0:
+            rel = _RELATIONS[int(rng.integers(len(_RELATIONS)))]
+            words = f"{noun[0]} {rel} {noun[1]}".split(" ")
+            starts = [0, 3 + len(rel.split(" "))]
+        elif template == 1:
+            words, starts = f"there is {noun[0]} and {noun[1]}".split(" "), [2, 6]
+        else:
+            words, starts = f"the picture shows {noun[0]} with {noun[1]}".split(" "), [3, 7]
+        return words, starts, picked, noun
+
+    def _spatial_caption(self, rng: np.random.Generator, objects: list[SyntheticObject]):
+        """A caption whose ``left`` / ``right`` follows the gold boxes (``spatial_relations``; module doc):
+        (words, first word of each mention, mentions, noun phrases)."""
+        c = self.cfg
+        free = list(range(len(objects)))
+        picked = []
+        for _ in range(min(2, len(objects))):
+            if rng.random() < c.vision_to_language:
+                i = free.pop(int(rng.integers(len(free))))
+                picked.append((i, objects[i].label, objects[i].attribute))
+            else:
+                picked.append((-1, int(rng.integers(c.num_classes)), int(rng.integers(c.num_attributes))))
+        noun = self._noun_phrases(picked)
+        centres = [(objects[i].box[0] + objects[i].box[2]) / 2 if i >= 0 else None for i, _, _ in picked]
+        if len(picked) == 1:
+            left = rng.random() < 0.5 if centres[0] is None else centres[0] < c.image_size[1] / 2
+            return f"there is {noun[0]} on the {'left' if left else 'right'}".split(" "), [2], picked, noun
+        left = rng.random() < 0.5 if None in centres else centres[0] < centres[1]
+        words = f"{noun[0]} {'left' if left else 'right'} of {noun[1]}".split(" ")
+        return words, [0, 5], picked, noun
