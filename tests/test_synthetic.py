@@ -185,3 +185,14 @@ def test_probe_knobs_parse_from_a_source_string_and_export_the_basis(tmp_path):
 def test_bad_probe_knobs_are_refused(bad):
     with pytest.raises(ValueError, match="colour"):
         WorldConfig(**bad)
+
+
+def test_side_grounding_zero_keeps_the_captions_and_unties_the_sides():
+    tied = World(WorldConfig(num_images=300, min_objects=1, max_objects=1, spatial_relations=True))
+    free = World(WorldConfig(num_images=300, min_objects=1, max_objects=1, spatial_relations=True, side_grounding=0.0))
+    agree = 0
+    for a, b in zip(tied, free, strict=True):
+        for ca, cb in zip(a.captions, b.captions, strict=True):
+            assert ca.rsplit(" ", 1)[0] == cb.rsplit(" ", 1)[0]  # the same caption up to its side word
+            agree += ca == cb
+    assert 0.35 < agree / (2 * 300) < 0.65

@@ -28,7 +28,9 @@ every world without them is unchanged:
   ``there is a ATTRIBUTE CLASS on the left`` (``right``) by the side of the image its object's box centre lies
   on; a caption of two mentions reads ``NP(a) left of NP(b)`` (``right of``) by the order of the two objects'
   box centres (two distinct objects). A mention of a random object (``vision_to_language`` < 1) gets a random
-  side. Off, two-mention captions take a relation at random (``left of`` among them), independent of the boxes.
+  side, and so does every caption with probability 1 - ``side_grounding`` (0: the same captions, sides
+  independent of the boxes: the mirror probe's control). Off, two-mention captions take a relation at random
+  (``left of`` among them), independent of the boxes.
 - ``colour_dims`` (> 0) and ``colour_signal``: attribute words become colour words (``COLOURS``) and an object's
   colour is carried by the last ``colour_dims`` feature dimensions only (class prototypes and clutter are zero
   there), scaled by ``colour_signal`` (0: the features carry no colour at all, the captions still name one).
@@ -80,6 +82,7 @@ class WorldConfig:
     detector_rank_probs: tuple[float, ...] = REAL_DETECTOR_RANK_PROBS
     detector_temperature: float = 1.0
     spatial_relations: bool = False  # left/right tied to the gold boxes (module doc)
+    side_grounding: float = 1.0  # spatial_relations: the probability that the side follows the boxes
     colour_dims: int = 0  # > 0: colour words, colour carried by the last colour_dims feature dims (module doc)
     colour_signal: float = 1.0  # scale of the colour component (0: features carry no colour)
     seed: int = 0
@@ -93,6 +96,8 @@ class WorldConfig:
             raise ValueError(f"detector_rank_probs must be {len(_RANK_BINS)} probabilities summing to 1")
         if not 1 <= self.min_objects <= self.max_objects <= self.num_regions:
             raise ValueError("need 1 <= min_objects <= max_objects <= num_regions")
+        if not 0.0 <= self.side_grounding <= 1.0:
+            raise ValueError(f"side_grounding={self.side_grounding} must lie in [0, 1]")
         if not 0 <= self.colour_dims < self.feature_dim:
             raise ValueError(f"colour_dims={self.colour_dims} must lie in [0, feature_dim={self.feature_dim})")
         if self.colour_dims and self.num_attributes > len(COLOURS):
@@ -322,6 +327,8 @@ class World:
                 picked.append((-1, int(rng.integers(c.num_classes)), int(rng.integers(c.num_attributes))))
         noun = self._noun_phrases(picked)
         centres = [(objects[i].box[0] + objects[i].box[2]) / 2 if i >= 0 else None for i, _, _ in picked]
+        if rng.random() >= c.side_grounding:
+            centres = [None]
         if len(picked) == 1:
             left = rng.random() < 0.5 if centres[0] is None else centres[0] < c.image_size[1] / 2
             return f"there is {noun[0]} on the {'left' if left else 'right'}".split(" "), [2], picked, noun
