@@ -243,7 +243,7 @@ def ablate(cfg: ConfigDict, workdir: str, expected: Mapping[tuple[str, str], str
     # ------------------------------------------------------------------------------- data
     os.makedirs(workdir, exist_ok=True)
     dataset = resolve_dataset(cfg.data.dataset, cfg.data.prepare_dir, workdir, AblationPhrases)
-    source, info = open_split(dataset, cfg.data.split)
+    source, info = open_split(dataset, cfg.data.split, skip_bad=cfg.data.skip_bad)
     if len(source) == 0:
         raise ValueError(f"{dataset}: split {cfg.data.split!r} is empty")
     tokenizer = tokenizer_for(info, cfg.data.vocab_file or None)

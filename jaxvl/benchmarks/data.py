@@ -16,11 +16,18 @@ tokens), beside the rate a ctrl-size training step consumes:
   pipeline itself has no option for them). The first batch (thread / process start-up) is timed
   apart from the steady-state rate. Two parts are timed alone too: the data source read + decode
   (``source[i]`` in shuffled order, one thread) and ``PretrainTransform`` on already-decoded examples.
+- **read in place** (``--in-place``): the same world's train pairs written as a VOLTA Conceptual Captions LMDB
+  (one file, msgpack values as tensorpack 0.9.4 writes them, ``attr_scores`` at VOLTA's 401 columns so a record
+  has real CC's size) and read through ``jaxvl.data.inplace`` (``open_split("volta-cc:...")``): the data source
+  alone (LMDB read, restricted msgpack decode, checks, padding to R) and the same Grain pipeline rows, with the
+  ArrayRecord split's tokenizer. No prepare step precedes them: the LMDB stands in for the user's store;
 - **step**: the forward+backward time per example of a ctrl model (default UNITER), measured with
   ``jaxvl.benchmarks.models.bench_jax`` on ``jax.devices()[0]`` at a small batch.
 
 Each row records the 1-minute load average at its start and end and the CPU cores other processes
-kept busy meanwhile (``jaxvl.benchmarks.common.Probe``), since a shared machine skews every rate here.
+kept busy meanwhile (``jaxvl.benchmarks.common.Probe``), since a shared machine skews every rate here. The read
+rows also record this process's CPU time per example (all its threads; not for rows with worker processes),
+which other processes on the machine skew far less than the wall-clock rate.
 
 The dataset goes to a temporary directory (removed afterwards unless ``--keep``) and is always
 rebuilt, so the prepare time is a real write. It is read right after it was written, so reads come
@@ -92,6 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dtype", choices=("float32", "bfloat16"), default=None,
                         help="matmul dtype of the step (default: float32 on CPU, bfloat16 on an accelerator)")
     parser.add_argument("--no-model", action="store_true", help="skip the step timing")
+    parser.add_argument("--in-place", action="store_true",
+                        help="also read the same pairs in place from a VOLTA Conceptual Captions LMDB (msgpack) "
+                             "through jaxvl.data.inplace, beside the ArrayRecord rows")
     parser.add_argument("--data-dir", default=None,
                         help="where to write the dataset (default: a temporary directory); rebuilt every run")
     parser.add_argument("--keep", action="store_true", help="keep the written dataset")
@@ -117,11 +127,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         prep_row, dataset_dir = bench_prepare(knobs, data_dir)
         rows.append(prep_row)
         rows += bench_read(dataset_dir, args)
+        if args.in_place:
+            from jaxvl.data.grain import open_split, tokenizer_for
+
+            lmdb_path = write_cc_lmdb(knobs, data_dir)
+            rows += bench_read(f"volta-cc:{lmdb_path}", args, tokenizer_for(open_split(dataset_dir, "train")[1]),
+                               path="in place", reading="LMDB read + msgpack decode + checks + pad to R")
         step = None if args.no_model else bench_step(args, device)
     finally:
         if not args.keep:
-            shutil.rmtree(data_dir if args.data_dir is None else os.path.join(data_dir, "jaxvl_synthetic_pretrain"),
-                          ignore_errors=True)
+            for name in ("jaxvl_synthetic_pretrain", CC_DIR):
+                shutil.rmtree(data_dir if args.data_dir is None else os.path.join(data_dir, name),
+                              ignore_errors=True)
         else:
             log(f"kept the dataset under {data_dir}")
     summary = summarise(rows, step, machine)
@@ -220,37 +237,81 @@ def bench_prepare(knobs: dict[str, Any], data_dir: str) -> tuple[dict[str, Any],
 
 # ------------------------------------------------------------------------------------------- read
 
+CC_DIR = "conceptual_captions"
+VOLTA_ATTRIBUTES = 401  # columns of VOLTA's attr_scores (400 Visual Genome attributes + none)
+
+
+def write_cc_lmdb(knobs: dict[str, Any], data_dir: str) -> str:
+    """The world's train pairs as a VOLTA Conceptual Captions LMDB (single file, msgpack), for ``--in-place``.
+
+    Records as ``jaxvl world export`` writes them (``cc_datapoint``), with ``attr_scores`` widened to VOLTA's 401
+    columns so that a record is as large as a real one. Returns the LMDB's path.
+    """
+    import lmdb
+
+    from jaxvl.data.synthetic import World, WorldConfig
+    from jaxvl.data.synthetic.volta_files import CC_TRAIN_LMDB, cc_datapoint, dumps_value
+
+    world = World(WorldConfig(**knobs))
+    os.makedirs(os.path.join(data_dir, CC_DIR), exist_ok=True)
+    path = os.path.join(data_dir, CC_DIR, CC_TRAIN_LMDB)
+    start, keys = time.perf_counter(), []
+    env = lmdb.open(path, subdir=False, map_size=1 << 40, meminit=False)
+    try:
+        with env.begin(write=True) as txn:
+            for i in range(knobs["num_images"]):
+                image = world[i]
+                for caption in image.captions:
+                    dp = cc_datapoint(world, image, caption)
+                    scores = np.zeros((dp[6].shape[0], VOLTA_ATTRIBUTES), np.float32)
+                    scores[:, :dp[6].shape[1]] = dp[6]
+                    dp[6] = scores
+                    keys.append(b"%08d" % len(keys))
+                    txn.put(keys[-1], dumps_value(dp))
+            txn.put(b"__keys__", dumps_value(keys))
+    finally:
+        env.close()
+    log(f"wrote {len(keys)} pairs as a VOLTA CC LMDB ({os.path.getsize(path) / 1e6:.0f} MB) in "
+        f"{time.perf_counter() - start:.1f} s: {path}")
+    return path
+
 
 def _batch_bytes(batch: dict[str, np.ndarray]) -> int:
     return sum(np.asarray(v).nbytes for v in batch.values())
 
 
-def bench_read(dataset_dir: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The data source alone, the transform alone, then the Grain pipeline per (workers, threads)."""
+def bench_read(dataset: str, args: argparse.Namespace, tokenizer: Any = None, path: str = "ArrayRecord",
+               reading: str = "ArrayRecord read + tf.Example decode") -> list[dict[str, Any]]:
+    """The data source alone, the transform alone (ArrayRecord only), then the Grain pipeline per (workers,
+    threads). ``dataset``: what ``open_split`` opens (a prepared directory, or a source string read in place,
+    ``path="in place"``, which needs ``tokenizer``); ``reading``: what ``source[i]`` does, for the row."""
     import grain
 
     from jaxvl.data.grain import PretrainTransform, open_split, tokenizer_for
     from jaxvl.pretrain.data import PipelineConfig, pretrain_dataset
 
-    source, info = open_split(dataset_dir, "train")
-    tokenizer = tokenizer_for(info)
+    source, info = open_split(dataset, "train")
+    tokenizer = tokenizer_for(info) if tokenizer is None else tokenizer
     n = len(source)
     rows = []
 
     part = min(n, args.part_examples)
     order = np.random.default_rng(args.seed).permutation(n)[:part]
     probe = Probe()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     decoded = [source[int(i)] for i in order]
-    rows.append(_row("read", "data source only: source[i] (ArrayRecord read + tf.Example decode), shuffled order",
-                     part, time.perf_counter() - start, probe, threads=1, workers=0))
-    transform = PretrainTransform(tokenizer, args.text_len)
-    probe = Probe()
-    start = time.perf_counter()
-    for example in decoded:
-        transform.map(example)
-    rows.append(_row("read", "PretrainTransform only (tokenise, pad, [IMG] row), on decoded examples", part,
-                     time.perf_counter() - start, probe, threads=1, workers=0))
+    rows.append(_row("read", f"data source only: source[i] ({reading}), shuffled order", part,
+                     time.perf_counter() - start, probe, threads=1, workers=0, path=path,
+                     cpu_ms_per_example=(time.process_time() - cpu) * 1e3 / part))
+    if path == "ArrayRecord":
+        transform = PretrainTransform(tokenizer, args.text_len)
+        probe = Probe()
+        start, cpu = time.perf_counter(), time.process_time()
+        for example in decoded:
+            transform.map(example)
+        rows.append(_row("read", "PretrainTransform only (tokenise, pad, [IMG] row), on decoded examples", part,
+                         time.perf_counter() - start, probe, threads=1, workers=0, path=path,
+                         cpu_ms_per_example=(time.process_time() - cpu) * 1e3 / part))
     del decoded
 
     epochs = max(1, math.ceil(args.read_examples / n))
@@ -269,15 +330,17 @@ def bench_read(dataset_dir: str, args: argparse.Namespace) -> list[dict[str, Any
             first = next(it)
             first_s = time.perf_counter() - start
             per_example_bytes = _batch_bytes(first) / args.batch
-            count, start = 0, time.perf_counter()
+            count, start, cpu = 0, time.perf_counter(), time.process_time()
             for batch in it:
                 count += len(batch["input_ids"])
-            seconds = time.perf_counter() - start
-            what = (f"Grain pipeline, {threads} read thread{'s' if threads > 1 else ''}"
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+            what = (f"Grain pipeline ({path}), {threads} read thread{'s' if threads > 1 else ''}"
                     + (f" x {workers} worker process{'es' if workers > 1 else ''}" if workers else ""))
-            rows.append(_row("read", what, count, seconds, probe, threads=threads, workers=workers, epochs=epochs,
-                             batch=args.batch, first_batch_s=first_s, batch_bytes_per_example=per_example_bytes,
+            rows.append(_row("read", what, count, seconds, probe, path=path, threads=threads, workers=workers,
+                             epochs=epochs, batch=args.batch, first_batch_s=first_s,
+                             batch_bytes_per_example=per_example_bytes,
                              mb_per_s=count * per_example_bytes / seconds / 1e6,
+                             cpu_ms_per_example=None if workers else cpu * 1e3 / count,
                              batch_shapes={k: list(np.shape(v)) for k, v in first.items()}))
             del it, ds
     return rows
@@ -352,12 +415,12 @@ def summarise(rows: list[dict[str, Any]], step: dict[str, Any] | None, machine: 
 
 def format_markdown(result: dict[str, Any]) -> str:
     """The rows as a markdown table, then the step and the summary as a second one."""
-    cols = ["stage", "what", "threads x workers", "examples", "s", "examples/s", "MB/s", "first batch s",
-            "load start / end", "other procs, cores"]
+    cols = ["stage", "what", "threads x workers", "examples", "s", "examples/s", "CPU ms/example", "MB/s",
+            "first batch s", "load start / end", "other procs, cores"]
     rows = [[r["stage"], r["what"], "-" if "threads" not in r else f"{r['threads']} x {r['workers']}", r["examples"],
-             f"{r['seconds']:.2f}", fmt(r["examples_per_s"], ".1f"), fmt(r.get("mb_per_s"), ".0f"),
-             fmt(r.get("first_batch_s"), ".2f"), load_cell(r, others=False), fmt(r.get("other_cores"), ".2f")]
-            for r in result["rows"]]
+             f"{r['seconds']:.2f}", fmt(r["examples_per_s"], ".1f"), fmt(r.get("cpu_ms_per_example"), ".2f"),
+             fmt(r.get("mb_per_s"), ".0f"), fmt(r.get("first_batch_s"), ".2f"), load_cell(r, others=False),
+             fmt(r.get("other_cores"), ".2f")] for r in result["rows"]]
     s, step = result["summary"], result["step"]
     consumers = []
     if step:

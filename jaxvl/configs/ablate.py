@@ -49,7 +49,7 @@ REQUIRED = {
     "checkpoints": "comma-separated jaxvl workdirs (a run, <run>/vl, <run>/members/<name>) or VOLTA .bin files; "
                    "every run",
     "data.dataset": "an ablation dataset prepared by `jaxvl prepare --source flickr30k-entities:...` or a source "
-                    "string (tiny: the synthetic world)",
+                    "string (flickr30k-entities:ROOT,features=LMDB is read in place; tiny: the synthetic world)",
     "model.name": "for VOLTA .bin checkpoints: the preset (or model.volta_config, a VOLTA config JSON)",
     "data.vocab_file": "real data: bert-base-uncased vocab.txt",
     "labelmatch.objects_vocab": "real data: Visual Genome's objects_vocab.txt (LabelMatch)",

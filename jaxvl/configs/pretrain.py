@@ -6,7 +6,8 @@
     jaxvl pretrain --config pretrain:uniter,bert-v-vl,tiny --workdir runs/uniter_bvvl_tiny
     jaxvl pretrain --config pretrain:uniter,tiny,sweep=objectives --workdir runs/sweep
     jaxvl pretrain --config pretrain:uniter --workdir runs/uniter \\
-        --config.data.dataset=data/jaxvl_volta_cc/default/1.0.0 --config.init.bert_checkpoint=bert/model.safetensors
+        --config.data.dataset=volta-cc:data/conceptual_captions --config.data.vocab_file=bert/vocab.txt \\
+        --config.init.bert_checkpoint=bert/model.safetensors
 
 ``learns``, a recipe that learns, through the whole real-data path on a CPU in minutes (a synthetic world with
 planted cross-modal structure written in VOLTA's file formats, prepared, pretrained as one sweep of an MRC-KL
@@ -51,9 +52,10 @@ full-size run must set).
 - ``sweep=objectives`` (MRC-KL vs MRC-XE), ``sweep=seeds`` (3 seeds), ``sweep=comasking`` (thresholds):
   members trained together as one compiled program (``jaxvl.pretrain.sweep``).
 
-At full size the data is a dataset prepared by ``jaxvl prepare`` (``data.dataset``: its version
-directory) and BERT initialisation needs ``init.bert_checkpoint`` (a HF ``BertModel`` /
-``BertForPreTraining`` ``.bin`` or ``.safetensors``: there is no model hub here).
+At full size the data is VOLTA's Conceptual Captions LMDBs read in place (``data.dataset=volta-cc:PATH``, with
+``data.vocab_file``: no prepare step, ``jaxvl.data.inplace``) or a dataset prepared by ``jaxvl prepare``
+(``data.dataset``: its version directory), and BERT initialisation needs ``init.bert_checkpoint`` (a HF
+``BertModel`` / ``BertForPreTraining`` ``.bin`` or ``.safetensors``: there is no model hub here).
 """
 
 from ml_collections import ConfigDict
@@ -81,8 +83,8 @@ VARIANTS = {
                                         "3 seeds, the co-masking thresholds)",
 }
 REQUIRED = {
-    "data.dataset": "a dataset prepared by `jaxvl prepare` (its version directory) or a source string; "
-                    "tiny runs default to the synthetic world",
+    "data.dataset": "a dataset prepared by `jaxvl prepare` (its version directory) or a source string "
+                    "(volta-cc:PATH is read in place); tiny runs default to the synthetic world",
     "init.bert_checkpoint": "a HF BertModel / BertForPreTraining .bin or .safetensors, unless rnd-vl / rnd-v-vl "
                             "(tiny runs without one start from random weights)",
 }
@@ -147,8 +149,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     ))
 
     cfg.data = ConfigDict(dict(
-        # A prepared dataset's version directory (`jaxvl prepare --out DIR` prints it), or a source string
-        # prepared on first use into `prepare_dir` (default <workdir>/data).
+        # A prepared dataset's version directory (`jaxvl prepare --out DIR` prints it), or a source string:
+        # volta-cc:PATH (VOLTA's CC LMDBs) is read in place, with no prepare step (jaxvl.data.inplace); other
+        # sources are prepared on first use into `prepare_dir` (default <workdir>/data).
         dataset="synthetic:num_images=256" if args.tiny else "",
         prepare_dir="",
         vocab_file="",  # bert-base-uncased vocab.txt for real data; empty: the dataset's word list
@@ -157,6 +160,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         batch_size=16 if args.tiny else 256,
         max_seq_length=16 if args.tiny else 38,
         num_threads=2 if args.tiny else 8,
+        skip_bad=False,  # a store read in place: log, count and replace a bad record by the next good one
     ))
 
     threshold, kind = 0.4, "iou"

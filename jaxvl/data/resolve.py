@@ -5,7 +5,9 @@ directory once (JAX process 0 writes; every process waits for it on multi-host r
 version directory of the one of the wanted kind; a path that already holds ``dataset_info.json`` is
 returned as it is once its kind is checked: an ablation dataset handed to pretraining is an error naming
 what the directory holds, not a ``KeyError`` inside Grain. A path that does not exist is reported as
-such, not as an unknown source.
+such, not as an unknown source. A source string read in place for the task's kind (``volta-cc:PATH`` for
+pretraining, ``flickr30k-entities:ROOT,features=LMDB`` for the ablation: ``jaxvl.data.inplace``) is returned
+unchanged, nothing written: ``open_split`` opens it.
 """
 
 from __future__ import annotations
@@ -78,9 +80,10 @@ def _not_a_dataset(spec: str, source_error: ValueError) -> Exception:
 
 def resolve_dataset(spec: str, prepare_dir: str, workdir: str, kind: type) -> str:
     """The version directory of the dataset of builder class ``kind`` (e.g. ``PretrainPairs``,
-    ``CaptionImages``) named by ``spec``: a prepared directory, or a ``jaxvl prepare`` source string
-    prepared under ``prepare_dir`` (default ``<workdir>/data``). A prepared directory of another kind, a path that
-    does not exist and a bad source string are ``ValueError`` / ``FileNotFoundError`` naming the cause."""
+    ``CaptionImages``) named by ``spec``: a prepared directory, a source string read in place (returned as
+    it is, for ``open_split``), or a ``jaxvl prepare`` source string prepared under ``prepare_dir`` (default
+    ``<workdir>/data``). A prepared directory of another kind, a path that does not exist and a bad source
+    string are ``ValueError`` / ``FileNotFoundError`` naming the cause."""
     if not spec:
         raise ValueError("config data.dataset is empty: point it at a dataset prepared by `jaxvl prepare` "
                          "(its version directory) or give a source string such as 'synthetic:num_images=256'")
@@ -93,6 +96,10 @@ def resolve_dataset(spec: str, prepare_dir: str, workdir: str, kind: type) -> st
         parse_source(spec)
     except ValueError as e:  # a bad source string, an unknown source name, or no source at all
         raise _not_a_dataset(spec, e) from e
+    from jaxvl.data.inplace import reads_in_place
+
+    if reads_in_place(spec, kind):
+        return spec  # open_split reads it in place: nothing to prepare
     out = prepare_dir or os.path.join(workdir, "data")
     builders = [b for b in build_source(spec, out).builders if isinstance(b, kind)]
     if not builders:

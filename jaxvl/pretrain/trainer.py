@@ -183,7 +183,7 @@ def pretrain_evaluation(cfg: ConfigDict, model: VLBertForPreTraining, ocfg: Obje
     if not cfg.eval_every or not cfg.eval_batches:
         return None
     try:
-        eval_source, _ = open_split(dataset, cfg.data.eval_split)
+        eval_source, _ = open_split(dataset, cfg.data.eval_split, skip_bad=cfg.data.skip_bad)
     except ValueError:
         logger.warning("no %r split in %s: no evaluation", cfg.data.eval_split, dataset)
         return None
@@ -236,7 +236,7 @@ def pretrain_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, ini
     from jaxvl.data.builders.pretrain import PretrainPairs
 
     dataset = resolve_dataset(cfg.data.dataset, cfg.data.prepare_dir, run_dir or workdir, PretrainPairs)
-    source, info = open_split(dataset, cfg.data.train_split)
+    source, info = open_split(dataset, cfg.data.train_split, skip_bad=cfg.data.skip_bad)
     tokenizer = tokenizer_for(info, cfg.data.vocab_file or None)
     fitted = fit_model_to_data(cfg, info, tokenizer, dataset)
 

@@ -66,6 +66,18 @@ def decode_ablation(example: Mapping[str, Any]) -> tuple[AblationExample, Region
     return ex, decode_regions(example)
 
 
+def phrase_record(ex: AblationExample, regions: RegionFeatures, spec: RegionSpec, where: str) -> dict[str, Any]:
+    """The stored fields of one example (module doc; text as ``str``), checked; ``BadRecord`` naming ``where``."""
+    check_ablation_example(ex, where)
+    if regions.image_id != ex.image_id:
+        raise BadRecord(f"{where}: phrase {ex.phrase!r} of image {ex.image_id!r} was given the regions "
+                        f"of image {regions.image_id!r}")
+    return {"image_id": ex.image_id, "sentence": ex.sentence, "phrase": ex.phrase, "entity_id": ex.entity_id,
+            "phrase_type": ex.phrase_type, "sentence_index": int(ex.sentence_index),
+            "first_word_index": int(ex.first_word_index),
+            "ref_boxes": np.asarray(ex.ref_boxes, np.float32).reshape(-1, 4), **encode_regions(regions, spec, where)}
+
+
 @dataclasses.dataclass(eq=False)
 class AblationConfig(tfds.core.BuilderConfig):
     """An ablation dataset: region sizes, a ``(AblationExample, RegionFeatures)`` source per split, metadata."""
@@ -116,18 +128,8 @@ class AblationPhrases(ConfiguredBuilder, tfds.core.GeneratorBasedBuilder):
         spec, truncated = self.region_spec(), 0
         where = f"{self.name}/{self.builder_config.name} split {split!r}"
         for i, (ex, regions) in enumerate(source()):
-            check_ablation_example(ex, where)
-            if regions.image_id != ex.image_id:
-                raise BadRecord(f"{where}: phrase {ex.phrase!r} of image {ex.image_id!r} was given the regions "
-                                f"of image {regions.image_id!r}")
             truncated += regions.num_boxes > spec.num_regions
-            yield i, {
-                "image_id": ex.image_id, "sentence": ex.sentence, "phrase": ex.phrase, "entity_id": ex.entity_id,
-                "phrase_type": ex.phrase_type, "sentence_index": int(ex.sentence_index),
-                "first_word_index": int(ex.first_word_index),
-                "ref_boxes": np.asarray(ex.ref_boxes, np.float32).reshape(-1, 4),
-                **encode_regions(regions, spec, where),
-            }
+            yield i, phrase_record(ex, regions, spec, where)
         if truncated:
             log.warning("%s: %d examples had more than %d boxes and kept the first %d",
                         where, truncated, spec.num_regions, spec.num_regions)

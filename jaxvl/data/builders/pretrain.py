@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 PairSource = Callable[[], Iterable[CaptionPair]]
 
 
+def pair_record(pair: CaptionPair, spec: RegionSpec, where: str) -> dict[str, Any]:
+    """The stored fields of one pair (module doc; text as ``str``); ``BadRecord`` naming ``where``."""
+    return {"image_id": pair.regions.image_id, "caption": pair.caption, **encode_regions(pair.regions, spec, where)}
+
+
 @dataclasses.dataclass(eq=False)
 class PretrainConfig(tfds.core.BuilderConfig):
     """A pretraining-pairs dataset: its region sizes, a pair source per split, extra metadata.
@@ -87,8 +92,7 @@ class PretrainPairs(ConfiguredBuilder, tfds.core.GeneratorBasedBuilder):
         where = f"{self.name}/{self.builder_config.name} split {split!r}"
         for i, pair in enumerate(source()):
             truncated += pair.regions.num_boxes > spec.num_regions
-            yield i, {"image_id": pair.regions.image_id, "caption": pair.caption,
-                      **encode_regions(pair.regions, spec, where)}
+            yield i, pair_record(pair, spec, where)
         if truncated:
             log.warning("%s: %d examples had more than %d boxes and kept the first %d",
                         where, truncated, spec.num_regions, spec.num_regions)

@@ -11,7 +11,9 @@ Two layouts (reference section 4.1):
   float32, boxes [R, 4] float32 pixel x1y1x2y2; ``num_boxes, h, w, image_id, caption`` are usually ``str`` (they
   come from the TSV). Serialization is msgpack with msgpack-numpy array maps (tensorpack 0.9.4, VOLTA's pin) or
   pickle (tensorpack >= 0.11's default); both are accepted and detected per value.
-  :func:`read_cc_lmdb` / :class:`ConceptualCaptionsLMDB` yield :class:`CaptionPair`.
+  :func:`read_cc_lmdb` / :class:`ConceptualCaptionsLMDB` yield :class:`CaptionPair`; ``reader[i]`` reads record
+  ``i`` alone (what :mod:`jaxvl.data.inplace` serves to Grain). The key list is read once, when a reader opens;
+  tensorpack's numbered keys are then held as their count (:class:`NumberedKeys`), not as millions of ``bytes``.
 * **Per-image feature LMDB** (e.g. Flickr30k's ``flickr30k_feat.lmdb``, ``data/flickr30k/convert_flickr30k_lmdb.py``):
   key ``str(img_id).encode()`` -> ``pickle.dumps`` of a csv ``DictReader`` row whose values are strings
   (``img_id, img_h, img_w, objects_id, objects_conf, attrs_id, attrs_conf, num_boxes, boxes, features, cls_prob,
@@ -35,7 +37,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lmdb
@@ -61,9 +63,9 @@ from jaxvl.data.records import BadRecord, CaptionPair, RecordErrors, RegionFeatu
 
 __all__ = [
     "CC_FIELDS", "CC_KEYS_KEY", "FEATURE_KEYS_KEY", "VOLTA_FEATURE_DIM", "VOLTA_NUM_CLASSES", "ConceptualCaptionsLMDB",
-    "FeatureLMDB", "SafeUnpickler", "UnsafeData", "array_from_bytes", "is_pickle", "loads_value", "msgpack_loads",
-    "open_lmdb", "parse_cc_datapoint", "parse_feature_row", "read_caption_json", "read_cc_lmdb", "read_feature_lmdb",
-    "safe_dtype", "safe_pickle_loads",
+    "FeatureLMDB", "NumberedKeys", "SafeUnpickler", "UnsafeData", "array_from_bytes", "compact_keys", "is_pickle",
+    "loads_value", "msgpack_loads", "open_lmdb", "parse_cc_datapoint", "parse_feature_row", "read_caption_json",
+    "read_cc_lmdb", "read_feature_lmdb", "safe_dtype", "safe_pickle_loads",
 ]
 
 log = logging.getLogger(__name__)
@@ -147,6 +149,36 @@ def _read_key_list(env: lmdb.Environment, path: str, list_key: bytes, writer: st
     if entries - 1 != len(keys):
         log.warning("%s: the key list names %d records but the LMDB holds %d other entries", path, len(keys),
                     entries - 1)
+    return keys
+
+
+class NumberedKeys(Sequence[bytes]):
+    """tensorpack's key list ``[b'%08d' % i for i in range(n)]`` held as ``n`` alone.
+
+    ``LMDBSerializer`` numbers its records, so a Conceptual Captions store of 3M pairs would otherwise keep 3M
+    ``bytes`` objects (about 150 MB) in every process that reads it and in every pickle sent to a Grain worker.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> bytes:  # type: ignore[override] - slices are not needed
+        i = index + self.n if index < 0 else index
+        if not 0 <= i < self.n:
+            raise IndexError(f"record index {index} out of range for {self.n} records")
+        return b"%08d" % i
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (b"%08d" % i for i in range(self.n))
+
+
+def compact_keys(keys: list[bytes]) -> Sequence[bytes]:
+    """``NumberedKeys(len(keys))`` when ``keys`` are tensorpack's numbering, else ``keys`` unchanged."""
+    if all(k == b"%08d" % i for i, k in enumerate(keys)):
+        return NumberedKeys(len(keys))
     return keys
 
 
@@ -254,6 +286,11 @@ class ConceptualCaptionsLMDB(_LMDBReader):
                  num_classes: int | None = VOLTA_NUM_CLASSES):
         self.feature_dim, self.num_classes = feature_dim, num_classes
         super().__init__(path, skip_bad)
+        self._keys = compact_keys(self._keys)
+
+    def key(self, index: int) -> str:
+        """The LMDB key of record ``index`` as text (``'00000012'``), for messages naming a record."""
+        return _key_text(self._keys[index])
 
     def _parse(self, txn: lmdb.Transaction, key: bytes) -> CaptionPair:
         raw = self._get(txn, key)

@@ -11,22 +11,25 @@ Sources (``SOURCES`` maps each name to its builder factory; one small function p
 ``pretrain``, ``ablation`` and ``captions``):
 
 - ``synthetic[:key=value,...]``: the embedded synthetic world (``jaxvl.data.builders.synthetic``);
-- ``volta-cc:LMDB[,val=LMDB]``: pretraining pairs from VOLTA's Conceptual Captions LMDBs
+- ``volta-cc:LMDB[,val=LMDB][,skip_bad=1]``: pretraining pairs from VOLTA's Conceptual Captions LMDBs
   (``jaxvl.data.readers.volta_lmdb.ConceptualCaptionsLMDB``), ``train`` from LMDB and ``val`` from
   ``val=``. LMDB is an LMDB file or directory, or a directory holding VOLTA's ``training_feat_all.lmdb``
   (and ``validation_feat_all.lmdb``, picked up as ``val`` unless ``val=`` says otherwise). The caption
-  of each pair is the one stored in its LMDB record; VOLTA's caption json files are not read;
+  of each pair is the one stored in its LMDB record; VOLTA's caption json files are not read.
+  ``skip_bad=1`` skips bad records as ``--skip-bad`` does. As a training config's ``data.dataset`` this
+  source is read in place, with no prepare step (``jaxvl.data.inplace``); ``jaxvl prepare`` converts it;
 - ``tsv:FEATURES.tsv,captions=CAPTIONS.json[,val=VAL.tsv][,val_captions=VAL.json]``: pretraining pairs
   from a bottom-up-attention TSV (``TsvFeatureReader``) and VOLTA's caption json ``{image_id: caption}``
   (a value may be a list of captions: one pair each). A TSV image with no caption is a bad record;
   captions of images the TSV lacks are ignored (their number is logged). ``val_captions`` defaults
   to ``captions``;
-- ``flickr30k-entities:ROOT,features=FEATURES[,split=val][,format=lmdb|tsv|npz]``: cross-modal
+- ``flickr30k-entities:ROOT,features=FEATURES[,split=val][,format=lmdb|tsv|npz][,skip_bad=1]``: cross-modal
   ablation phrases (``Flickr30kEntities``) with their image's regions from a per-image feature LMDB
   (``FeatureLMDB``), a TSV (only the split's images are kept in memory) or a directory of
   ``<image_id>.npz`` files (``NpzFeatureReader``); the format is detected unless ``format=`` names it.
   The output split is named after ``split``. A phrase whose image has no features is a bad record
-  naming the image id;
+  naming the image id. As an ablation config's ``data.dataset``, with an LMDB or npz feature store, this
+  source is read in place (``jaxvl.data.inplace``); a TSV has no index, so it is prepared on first use;
 - ``synthetic-captions[:key=value,...]``: the synthetic captioning world
   (``jaxvl.data.builders.captions``): ``WorldConfig`` and ``CaptionWorldConfig`` knobs, ``val_images``,
   ``test_images``, ``max_length``, ``name``; one ``CaptionImages`` dataset with ``train``/``val``/``test``;
@@ -183,19 +186,22 @@ SOURCES: dict[str, SourceEntry] = {
         "the embedded synthetic world; synthetic:key=value,... sets WorldConfig knobs and val_images",
         options=None, needs_path=False),
     "volta-cc": SourceEntry(
-        volta_cc_source, "volta-cc:LMDB_DIR_OR_FILE[,val=LMDB][,num_regions=36,...]",
+        volta_cc_source, "volta-cc:LMDB_DIR_OR_FILE[,val=LMDB][,skip_bad=1][,num_regions=36,...]",
         "pretraining pairs (train/val) from VOLTA's Conceptual Captions LMDBs; the caption is the one stored in "
-        "each LMDB record (VOLTA's caption json files are not read: use tsv: for captions from a json)",
-        options=_FILE_OPTIONS | {"val"}),
+        "each LMDB record (VOLTA's caption json files are not read: use tsv: for captions from a json). As "
+        "`jaxvl pretrain`'s data.dataset it is read in place, with no prepare step",
+        options=_FILE_OPTIONS | {"val", "skip_bad"}),
     "tsv": SourceEntry(
         tsv_source, "tsv:FEATURES.tsv,captions=CAPTIONS.json[,val=VAL.tsv,val_captions=VAL.json][,num_regions=36,...]",
         "pretraining pairs from a bottom-up-attention TSV and VOLTA's caption json {image_id: caption}",
         options=_FILE_OPTIONS | {"captions", "val", "val_captions"}),
     "flickr30k-entities": SourceEntry(
         flickr30k_entities_source,
-        "flickr30k-entities:ROOT,features=FEATURE_LMDB|TSV|NPZ_DIR[,split=val][,format=lmdb|tsv|npz][,...]",
-        "cross-modal ablation phrases of Flickr30k Entities with their images' regions",
-        options=_FILE_OPTIONS | {"features", "split", "format"}),
+        "flickr30k-entities:ROOT,features=FEATURE_LMDB|TSV|NPZ_DIR[,split=val][,format=lmdb|tsv|npz][,skip_bad=1]"
+        "[,...]",
+        "cross-modal ablation phrases of Flickr30k Entities with their images' regions. As `jaxvl ablate`'s "
+        "data.dataset it is read in place (features in an LMDB or npz directory), with no prepare step",
+        options=_FILE_OPTIONS | {"features", "split", "format", "skip_bad"}),
     "synthetic-captions": SourceEntry(
         synthetic_captions_source, "synthetic-captions[:key=value,...]",
         "the synthetic captioning world (5 captions per image from its objects and their spatial relations); "

@@ -85,6 +85,11 @@ class ParsedSource:
         return path
 
 
+def wants_skip_bad(src: ParsedSource, skip_bad: bool) -> bool:
+    """Whether bad records are skipped: ``skip_bad`` (``--skip-bad``) or the source's own ``skip_bad=1``."""
+    return skip_bad or src.bool_option("skip_bad", False)
+
+
 # ---------------------------------------------------------------------------------------------- results
 
 

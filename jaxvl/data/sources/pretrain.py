@@ -1,7 +1,9 @@
 """The pretraining-pair sources: ``synthetic``, ``volta-cc`` (VOLTA's CC LMDBs) and ``tsv`` (+ caption json).
 
 Each factory returns ``PretrainPairs`` builders (``synthetic`` also its ablation twin); the source
-strings are documented in ``jaxvl.data.sources``.
+strings are documented in ``jaxvl.data.sources``. ``cc_lmdb_paths``, ``cc_reader`` and ``cc_region_spec``
+are shared with the in-place reading of ``volta-cc`` (``jaxvl.data.inplace``), so both paths see the same
+records at the same region sizes.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from jaxvl.data.records import BadRecord, CaptionPair
 from jaxvl.data.sources.base import (
@@ -20,8 +23,13 @@ from jaxvl.data.sources.base import (
     config_name,
     path_stem,
     source_metadata,
+    wants_skip_bad,
 )
 from jaxvl.data.sources.regions import RegionOptions, SpecProbe, fits_spec, skip_or_raise
+
+if TYPE_CHECKING:  # the builders import tensorflow_datasets: only the factories load them
+    from jaxvl.data.builders.common import RegionSpec
+    from jaxvl.data.readers.volta_lmdb import ConceptualCaptionsLMDB
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +47,7 @@ def synthetic_source(src: ParsedSource, out: str, skip_bad: bool) -> Prepared:
 # ---------------------------------------------------------------------------------------------- volta-cc
 
 
-def _cc_paths(src: ParsedSource) -> dict[str, str]:
+def cc_lmdb_paths(src: ParsedSource) -> dict[str, str]:
     """Split -> LMDB path of a ``volta-cc`` source (a directory of VOLTA's LMDBs or an LMDB itself)."""
     path = src.existing_path(src.path, "LMDB")
     paths = {"train": path}
@@ -55,29 +63,41 @@ def _cc_paths(src: ParsedSource) -> dict[str, str]:
     return paths
 
 
-def volta_cc_source(src: ParsedSource, out: str, skip_bad: bool) -> Prepared:
-    """``volta-cc:LMDB[,val=LMDB]``: VOLTA's Conceptual Captions LMDBs as ``PretrainPairs`` (train / val)."""
-    from jaxvl.data.builders.pretrain import PretrainConfig, PretrainPairs
+def cc_reader(src: ParsedSource, path: str, skip_bad: bool) -> ConceptualCaptionsLMDB:
+    """The reader of one ``volta-cc`` LMDB with the source's region checks; ``SourceError`` if it cannot open."""
     from jaxvl.data.readers.volta_lmdb import ConceptualCaptionsLMDB
 
-    opts, skips = RegionOptions.parse(src), Skips()
-    paths = _cc_paths(src)
+    opts = RegionOptions.parse(src)
+    try:
+        return ConceptualCaptionsLMDB(path, skip_bad, feature_dim=opts.feature_dim,
+                                      num_classes=opts.reader_num_classes)
+    except (OSError, ValueError) as e:
+        raise SourceError(f"--source {src.name}: {e}") from e
 
-    def reader(path: str) -> ConceptualCaptionsLMDB:
-        try:
-            return ConceptualCaptionsLMDB(path, skip_bad, feature_dim=opts.feature_dim,
-                                          num_classes=opts.reader_num_classes)
-        except (OSError, ValueError) as e:
-            raise SourceError(f"--source {src.name}: {e}") from e
 
-    probe = SpecProbe(opts)
+def cc_region_spec(src: ParsedSource, paths: dict[str, str], skip_bad: bool) -> RegionSpec:
+    """The region spec of a ``volta-cc`` source, read off the first records of every split (``probe=``)."""
+    probe = SpecProbe(RegionOptions.parse(src))
     for path in paths.values():
-        with reader(path) as r:
+        with cc_reader(src, path, skip_bad) as r:
             probe.feed(r, lambda pair: pair.regions)
-    spec = probe.spec(paths["train"])
+    return probe.spec(paths["train"])
+
+
+def volta_cc_source(src: ParsedSource, out: str, skip_bad: bool) -> Prepared:
+    """``volta-cc:LMDB[,val=LMDB]``: VOLTA's Conceptual Captions LMDBs as ``PretrainPairs`` (train / val).
+
+    ``jaxvl prepare`` writes them as ArrayRecord; a pretraining config's ``data.dataset`` reads them in place
+    instead (``jaxvl.data.inplace``), with the same paths, reader and region spec.
+    """
+    from jaxvl.data.builders.pretrain import PretrainConfig, PretrainPairs
+
+    skips, skip_bad = Skips(), wants_skip_bad(src, skip_bad)
+    paths = cc_lmdb_paths(src)
+    spec = cc_region_spec(src, paths, skip_bad)
 
     def pairs(split: str, path: str) -> Iterator[CaptionPair]:
-        with reader(path) as r:
+        with cc_reader(src, path, skip_bad) as r:
             what = f"{split}: records not fitting the region sizes in {path}"
             yield from (pair for pair in r if fits_spec(pair.regions, spec, path, skip_bad, skips, what))
             skips.add(f"{split}: bad records in {path}", r.errors.skipped)
