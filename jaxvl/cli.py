@@ -120,7 +120,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
-PROBE_MODULES = {"emap": "run", "mmshap": "run", "mirror": "mirror", "colour": "colour"}  # verb -> jaxvl.probes.X
+# verb -> the module of jaxvl.probes holding probe_<verb>
+PROBE_MODULES = {"emap": "run", "mmshap": "run", "mirror": "mirror_run", "colour": "colour_run"}
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -325,7 +326,8 @@ COMMANDS: tuple[Command, ...] = (
             "the same command resumes from the latest checkpoint; Ctrl-C stops it and says where it stopped.",
             ("jaxvl pretrain --config pretrain:uniter,tiny --workdir runs/uniter_tiny",
              "jaxvl pretrain --config pretrain:lxmert,xent --workdir runs/lxmert_xent "
-             "--config.data.dataset=data/jaxvl_volta_cc/default/1.0.0 --config.init.bert_checkpoint=bert/model.bin"),
+             "--config.data.dataset=volta-cc:data/conceptual_captions --config.data.vocab_file=bert/vocab.txt "
+             "--config.init.bert_checkpoint=bert/model.bin"),
             cmd_pretrain, _pretrain_args, config="pretrain"),
     Command("caption train", "train the captioner: cross-entropy, then self-critical (SCST)",
             "Trains the geometry-aware captioner with cross-entropy (<workdir>/xe), then self-critical sequence "

@@ -1,5 +1,7 @@
 """EMAP: the paper's example, the streaming sums against dense numpy, and the blocked compiled program against a
-per-pair loop of the model (single-stream UNITER, dual-stream LXMERT with and without the prefix cache)."""
+per-pair loop of the model (single-stream UNITER, dual-stream LXMERT with and without the prefix cache); the
+labelled design (items with match / mismatch labels) against direct numpy and on planted additive and
+interaction-only scores."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxvl.ablation.report import bootstrap_weights
 from jaxvl.models import get_model
 from jaxvl.probes import (
     EmapResult,
@@ -23,6 +26,7 @@ from jaxvl.probes import (
     interaction_share,
     itm_match_score,
 )
+from jaxvl.probes.emap import LabelledMetrics, labelled_metrics, run_emap
 from jaxvl.runtime.compile import FAST_COMPILE
 from jaxvl.runtime.sharding import make_mesh
 
@@ -204,3 +208,108 @@ def test_bad_blocks_and_single_stream_cache():
         PairProgram(get_model("uniter", tiny=True), mesh, text_block=3, image_block=1)
     with pytest.raises(ValueError, match="unimodal prefix"):
         PairProgram(get_model("uniter", tiny=True), mesh, text_block=2, image_block=2, cache_prefix=True)
+
+
+# ------------------------------------------------------------------------------------------- labelled items
+
+
+def labelled_dense(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Accuracies and AUROC of ``logits`` [N, C] against ``y`` [N], item by item."""
+    says_match = logits.argmax(-1) == 0
+    right = says_match == (y == 0)
+    s = itm_match_score(logits)
+    pos, neg = s[y == 0][:, None], s[y == 1][None, :]
+    return dict(accuracy=right.mean(), accuracy_matched=right[y == 0].mean(), accuracy_mismatched=right[y == 1].mean(),
+                auroc=((pos > neg) + 0.5 * (pos == neg)).mean())
+
+
+@pytest.mark.parametrize("n,c", [(40, 2), (101, 3)])
+def test_labelled_metrics_match_numpy(n, c):
+    rng = np.random.default_rng(n)
+    y = (rng.random(n) < 0.4).astype(np.int64)
+    logits = rng.normal(size=(n, c))
+    logits[:, 0] += 1.2 * (y == 0)  # some signal
+    logits[: n // 3] = np.round(logits[: n // 3])  # ties in the match score
+    m = labelled_metrics(logits, y, n_boot=2000, seed=1)
+    want = labelled_dense(logits, y)
+    for key, value in want.items():
+        assert getattr(m, key) == pytest.approx(value, abs=1e-12), key
+    assert (m.n_matched, m.n_mismatched) == ((y == 0).sum(), (y == 1).sum())
+    assert m.balanced_accuracy == pytest.approx(0.5 * (want["accuracy_matched"] + want["accuracy_mismatched"]))
+    # the percentile intervals: around the estimate, about as wide as the normal approximation's
+    for est, low, high, se in (
+            (m.accuracy, m.accuracy_low, m.accuracy_high, np.sqrt(m.accuracy * (1 - m.accuracy) / n)),
+            (m.balanced_accuracy, m.balanced_low, m.balanced_high, 0.5 * np.sqrt(
+                m.accuracy_matched * (1 - m.accuracy_matched) / m.n_matched
+                + m.accuracy_mismatched * (1 - m.accuracy_mismatched) / m.n_mismatched))):
+        assert low < est < high
+        assert high - low == pytest.approx(2 * 1.96 * se, rel=0.25)
+    # the same resamples as the bootstrap weights of the seed: a direct resampling of the accuracy
+    w = bootstrap_weights(n, 2000, 1)
+    right = (logits.argmax(-1) == 0) == (y == 0)
+    boot = np.array([np.repeat(right, counts.astype(int)).mean() for counts in w])
+    assert (m.accuracy_low, m.accuracy_high) == pytest.approx(tuple(np.percentile(boot, [2.5, 97.5])))
+
+
+def planted_scores(n: int, kind: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """f [N, N, 2] over all (text i, image j) of N labelled items and their labels [N]: each image has a class,
+    text k names image k's class (y = 0) or, for a foil (y = 1), the class of another item's image that differs
+    (as ``jaxvl.data.synthetic.foils``). ``interaction``: f says match where the classes agree (needs both);
+    ``tell``: every foil text carries a tell that f reads alone."""
+    rng = np.random.default_rng(seed)
+    image_class = rng.integers(0, 10, n)
+    y = (rng.random(n) < 0.5).astype(np.int64)
+    text_class = image_class.copy()
+    for k in np.flatnonzero(y == 1):
+        text_class[k] = image_class[rng.choice(np.flatnonzero(image_class != image_class[k]))]
+    f = np.zeros((n, n, 2))
+    if kind == "interaction":
+        f[..., 0] = np.where(text_class[:, None] == image_class[None, :], 2.0, -2.0)
+    else:
+        f[..., 0] = np.where(y[:, None] == 1, -2.0, 2.0) + rng.normal(scale=0.3, size=(1, n))
+    return f + 0.1 * rng.normal(size=f.shape), y
+
+
+def test_labelled_emap_keeps_a_tell_and_loses_an_interaction():
+    n = 200
+    for kind in ("tell", "interaction"):
+        f, y = planted_scores(n, kind)
+        result = EmapResult.from_sums(stream(f.astype(np.float32), 32, 32), kind, labels=y)
+        assert result.design == "labelled" and isinstance(result.full, LabelledMetrics)
+        # the result scores each item by its own pair: the diagonal of f and of the dense projection
+        for got, logits in ((result.full, np.diagonal(f).T), (result.emap, np.diagonal(emap_dense(f)).T)):
+            for key, value in labelled_dense(logits, y).items():
+                assert getattr(got, key) == pytest.approx(value, abs=1e-6), (kind, key)
+        assert result.full.accuracy == 1.0 and result.full.accuracy_low > 0.95
+        if kind == "tell":
+            assert result.emap.accuracy == 1.0 and result.emap.auroc == 1.0
+        else:
+            assert result.emap.accuracy_low < 0.5 < result.emap.accuracy_high, result.emap
+            assert result.emap.balanced_low <= 0.5 <= result.emap.balanced_high, result.emap
+            # below 0.65: a frequent class is matched a little more often than foiled (a foil names another
+            # class), a weak text-only tell the projection may keep
+            assert abs(result.emap.auroc - 0.5) < 0.15, result.emap
+
+
+def test_labelled_table_json_and_bad_labels(tmp_path):
+    f, y = planted_scores(20, "tell")
+    sums = stream(f.astype(np.float32), 8, 8)
+    result = EmapResult.from_sums(sums, "toy", labels=y)
+    table = result.table()
+    assert table.startswith("EMAP of toy") and "Design: labelled items" in table
+    assert f"n = 20 labelled items ({(y == 0).sum()} matched, {(y == 1).sum()} mismatched)" in table
+    assert "| full model | 100.0 [100.0, 100.0] |" in table
+    data = json.loads(result.save_json(tmp_path / "emap.json").read_text())
+    assert data["design"] == "labelled" and data["labels"] == y.tolist() and len(data["item_logits"]) == 20
+    assert data["emap"]["accuracy_low"] == pytest.approx(result.emap.accuracy_low)
+    unlabelled = EmapResult.from_sums(sums, "toy")
+    assert unlabelled.design == "pairs" and "Design: all N x N" in unlabelled.table()
+    assert "labels" not in unlabelled.as_dict() and "matched_logits" in unlabelled.as_dict()
+    for bad, match in ((y[:-1], r"labels: shape \(19,\)"), (np.where(y == 1, 2, 0), "labels: expected integers"),
+                       (y.astype(float), "labels: expected integers")):
+        with pytest.raises(ValueError, match=match):
+            EmapResult.from_sums(sums, labels=bad)
+    items = {"input_ids": np.ones((3, 4), int), "text_mask": np.ones((3, 4), int), "features": np.zeros((3, 2, 24)),
+             "locations": np.zeros((3, 2, 5)), "region_mask": np.ones((3, 2), int)}
+    with pytest.raises(ValueError, match="labels: shape"):  # before anything compiles: no variables needed
+        run_emap(get_model("uniter", tiny=True), None, items, labels=np.zeros(4, int))

@@ -55,7 +55,11 @@ from jaxvl.runtime.state import TrainState
 TRAIN, VAL, T, R, K = 256, 64, 12, 6, 12
 CHUNK, BATCH, THRESHOLD = 50, 32, 0.5
 KNOBS = {"planted": dict(vision_to_language=1.0, ambiguous_fraction=1.0),
-         "nothing": dict(vision_to_language=0.0, ambiguous_fraction=0.0)}
+         "nothing": dict(vision_to_language=0.0, ambiguous_fraction=0.0),
+         # the mirror and colour probes' worlds (tests/test_probes_planted.py): the same captions ("there is a red
+         # kodufa on the left"); sides tied to the boxes and colours carried by 4 feature dims, or neither
+         "sides+colour": dict(spatial_relations=True, side_grounding=1.0, colour_dims=4, colour_signal=1.0),
+         "untied": dict(spatial_relations=True, side_grounding=0.0, colour_dims=4, colour_signal=0.0)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,12 +100,12 @@ def tokenizer(cases: list[Case]) -> Tokenizer:
     return Tokenizer.from_words(sorted({w for c in cases for w in c.world.vocabulary()}))
 
 
-def training_pairs(case: Case, tok: Tokenizer) -> dict[str, np.ndarray]:
-    """Every (caption, image) pair of the training images as pretraining fields [N, ...]."""
+def training_pairs(case: Case, tok: Tokenizer, images: range = range(TRAIN)) -> dict[str, np.ndarray]:
+    """Every (caption, image) pair of ``images`` (default: the training images) as pretraining fields [N, ...]."""
     w = case.world
     spec, transform = RegionSpec(R, w.cfg.feature_dim, K), PretrainTransform(tok, T, R, "first")
     rows = []
-    for i in range(TRAIN):
+    for i in images:
         image = w[i]
         stored = encode_regions(image.regions, spec, "synthetic")
         rows.extend(transform.map({"caption": c, "image_id": image.image_id, **stored}) for c in image.captions)

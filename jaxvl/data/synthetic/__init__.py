@@ -1,10 +1,14 @@
 """Synthetic worlds with planted cross-modal structure, generated in-process: the embedded default data.
 
 ``world``: image-caption pairs and ablation phrases (knobs ``vision_to_language``, ``ambiguous_fraction``,
-detector rank noise); ``captions``: the captioning world with spatial relations and phrase links.
+detector rank noise, and for the probes ``spatial_relations`` / ``side_grounding`` and ``colour_dims`` /
+``colour_signal``); ``captions``: the captioning world with spatial relations and phrase links; ``foils``:
+labelled ITM items, matched captions and foils, optionally with a unimodal tell (EMAP / MM-SHAP planted truth).
 """
 
+from jaxvl.data.synthetic.foils import LabelledItem, item_batch, labelled_items, tell_vocabulary
 from jaxvl.data.synthetic.world import (
+    COLOURS,
     REAL_DETECTOR_RANK_PROBS,
     SyntheticImage,
     SyntheticObject,
@@ -12,4 +16,5 @@ from jaxvl.data.synthetic.world import (
     WorldConfig,
 )
 
-__all__ = ["REAL_DETECTOR_RANK_PROBS", "SyntheticImage", "SyntheticObject", "World", "WorldConfig"]
+__all__ = ["COLOURS", "REAL_DETECTOR_RANK_PROBS", "LabelledItem", "SyntheticImage", "SyntheticObject", "World",
+           "WorldConfig", "item_batch", "labelled_items", "tell_vocabulary"]
