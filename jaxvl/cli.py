@@ -130,7 +130,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     verb = args.jaxvl_command.name.split()[-1]
     module = importlib.import_module(f"jaxvl.probes.{PROBE_MODULES[verb]}")
     print(getattr(module, f"probe_{verb}")(cfg, args.workdir))
-    print(f"\n{verb}.json and table.md per checkpoint in {args.workdir}")
+    csv = f", {verb}.csv" if verb in ("mirror", "colour") else ""
+    print(f"\n{verb}.json{csv}, table.md and {verb}.png per checkpoint in {args.workdir}")
     return 0
 
 

@@ -1,5 +1,6 @@
 """`jaxvl probe emap` end to end on a tiny pretrained checkpoint: emap.json and table.md with N items and N^2 pairs,
-one item per image, and its bad inputs as ONE line `jaxvl: error: ...` naming the key or file."""
+one item per image, and its bad inputs as ONE line `jaxvl: error: ...` naming the key or file; the plots of
+`jaxvl probe emap` / `mmshap` (emap.png, mmshap.png: valid PNGs; what they say, from the returned figures)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import json
 import shutil
 
 import pytest
+from PIL import Image
 
 from jaxvl.cli import main
+from jaxvl.probes.plots import UNTRAINED, plot_emap, plot_mmshap
 
 WORLD = "synthetic:num_images=32,val_images=8"  # its val split: 16 captions of 8 images
 TINY = ["--config.fast_compile=True", "--config.progress=False", "--config.data.batch_size=8",
@@ -22,6 +25,26 @@ def checkpoint(tmp_path_factory):
     assert main(["pretrain", "--config", "pretrain:uniter,tiny", "--workdir", str(run), "--config.steps=2",
                  f"--config.data.dataset={WORLD}", *TINY]) == 0
     return run
+
+
+def _png_size(path) -> tuple[int, int]:
+    """(width, height) of the PNG at ``path``, after checking that it decodes."""
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.verify()
+    with Image.open(path) as image:
+        image.load()
+        return image.size
+
+
+def _texts(fig) -> str:
+    """Every title, label and text of a matplotlib figure, one string."""
+    parts = [fig.get_suptitle(), *(t.get_text() for t in fig.texts)]
+    for ax in fig.axes:
+        parts += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), *(t.get_text() for t in ax.get_xticklabels())]
+        legend = ax.get_legend()
+        parts += [t.get_text() for t in legend.get_texts()] if legend else []
+    return "\n".join(parts)
 
 
 def _error_line(capsys) -> str:
@@ -45,6 +68,76 @@ def test_probe_emap_writes_the_report(checkpoint, tmp_path, capsys):
     table = (out / "uniter" / "table.md").read_text()
     assert f"n = {n} items, {n * n} (text, image) pairs" in table and "| EMAP |" in table
     assert table.strip() in (out / "table.md").read_text() and "| full model |" in printed
+    width, height = _png_size(out / "uniter" / "emap.png")
+    assert width > 300 and height > 200
+    assert not (out / "emap.png").exists()  # one checkpoint: no side-by-side plot
+
+
+def test_probe_emap_plots_several_checkpoints_side_by_side(checkpoint, tmp_path):
+    out = tmp_path / "emap"
+    assert main([*PROBE, "--workdir", str(out), f"--config.checkpoints={checkpoint},{checkpoint}",
+                 "--config.names=a,b", "--config.n_items=4", "--config.text_block=4", "--config.image_block=2"]) == 0
+    for path in (out / "a" / "emap.png", out / "b" / "emap.png", out / "emap.png"):
+        assert _png_size(path)[0] > 300
+    assert _png_size(out / "emap.png")[0] > _png_size(out / "a" / "emap.png")[0]  # two checkpoints' bars
+
+
+def test_probe_mmshap_writes_its_plot(checkpoint, tmp_path):
+    out = tmp_path / "mmshap"
+    assert main(["probe", "mmshap", "--config", "probes:mmshap,tiny", "--config.progress=False", "--workdir", str(out),
+                 f"--config.checkpoints={checkpoint}", "--config.n_items=3", "--config.permutations=1"]) == 0
+    record = json.loads((out / "uniter" / "mmshap.json").read_text())
+    assert record["model"] == "uniter" and record["n_examples"] == 3
+    width, height = _png_size(out / "uniter" / "mmshap.png")
+    assert width > 300 and height > 200
+    fig = plot_mmshap(record, tmp_path / "again.png")
+    assert f"n = {record['n_defined']}" in _texts(fig)
+    assert (UNTRAINED in _texts(fig)) == (record["itm_trained"] is False)
+
+
+# ------------------------------------------------------------------------------------------- the plots alone
+
+PAIRS = {"probe": "emap", "model": "u", "score": "ITM logits", "n_items": 8, "n_pairs": 64, "itm_trained": True,
+         "full": {"accuracy_matched": 0.75, "accuracy_mismatched": 0.6, "balanced_accuracy": 0.675, "auroc": 0.7},
+         "emap": {"accuracy_matched": 0.5, "accuracy_mismatched": 0.5, "balanced_accuracy": 0.5, "auroc": 0.5}}
+
+
+def test_plot_emap_says_no_interval_and_marks_an_untrained_head(tmp_path):
+    fig = plot_emap(PAIRS, tmp_path / "one.png")
+    text = _texts(fig)
+    assert "no interval" in text and "n = 8 items, 64 (text, image) pairs" in text and UNTRAINED not in text
+    assert [ax.get_ylabel() for ax in fig.axes] == ["balanced accuracy (%)", "AUROC (0-1)"]
+    assert not [line for ax in fig.axes for line in ax.lines if line.get_marker() == "_"]  # no error bar caps
+    fig = plot_emap([PAIRS, {**PAIRS, "model": "v", "itm_trained": False}], tmp_path / "two.png")
+    text = _texts(fig)
+    assert UNTRAINED in text and "(ITM untrained)" in text
+    assert _png_size(tmp_path / "two.png")[0] > _png_size(tmp_path / "one.png")[0]
+
+
+def test_plot_emap_draws_the_intervals_a_record_carries(tmp_path):
+    full = {"accuracy": 0.8, "accuracy_low": 0.7, "accuracy_high": 0.9, "accuracy_matched": 0.8,
+            "accuracy_mismatched": 0.8, "balanced_accuracy": 0.8, "balanced_low": 0.7, "balanced_high": 0.9,
+            "auroc": 0.9, "n_matched": 30, "n_mismatched": 10}
+    emap = {**full, "accuracy": 0.5, "accuracy_low": 0.4, "accuracy_high": 0.6}
+    record = {**PAIRS, "design": "labelled", "full": full, "emap": emap}
+    fig = plot_emap(record, tmp_path / "labelled.png")
+    text = _texts(fig)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["accuracy (%)", "balanced accuracy (%)", "AUROC (0-1)"]
+    assert "error bars" in text and "no interval on AUROC" in text and "majority label (75%)" in text
+    caps = [line for line in fig.axes[0].lines if line.get_marker() == "_"]  # the error bars' caps
+    assert sorted({round(y, 6) for cap in caps for y in cap.get_ydata()}) == [40.0, 60.0, 70.0, 90.0]
+
+
+def test_plot_mmshap_marks_the_mean_and_its_interval(tmp_path):
+    record = {"permutations": 10, "removal": "mean", "n_examples": 4, "n_defined": 3, "t_shap": 30.0,
+              "t_shap_low": 20.0, "t_shap_high": 40.0, "model": "u", "itm_trained": False,
+              "examples": [{"t_shap": 0.2}, {"t_shap": 0.3}, {"t_shap": 0.4}, {"t_shap": None}]}
+    fig = plot_mmshap(record, tmp_path / "mmshap.png")
+    text = _texts(fig)
+    assert "n = 3 of 4 examples" in text and "mean T-SHAP 30.0%" in text and "[20.0, 40.0]" in text
+    assert UNTRAINED in text and "T-SHAP (%)" in text and "examples (count)" in text
+    assert sum(p.get_height() for p in fig.axes[0].patches if round(p.get_width(), 6) == 5.0) == 3  # the 5-point bins
+    assert "no interval" in _texts(plot_mmshap({**record, "t_shap_low": None}, tmp_path / "bare.png"))
 
 
 def test_probe_emap_samples_n_items(checkpoint, tmp_path):

@@ -1,5 +1,5 @@
 """Benchmarks: timing and compile-time measurements of jaxvl (``jaxvl bench models | data | pretrain | caption |
-ablate | topologies | device``), written to ``BENCHMARKS.md`` with the command and the machine.
+ablate | probe | topologies | device``), written to ``BENCHMARKS.md`` with the command and the machine.
 
 Each command's module has ``add_arguments(parser)`` and ``run(args)``, which the CLI calls; what they share
 (the machine, timing, ``Probe``, the markdown tables) is ``jaxvl.benchmarks.common``. Helper modules:

@@ -38,7 +38,7 @@ from jaxvl.probes.mirror import (
     parse_mirror_words,
     select_mirror_items,
 )
-from jaxvl.probes.run import _positive_int, _write_text, load_jobs
+from jaxvl.probes.run import load_jobs, positive_int, write_text
 
 
 def caption_filter(pairs: tuple[tuple[str, str], ...]) -> Callable[[str], bool]:
@@ -116,7 +116,7 @@ def probe_mirror(cfg: ConfigDict, workdir: str) -> str:
         raise ValueError(f"config probe={cfg.probe!r}: `jaxvl probe mirror` runs probe 'mirror' "
                          "(--config probes:mirror)")
     pairs = parse_mirror_words(cfg.mirror.words)
-    block = _positive_int(cfg, "text_block")
+    block = positive_int(cfg, "text_block")
     label = "/".join(w for p in pairs for w in p)
     jobs = load_jobs(cfg, workdir, "the mirror probe", 1, keep=caption_filter(pairs),
                      wanted=f"a whole-word {label} (config {WORDS_KEY})")
@@ -172,10 +172,10 @@ def probe_mirror(cfg: ConfigDict, workdir: str) -> str:
             f.write(json.dumps(record, indent=1) + "\n")
         write_csv(result, os.path.join(out, "mirror.csv"))
         plot_mirror(result, summary, ckpt.name, os.path.join(out, "mirror.png"))
-        _write_text(os.path.join(out, "table.md"), table)
+        write_text(os.path.join(out, "table.md"), table)
         tables.append(f"### {ckpt.name}\n\n{table}")
     combined = "\n\n".join(tables)
-    _write_text(os.path.join(workdir, "table.md"), combined)
+    write_text(os.path.join(workdir, "table.md"), combined)
     return combined
 
 

@@ -13,7 +13,9 @@ pretraining split (``probe_mmshap``: steps 1-3 below, then ``jaxvl.probes.mmshap
    over the mesh) is a ``ValueError`` / ``FileNotFoundError`` naming the key or file, before anything compiles;
 4. per checkpoint ``run_emap`` (one ``PairProgram`` per model config, reused by checkpoints that share it), then
    ``<workdir>/<name>/emap.json`` (``EmapResult.as_dict`` plus where the items came from and the time) and
-   ``table.md``; all tables in ``<workdir>/table.md``. The tables are returned.
+   ``table.md`` and ``emap.png`` (``jaxvl.probes.plots.plot_emap``: full model vs EMAP); all tables in
+   ``<workdir>/table.md``, and with several checkpoints their bars side by side in ``<workdir>/emap.png``. The
+   tables are returned.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from jaxvl.probes.pairs import IMAGE_FIELDS, TEXT_FIELDS, PairItems
 DEFAULT_MAX_SEQ_LENGTH = 38  # VOLTA's, for checkpoints without a run.json
 
 
-def _write_text(path: str, text: str) -> None:
+def write_text(path: str, text: str) -> None:
+    """Writes ``text`` and a newline to ``path`` (UTF-8)."""
     with open(path, "w", encoding="utf-8") as f:
         f.write(text + "\n")
 
@@ -127,7 +130,8 @@ def _check_fits(model_cfg: Any, tokenizer: Any, items: PairItems, dataset: str, 
         raise ValueError(f"checkpoint {name} does not match the probe data {dataset}: " + "; ".join(problems))
 
 
-def _positive_int(cfg: ConfigDict, key: str, least: int = 1) -> int:
+def positive_int(cfg: ConfigDict, key: str, least: int = 1) -> int:
+    """``cfg[key]``, checked to be an integer >= ``least`` (else a ValueError naming the key)."""
     value = cfg[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ValueError(f"config {key}={value!r}: expected an integer >= {least}")
@@ -142,7 +146,7 @@ def load_jobs(cfg: ConfigDict, workdir: str, probe: str, least: int, keep: Calla
     from jaxvl.ablation.run import checkpoint_names, load_checkpoint
     from jaxvl.data.grain import open_split, tokenizer_for
 
-    n_wanted = _positive_int(cfg, "n_items", least)
+    n_wanted = positive_int(cfg, "n_items", least)
     paths = [p for p in str(cfg.checkpoints).split(",") if p]
     if not paths:
         raise ValueError("config checkpoints is empty: give one or more jaxvl workdirs or VOLTA .bin files")
@@ -195,13 +199,14 @@ def probe_emap(cfg: ConfigDict, workdir: str) -> str:
     from jaxvl.models.volta.model import VLBertForPreTraining
     from jaxvl.probes.emap import EmapResult
     from jaxvl.probes.pairs import PairProgram
+    from jaxvl.probes.plots import plot_emap
     from jaxvl.runtime.compile import FAST_COMPILE
     from jaxvl.runtime.sharding import make_mesh
 
     # ------------------------------------------------------------------- arguments and checkpoints
     if cfg.probe != "emap":
         raise ValueError(f"config probe={cfg.probe!r}: `jaxvl probe emap` runs probe 'emap'")
-    text_block, image_block = _positive_int(cfg, "text_block"), _positive_int(cfg, "image_block")
+    text_block, image_block = positive_int(cfg, "text_block"), positive_int(cfg, "image_block")
     jobs = [(c, i, f, note) for c, i, f, _, note in load_jobs(cfg, workdir, "EMAP", 2)]
 
     # -------------------------------------------------- programs (block / mesh errors before any compile)
@@ -216,7 +221,7 @@ def probe_emap(cfg: ConfigDict, workdir: str) -> str:
                                                    compiler_options=options)
 
     # ------------------------------------------------------------------------------- run, report
-    tables = []
+    tables, records = [], []
     for ckpt, items, facts, itm_note in jobs:
         program = programs[ckpt.model_cfg]
         start = time.perf_counter()
@@ -243,10 +248,14 @@ def probe_emap(cfg: ConfigDict, workdir: str) -> str:
                       cache_prefix=program.cache_prefix, itm_trained=not itm_note, **facts)
         with open(os.path.join(out, "emap.json"), "w", encoding="utf-8") as f:
             f.write(json.dumps(record, indent=1) + "\n")
-        _write_text(os.path.join(out, "table.md"), table)
+        write_text(os.path.join(out, "table.md"), table)
+        plot_emap(record, os.path.join(out, "emap.png"))
         tables.append(f"### {ckpt.name}\n\n{table}")
+        records.append(record)
+    if len(records) > 1:
+        plot_emap(records, os.path.join(workdir, "emap.png"))
     combined = "\n\n".join(tables)
-    _write_text(os.path.join(workdir, "table.md"), combined)
+    write_text(os.path.join(workdir, "table.md"), combined)
     return combined
 
 
@@ -268,22 +277,24 @@ def mean_region_feature(source: Sequence[Any], n_images: int) -> np.ndarray:
 
 def probe_mmshap(cfg: ConfigDict, workdir: str) -> str:
     """``jaxvl probe mmshap`` (``jaxvl/configs/probes.py``, ``jaxvl.probes.mmshap``): checkpoints and items as for
-    EMAP (steps 1-3), then per checkpoint the MM-SHAP of every item, ``<workdir>/<name>/mmshap.json`` and
-    ``table.md``, all tables in ``<workdir>/table.md``; returns the tables."""
+    EMAP (steps 1-3), then per checkpoint the MM-SHAP of every item, ``<workdir>/<name>/mmshap.json``, ``table.md``
+    and ``mmshap.png`` (``jaxvl.probes.plots.plot_mmshap``: the per-item T-SHAP histogram), all tables in
+    ``<workdir>/table.md``; returns the tables."""
     from tqdm import tqdm
 
     from jaxvl.data.grain import open_split
     from jaxvl.models.volta.model import VLBertForPreTraining
     from jaxvl.probes.mmshap import REMOVALS, MMShapProgram
+    from jaxvl.probes.plots import plot_mmshap
     from jaxvl.runtime.compile import FAST_COMPILE
 
     if cfg.probe != "mmshap":
         raise ValueError(f"config probe={cfg.probe!r}: `jaxvl probe mmshap` runs probe 'mmshap' "
                          "(--config probes:mmshap)")
-    permutations, chunk = _positive_int(cfg, "permutations"), _positive_int(cfg, "chunk")
+    permutations, chunk = positive_int(cfg, "permutations"), positive_int(cfg, "chunk")
     if cfg.removal not in REMOVALS:
         raise ValueError(f"config removal={cfg.removal!r}: expected one of {', '.join(REMOVALS)}")
-    mean_items = _positive_int(cfg, "mean_items")
+    mean_items = positive_int(cfg, "mean_items")
     jobs = load_jobs(cfg, workdir, "MM-SHAP", 1)
     options = FAST_COMPILE if cfg.fast_compile else None
     means: dict[tuple[str, str], np.ndarray] = {}
@@ -309,15 +320,18 @@ def probe_mmshap(cfg: ConfigDict, workdir: str) -> str:
                  f"{tokenizer.mask_id}. {items.n * result.coalitions} coalitions in {seconds:.1f} s (compilation "
                  f"included; {chunk} per model batch).")
         table = "\n\n".join(p for p in (result.table(ckpt.name), about, f"Note: {itm_note}." if itm_note else "") if p)
-        result.save_json(os.path.join(out, "mmshap.json"), checkpoint=ckpt.path, preset=ckpt.preset, mask_id=
-                         tokenizer.mask_id, seconds=round(seconds, 3), coalitions_per_second=items.n *
-                         result.coalitions / seconds if seconds > 0 else math.nan, chunk=chunk,
-                         itm_trained=not itm_note, **facts)
-        _write_text(os.path.join(out, "table.md"), table)
+        saved = result.save_json(os.path.join(out, "mmshap.json"), model=ckpt.name, checkpoint=ckpt.path,
+                                 preset=ckpt.preset, mask_id=tokenizer.mask_id, seconds=round(seconds, 3),
+                                 coalitions_per_second=items.n * result.coalitions / seconds if seconds > 0 else
+                                 math.nan, chunk=chunk, itm_trained=not itm_note, **facts)
+        with open(saved, encoding="utf-8") as f:
+            plot_mmshap(json.load(f), os.path.join(out, "mmshap.png"))  # the plot shows what the record holds
+        write_text(os.path.join(out, "table.md"), table)
         tables.append(f"### {ckpt.name}\n\n{table}")
     combined = "\n\n".join(tables)
-    _write_text(os.path.join(workdir, "table.md"), combined)
+    write_text(os.path.join(workdir, "table.md"), combined)
     return combined
 
 
-__all__ = ["build_items", "load_jobs", "mean_region_feature", "probe_emap", "probe_mmshap", "select_items"]
+__all__ = ["build_items", "load_jobs", "mean_region_feature", "positive_int", "probe_emap", "probe_mmshap",
+           "select_items", "write_text"]
