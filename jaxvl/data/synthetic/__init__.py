@@ -3,7 +3,9 @@
 ``world``: image-caption pairs and ablation phrases (knobs ``vision_to_language``, ``ambiguous_fraction``,
 detector rank noise, and for the probes ``spatial_relations`` / ``side_grounding`` and ``colour_dims`` /
 ``colour_signal``); ``captions``: the captioning world with spatial relations and phrase links; ``foils``:
-labelled ITM items, matched captions and foils, optionally with a unimodal tell (EMAP / MM-SHAP planted truth).
+labelled ITM items, matched captions and foils, optionally with a unimodal tell (EMAP / MM-SHAP planted truth);
+``tasks`` / ``tasks_vqa`` / ``tasks_retrieval`` / ``tasks_refer`` / ``tasks_nlvr2``: downstream task worlds (VQA,
+retrieval, referring expressions, NLVR2) with answers planted in the gold objects (issue 15).
 """
 
 from jaxvl.data.synthetic.foils import LabelledItem, item_batch, labelled_items, tell_vocabulary
