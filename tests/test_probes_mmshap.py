@@ -1,6 +1,7 @@
 """MM-SHAP: the antithetic permutation estimator against exact Shapley values by enumeration of all 2^P coalitions
 (a known game, and tiny UNITER / LXMERT models), efficiency on every example, both region removals, padding never
-a player, and T-SHAP / V-SHAP."""
+a player, and T-SHAP / V-SHAP; several items per compiled call, split over the 8 test devices, give the values of
+one item per call on one device."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from jaxvl.probes.mmshap import (
     t_shap,
 )
 from jaxvl.runtime.compile import FAST_COMPILE
+from jaxvl.runtime.sharding import make_mesh
 
 MASK_ID = 3
 
@@ -125,9 +127,12 @@ def model_case(name: str) -> tuple:
 
 
 @functools.cache
-def program(name: str, removal: str) -> MMShapProgram:
+def program(name: str, removal: str, items_per_call: int = 1, devices: int = 8, chunk: int = 64) -> MMShapProgram:
+    """The program on a mesh of the first ``devices`` test devices (all on the data axis)."""
     model, _, _, mean_feature = model_case(name)
-    return MMShapProgram(model, MASK_ID, removal, mean_feature, chunk=64, compiler_options=FAST_COMPILE)
+    return MMShapProgram(model, MASK_ID, removal, mean_feature, chunk=chunk,
+                         mesh=make_mesh(devices=jax.devices()[:devices]), items_per_call=items_per_call,
+                         compiler_options=FAST_COMPILE)
 
 
 def reference_values(name: str, removal: str, i: int, keeps: np.ndarray) -> np.ndarray:
@@ -144,26 +149,65 @@ def reference_values(name: str, removal: str, i: int, keeps: np.ndarray) -> np.n
     return np.asarray(itm_value(out), np.float64)
 
 
-@pytest.mark.parametrize("name,removal", [("uniter", "mean"), ("uniter", "mask"), ("lxmert", "mean")])
-def test_all_permutations_equal_exact_enumeration(name, removal):
-    model, variables, items, _ = model_case(name)
-    prog = program(name, removal)
+@functools.cache
+def exact_phi(name: str, removal: str) -> np.ndarray:
+    """[N, S] exact Shapley values of every item by enumeration of its 2^4 coalitions (``reference_values``)."""
+    model, _, items, _ = model_case(name)
     player = player_mask(items.text_mask, items.region_mask, model.cfg.add_global_imgfeat)
     assert (player.sum(1) == 4).all() and player.shape[1] == (LT - 2) + (LV - 1)
+    phi = []
     for i in range(items.n):
         subsets = [np.isin(np.arange(player.shape[1]), np.flatnonzero(player[i])[list(c)])
                    for r in range(5) for c in itertools.combinations(range(4), r)]
         table = dict(zip((tuple(np.flatnonzero(s)) for s in subsets),
                          reference_values(name, removal, i, np.stack(subsets)), strict=True))
-        exact = exact_shapley(lambda keep, t=table: t[tuple(np.flatnonzero(keep))], player[i])
+        phi.append(exact_shapley(lambda keep, t=table: t[tuple(np.flatnonzero(keep))], player[i]))
+    return np.stack(phi)
+
+
+@pytest.mark.parametrize("name,removal", [("uniter", "mean"), ("uniter", "mask"), ("lxmert", "mean")])
+def test_all_permutations_equal_exact_enumeration(name, removal):
+    model, variables, items, _ = model_case(name)
+    prog = program(name, removal)
+    player = player_mask(items.text_mask, items.region_mask, model.cfg.add_global_imgfeat)
+    exact = exact_phi(name, removal)
+    for i in range(items.n):
         out = prog.example(variables, items, i, all_ranks(player[i]))
-        np.testing.assert_allclose(out["phi"], exact, atol=2e-5)
+        np.testing.assert_allclose(out["phi"], exact[i], atol=2e-5)
         assert out["phi"].sum() == pytest.approx(out["full"] - out["empty"], abs=1e-5)
     # f(all players): the model on the example itself ([IMG] as the data writes it), padding included
     full = model.apply(variables, items.input_ids, items.features, items.locations, items.token_type_ids,
                        items.text_mask, items.region_mask)
     whole = [prog.example(variables, items, i, all_ranks(player[i]))["full"] for i in range(items.n)]
     np.testing.assert_allclose(whole, np.asarray(itm_value(full)), atol=2e-5)
+
+
+@pytest.mark.parametrize("name,removal", [("uniter", "mean"), ("uniter", "mask"),
+                                          pytest.param("lxmert", "mean", marks=pytest.mark.slow)])
+def test_items_per_call_and_sharding_keep_the_values(name, removal):
+    """Two items per call over 8 devices, in chunks of 16 coalitions that straddle items, with the 3 items' texts and
+    region counts all different (the second call padded): exact on all permutations, and the same sampled phi, f(all)
+    and f(none) as one item per call on one device."""
+    model, variables, items, _ = model_case(name)
+    multi, single = program(name, removal, items_per_call=2, chunk=16), program(name, removal, devices=1)
+    player = player_mask(items.text_mask, items.region_mask, model.cfg.add_global_imgfeat)
+    calls = []
+    out = multi.evaluate(variables, items, [2, 0, 1], np.stack([all_ranks(player[i]) for i in (2, 0, 1)]),
+                         calls.append)
+    assert calls == [2, 1] and out["phi"].shape == (3, player.shape[1]) and out["values"].shape == (3, 2 + 2 * 24 * 7)
+    np.testing.assert_allclose(out["phi"], exact_phi(name, removal)[[2, 0, 1]], atol=2e-5)
+    np.testing.assert_allclose(out["phi"].sum(1), out["full"] - out["empty"], atol=1e-5)
+    with pytest.raises(ValueError, match="one row of K per item"):
+        multi.evaluate(variables, items, [0, 1], all_ranks(player[0]))
+    calls = []
+    got = multi(variables, items, permutations=3, seed=4, progress=calls.append)
+    want = single(variables, items, permutations=3, seed=4)
+    assert calls == [2, 1] and got.coalitions == want.coalitions == 2 + 2 * 3 * 7
+    for key in ("phi", "full", "empty"):
+        np.testing.assert_allclose(getattr(got, key), getattr(want, key), atol=2e-5, err_msg=key)
+    np.testing.assert_array_equal(got.player, want.player)
+    np.testing.assert_allclose(got.phi.sum(1), got.full - got.empty, atol=1e-5)
+    assert np.ptp(got.phi.sum(1)) > 1e-4  # the items differ, so a mixed-up item would show
 
 
 @pytest.mark.parametrize("removal", ["mean", "mask"])
@@ -198,6 +242,12 @@ def test_bad_arguments():
         MMShapProgram(model, MASK_ID, "mean")
     with pytest.raises(ValueError, match="shape"):
         MMShapProgram(model, MASK_ID, "mean", np.zeros(3))
+    with pytest.raises(ValueError, match="items_per_call=0"):
+        MMShapProgram(model, MASK_ID, "mask", items_per_call=0)
+    for chunk, mesh in ((12, make_mesh()), (3, make_mesh(data=2, tensor=4)), (0, make_mesh())):
+        with pytest.raises(ValueError, match=f"chunk={chunk} .* multiple of the {mesh.shape['data']} devices"):
+            MMShapProgram(model, MASK_ID, "mask", chunk=chunk, mesh=mesh)
+    assert MMShapProgram(model, MASK_ID, "mask", chunk=6, mesh=make_mesh(data=2, tensor=4)).chunk == 6
 
 
 @pytest.mark.parametrize("removal", ["mean", "mask"])
@@ -248,5 +298,7 @@ def test_probe_mmshap_command(tmp_path, capsys):
     assert "| T-SHAP |" in (out / "table.md").read_text() and "| V-SHAP |" in capsys.readouterr().out
     assert main([*probe, "--workdir", str(out), "--config.removal=zero"]) == 2
     assert "config removal='zero'" in capsys.readouterr().err
+    assert main([*probe, "--workdir", str(out), "--config.chunk=12"]) == 2  # 8 data devices
+    assert "chunk=12 coalitions per model batch" in capsys.readouterr().err
     assert main([*probe, "--workdir", str(out), "--config.removal=mask", "--config.names=m"]) == 0
     assert json.loads((out / "m" / "mmshap.json").read_text())["removal"] == "mask"

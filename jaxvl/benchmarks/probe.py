@@ -288,7 +288,7 @@ def bench_preset(name: str, size: str, s: Settings, args: argparse.Namespace, me
     if "emap" in args.probes:
         result["rows"] += bench_emap(model, params, items, s, mesh, options, common, result["emap_analysis_s"])
     if "mmshap" in args.probes:
-        result["rows"].append(bench_mmshap(model, params, items, s, options, args.seed, common))
+        result["rows"].append(bench_mmshap(model, params, items, s, mesh, options, args.seed, common))
 
 
 def _timed_call(program: PairProgram, params: Any, items: PairItems) -> tuple[float, list[float]]:
@@ -358,11 +358,11 @@ def add_emap_projection(row: dict[str, Any], n: int = PROJECTED_ITEMS) -> None:
     row["projected_with_compile_s"] = row["projected_s"] + row["compile_s"]
 
 
-def bench_mmshap(model: VLBertForPreTraining, params: Any, items: PairItems, s: Settings,
+def bench_mmshap(model: VLBertForPreTraining, params: Any, items: PairItems, s: Settings, mesh: Any,
                  options: dict[str, Any] | None, seed: int, common: dict[str, Any]) -> dict[str, Any]:
     """The MM-SHAP row of one preset: ``s.examples`` timed examples per round after one compiling example."""
     mean = items.features.reshape(-1, items.features.shape[-1]).mean(0)
-    program = MMShapProgram(model, MASK_ID, "mean", mean, chunk=s.chunk, compiler_options=options)
+    program = MMShapProgram(model, MASK_ID, "mean", mean, chunk=s.chunk, mesh=mesh, compiler_options=options)
     text_pos, rows = slot_layout(items.input_ids.shape[1], items.region_mask.shape[1], program.add_global)
     slots = len(text_pos) + len(rows)
     rng = np.random.default_rng(seed)

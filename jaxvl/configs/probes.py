@@ -27,7 +27,8 @@ run their unimodal prefix once per item (``cache_prefix``). Each checkpoint's ``
 
 ``mmshap`` (``jaxvl.probes.mmshap``): per item (its caption with its own image) the Shapley values of its caption
 sub-words and detector regions for the ITM match score (logit0 - logit1), ``permutations`` sampled permutations
-each with its reverse, all coalitions of an item in one compiled call (``chunk`` coalitions per model batch);
+each with its reverse, all coalitions of ``items_per_call`` items in one compiled call (``chunk`` coalitions per
+model batch, split over the mesh's data devices);
 regions removed by the dataset-mean feature (``removal=mean``, the mean over ``mean_items`` images of the split)
 or by masking (``removal=mask``), sub-words by ``[MASK]``. T-SHAP / V-SHAP per item and their mean with a 95%
 bootstrap interval: ``<workdir>/<name>/mmshap.json`` and ``table.md``.
@@ -91,6 +92,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     cfg.permutations = 10
     cfg.removal = "mean"
     cfg.chunk = 64 if args.tiny else 256
+    cfg.items_per_call = 1  # mmshap: items whose coalitions one compiled call evaluates (the last call padded)
     cfg.mean_items = 64 if args.tiny else 1000
     # mirror: word pairs swapped as whole word tokens under the flip ("a:b,c:d")
     cfg.mirror = ConfigDict(dict(words="left:right"))

@@ -46,7 +46,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxvl.ablation.verdicts import EFFECT_FLOOR_BITS, verdict
 from jaxvl.models.volta.model import VLBertForPreTraining, VLOutput
 from jaxvl.probes.pairs import IMAGE_FIELDS, TEXT_FIELDS, MatchScore, PairItems, ScoreFn, itm_logits, itm_match_score
-from jaxvl.runtime.sharding import DEFAULT_DATA_AXES, make_mesh
+from jaxvl.runtime.sharding import DEFAULT_DATA_AXES, make_mesh, replicate
 
 TEXTS = ("caption", "foil", "masked")
 CONDITIONS = ("original", "colour_projected", "random_projected")
@@ -206,10 +206,6 @@ def project_out(features: jax.Array, region_mask: jax.Array, basis: jax.Array) -
 # ------------------------------------------------------------------------------------------- the program
 
 
-def _replicate(tree: Any, sharding: NamedSharding) -> Any:
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x)), tree)
-
-
 class ColourProgram:
     """The compiled colour probe of ``model``: ``program(variables, items, projections) -> (itm, mlm)``.
 
@@ -298,7 +294,7 @@ class ColourProgram:
             fields[key] = np.concatenate([x, np.repeat(x[:1], rows - pi.n)])
         variables = nn.meta.unbox(variables)
         variables = jax.device_put(variables if "params" in variables else {"params": variables}, self.replicated)
-        fields, proj = _replicate((fields, projections), self.replicated)
+        fields, proj = replicate((fields, projections), self.replicated)
         itm, mlm = [], []
         with jax.set_mesh(self.mesh):
             for start in range(0, pi.n, self.block):

@@ -62,8 +62,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxvl.ablation.conditions import global_layout
 from jaxvl.models.volta.model import VLBertForPreTraining, VLOutput
-from jaxvl.probes.pairs import PairItems, _replicate, _to_host, itm_logits, itm_match_score
-from jaxvl.runtime.sharding import DEFAULT_DATA_AXES, make_mesh
+from jaxvl.probes.pairs import PairItems, itm_logits, itm_match_score
+from jaxvl.runtime.sharding import DEFAULT_DATA_AXES, make_mesh, replicate, to_host
 
 CONDITIONS = ("orig", "flip", "swap", "flip+swap")
 FLIPPED, SWAPPED = (False, True, False, True), (False, False, True, True)  # per condition
@@ -309,12 +309,12 @@ class MirrorProgram:
             fields[k] = np.concatenate([x, np.repeat(x[:1], len(fields["input_ids"]) - len(x), 0)])
         variables = nn.meta.unbox(variables)
         variables = jax.device_put(variables if "params" in variables else {"params": variables}, self.replicated)
-        table = _replicate(table, self.replicated)
+        table = replicate(table, self.replicated)
         outs = []
         with jax.set_mesh(self.mesh):
             for start in range(0, items.n, self.block):
-                b = _replicate({k: v[start:start + self.block] for k, v in fields.items()}, self.replicated)
-                outs.append(_to_host(self._block(variables, b, table)))
+                b = replicate({k: v[start:start + self.block] for k, v in fields.items()}, self.replicated)
+                outs.append(to_host(self._block(variables, b, table)))
                 if progress is not None:
                     progress(min(self.block, items.n - start))
         got = {k: np.concatenate([o[k] for o in outs], 1)[:, :items.n] for k in MEASURES}

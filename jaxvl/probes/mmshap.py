@@ -18,11 +18,15 @@ Removal of a player:
 
 Sampling (as the published code: ``shap``'s permutation explainer, 10 permutations): per example K sampled
 permutations of its players, each with its reverse (antithetic). The prefixes of permutation k are the
-coalitions ``rank < j``; the reverse permutation's prefixes are their complements within the players. The
-value of every coalition is computed in ONE compiled call per example, in chunks of ``chunk`` coalitions
-(``lax.map`` over chunks, each a batch of the model): ``C = 2 + 2 K (S - 1)`` coalitions (the empty and full
-sets once, then per permutation the forward prefixes j = 1 .. S - 1 and their complements; prefixes with j >= P
-are the full set and take its value, so the padded slots cost compute but not accuracy). phi of a player is the
+coalitions ``rank < j``; the reverse permutation's prefixes are their complements within the players. Each item
+has ``C = 2 + 2 K (S - 1)`` coalitions (the empty and full sets once, then per permutation the forward prefixes
+j = 1 .. S - 1 and their complements; prefixes with j >= P are the full set and take its value, so the padded
+slots cost compute but not accuracy). The values of every coalition of ``items_per_call`` items are computed in
+ONE compiled call: the items x coalitions are flattened item-major on one batch axis, padded to whole chunks of
+``chunk`` coalitions (``lax.map`` over chunks, each a batch of the model whose rows are split over the mesh's
+data axes; parameters and the items replicated). The last call of a run is padded with copies of the run's first
+item, whose results are dropped. A coalition's value depends only on its own row, so phi does not depend on
+``items_per_call`` nor on the mesh (up to float rounding of differently shaped batches). phi of a player is the
 mean of its forward and reverse marginal contributions over the K permutations; per permutation the marginals
 telescope to f(all) - f(none), so efficiency holds exactly up to float error.
 
@@ -36,18 +40,20 @@ import dataclasses
 import itertools
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxvl.ablation.conditions import global_layout
 from jaxvl.models.volta import objectives as obj
 from jaxvl.models.volta.model import VLBertForPreTraining, VLOutput
 from jaxvl.probes.pairs import IMAGE_FIELDS, TEXT_FIELDS, PairItems, itm_logits, itm_match_score
+from jaxvl.runtime.sharding import DEFAULT_DATA_AXES, make_mesh, replicate
 
 REMOVALS = ("mean", "mask")
 DEFAULT_PERMUTATIONS = 10  # the published code's hard-coded npermutations
@@ -165,79 +171,124 @@ def coalition_inputs(example: Mapping[str, jax.Array], keep: jax.Array, text_pos
 
 
 class MMShapProgram:
-    """The compiled per-example MM-SHAP of ``model``: ``program(variables, items, k, seed) -> MMShapResult``.
+    """The compiled MM-SHAP of ``model`` on ``mesh``: ``program(variables, items, k, seed) -> MMShapResult``.
 
     ``value_fn(VLOutput) -> [B]`` float (default ``itm_value``); ``removal`` "mean" (needs ``mean_feature`` [D])
-    or "mask"; ``mask_id`` the tokenizer's ``[MASK]`` id; ``chunk`` coalitions per model batch. One compile per
-    (item shape, K); ``compiler_options`` as ``jax.jit`` takes them (``FAST_COMPILE`` for tests).
+    or "mask"; ``mask_id`` the tokenizer's ``[MASK]`` id; ``chunk`` coalitions per model batch (a multiple of the
+    devices of the mesh's ``data_axes``: the batch rows are split over them); ``items_per_call`` items whose
+    coalitions one compiled call evaluates. One compile per (item shape, K); ``compiler_options`` as ``jax.jit``
+    takes them (``FAST_COMPILE`` for tests).
     """
 
     def __init__(self, model: VLBertForPreTraining, mask_id: int, removal: str = "mean",
                  mean_feature: np.ndarray | None = None, value_fn: ValueFn = itm_value, chunk: int = 256,
+                 mesh: Mesh | None = None, items_per_call: int = 1, data_axes: tuple[str, ...] = DEFAULT_DATA_AXES,
                  compiler_options: dict[str, Any] | None = None):
         if removal not in REMOVALS:
             raise ValueError(f"removal={removal!r}: expected one of {', '.join(REMOVALS)}")
         if removal == "mean" and mean_feature is None:
             raise ValueError("removal='mean' needs the dataset-mean region feature (mean_feature [D])")
-        if chunk < 1:
-            raise ValueError(f"chunk={chunk}: expected >= 1 coalitions per model batch")
-        self.model, self.mask_id, self.removal, self.chunk = model, int(mask_id), removal, int(chunk)
+        if items_per_call < 1:
+            raise ValueError(f"items_per_call={items_per_call}: expected >= 1 items per compiled call")
+        self.mesh = make_mesh() if mesh is None else mesh
+        axes = tuple(a for a in data_axes if a in self.mesh.axis_names)
+        shards = math.prod(self.mesh.shape[a] for a in axes)
+        if chunk < 1 or chunk % shards:
+            raise ValueError(f"chunk={chunk} coalitions per model batch: expected a positive multiple of the {shards} "
+                             f"devices of mesh axes {axes} (its rows are split over them)")
+        self.model, self.mask_id, self.removal = model, int(mask_id), removal
+        self.chunk, self.items_per_call = int(chunk), int(items_per_call)
         d = model.cfg.v_feature_size
         self.mean_feature = np.zeros(d, np.float32) if mean_feature is None else np.asarray(mean_feature, np.float32)
         if self.mean_feature.shape != (d,):
             raise ValueError(f"mean_feature has shape {self.mean_feature.shape}, the model's features ({d},)")
         self.value_fn, self.add_global = value_fn, model.cfg.add_global_imgfeat
-        self._example = jax.jit(self._program, compiler_options=compiler_options)
+        self.rows = NamedSharding(self.mesh, PartitionSpec(axes or None))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._call = jax.jit(self._program, out_shardings=self.replicated, compiler_options=compiler_options)
 
-    def _program(self, variables: Any, example: dict[str, jax.Array], ranks: jax.Array,
+    def _program(self, variables: Any, items: dict[str, jax.Array], ranks: jax.Array,
                  mean_feature: jax.Array) -> dict[str, jax.Array]:
-        """One example's fields (no batch axis, plus ``player`` [S]) and ``ranks`` [K, S] -> phi [S], the values
-        of the full and empty coalitions and all ``values`` [C]."""
-        text_pos, rows = slot_layout(example["input_ids"].shape[0], example["region_mask"].shape[0], self.add_global)
-        masks = coalitions(ranks, example["player"])
-        c = masks.shape[0]
-        chunks = -(-c // self.chunk)
-        masks = jnp.concatenate([masks, jnp.zeros((chunks * self.chunk - c, masks.shape[1]), bool)])
-        build = jax.vmap(lambda keep: coalition_inputs(example, keep, text_pos, rows, self.removal, mean_feature,
-                                                       self.mask_id, self.add_global))
+        """B items' fields [B, ...] (plus ``player`` [B, S]) and ``ranks`` [B, K, S] -> ``phi`` [B, S], the values
+        ``full`` / ``empty`` [B] of all / no players and all ``values`` [B, C]."""
+        n, lt = items["input_ids"].shape
+        text_pos, region_rows = slot_layout(lt, items["region_mask"].shape[1], self.add_global)
+        masks = jax.vmap(coalitions)(ranks, items["player"])  # [B, C, S]
+        c, s = masks.shape[1:]
+        rows = n * c
+        chunks = -(-rows // self.chunk)
+        pad = chunks * self.chunk - rows
+        keep = jnp.concatenate([masks.reshape(rows, s), jnp.zeros((pad, s), bool)]).reshape(chunks, self.chunk, s)
+        owner = jnp.concatenate([jnp.repeat(jnp.arange(n), c), jnp.zeros(pad, jnp.int32)])  # each row's item
+        split = lambda x: jax.lax.with_sharding_constraint(x, self.rows)  # noqa: E731
 
-        def run(keep: jax.Array) -> jax.Array:
-            b = build(keep)
-            first = jnp.zeros((keep.shape[0], 1), jnp.int32)  # the heads at one row only: cheap MLM/region heads
+        def build(i: jax.Array, k: jax.Array) -> dict[str, jax.Array]:
+            example = {name: x[i] for name, x in items.items()}
+            return coalition_inputs(example, k, text_pos, region_rows, self.removal, mean_feature, self.mask_id,
+                                    self.add_global)
+
+        def run(chunk: tuple[jax.Array, jax.Array]) -> jax.Array:
+            b = {name: split(x) for name, x in jax.vmap(build)(*map(split, chunk)).items()}
+            first = split(jnp.zeros((self.chunk, 1), jnp.int32))  # the heads at one row only: cheap MLM/region heads
             out = self.model.apply(variables, b["input_ids"], b["features"], b["locations"], b["token_type_ids"],
                                    b["text_mask"], b["region_mask"], text_positions=first, region_positions=first)
             return self.value_fn(out).astype(jnp.float32)
 
-        values = jax.lax.map(run, masks.reshape(chunks, self.chunk, -1)).reshape(-1)[:c]
-        phi = shapley_from_values(values, ranks, example["player"])
-        return dict(phi=phi, full=values[1], empty=values[0], values=values)
+        values = jax.lax.map(run, (owner.reshape(chunks, self.chunk), keep)).reshape(-1)[:rows].reshape(n, c)
+        phi = jax.vmap(shapley_from_values)(values, ranks, items["player"])
+        return dict(phi=phi, full=values[:, 1], empty=values[:, 0], values=values)
+
+    def evaluate(self, variables: Any, items: PairItems, index: Sequence[int], ranks: np.ndarray,
+                 progress: Callable[[int], Any] | None = None) -> dict[str, np.ndarray]:
+        """The program on items ``index`` [b] of ``items`` with their permutations ``ranks`` [b, K, S], in calls of
+        ``items_per_call`` items (the last padded with copies of the first item, dropped): host arrays ``phi``
+        [b, S], ``full`` / ``empty`` [b], ``values`` [b, C]. ``progress(items)`` after each call."""
+        index, ranks = np.asarray(index, np.int64), np.asarray(ranks, np.int32)
+        if not len(index) or ranks.shape[:1] != index.shape or ranks.ndim != 3:
+            raise ValueError(f"{len(index)} items, ranks {ranks.shape}: expected [b >= 1, K, S], one row of K per "
+                             "item")
+        variables = jax.device_put(_params(variables), self.replicated)
+        mean = replicate(self.mean_feature, self.replicated)
+        player = player_mask(items.text_mask, items.region_mask, self.add_global)
+        b, size = len(index), self.items_per_call
+        pad = -(-b // size) * size - b
+        index = np.concatenate([index, np.repeat(index[:1], pad)])
+        ranks = np.concatenate([ranks, np.repeat(ranks[:1], pad, 0)])
+        outs = []
+        with jax.set_mesh(self.mesh):
+            for start in range(0, b, size):
+                take = index[start:start + size]
+                fields = {k: getattr(items, k)[take] for k in (*TEXT_FIELDS, *IMAGE_FIELDS)}
+                fields["player"] = player[take]
+                out = self._call(variables, replicate(fields, self.replicated),
+                                 replicate(ranks[start:start + size], self.replicated), mean)
+                real = min(size, b - start)
+                outs.append({k: np.asarray(v.addressable_data(0))[:real] for k, v in out.items()})
+                if progress is not None:
+                    progress(real)
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
     def example(self, variables: Any, items: PairItems, i: int, ranks: np.ndarray) -> dict[str, np.ndarray]:
-        """The program on item ``i`` of ``items`` with the permutations ``ranks`` [K, S] (host arrays back)."""
-        fields = {k: getattr(items, k)[i] for k in (*TEXT_FIELDS, *IMAGE_FIELDS)}
-        fields["player"] = player_mask(items.text_mask[i], items.region_mask[i], self.add_global)
-        out = self._example(_params(variables), fields, jnp.asarray(ranks, jnp.int32), self.mean_feature)
-        return {k: np.asarray(v) for k, v in out.items()}
+        """The program on item ``i`` of ``items`` with the permutations ``ranks`` [K, S] (host arrays back, no item
+        axis)."""
+        return {k: v[0] for k, v in self.evaluate(variables, items, [i], np.asarray(ranks)[None]).items()}
 
     def __call__(self, variables: Any, items: PairItems | Mapping[str, Any], permutations: int = DEFAULT_PERMUTATIONS,
                  seed: int = 0, progress: Callable[[int], Any] | None = None) -> MMShapResult:
-        """MM-SHAP of every item (its own text with its own image) with ``permutations`` antithetic pairs each."""
+        """MM-SHAP of every item (its own text with its own image) with ``permutations`` antithetic pairs each
+        (item i's drawn from ``seed`` after items 0 .. i - 1's, whatever ``items_per_call``)."""
         items = items if isinstance(items, PairItems) else PairItems.from_batch(items)
         items.check()
         if permutations < 1:
             raise ValueError(f"permutations={permutations}: expected >= 1")
-        variables = _params(variables)
         player = player_mask(items.text_mask, items.region_mask, self.add_global)
         rng = np.random.default_rng(seed)
-        phi, full, empty = [], [], []
-        for i in range(items.n):
-            out = self.example(variables, items, i, sample_ranks(rng, player[i], permutations))
-            phi.append(out["phi"]), full.append(out["full"]), empty.append(out["empty"])
-            if progress is not None:
-                progress(1)
+        ranks = np.stack([sample_ranks(rng, player[i], permutations) for i in range(items.n)])
+        out = self.evaluate(variables, items, range(items.n), ranks, progress)
         st = items.input_ids.shape[1] - 2
-        return MMShapResult(np.stack(phi), player, st, np.asarray(full), np.asarray(empty), permutations,
-                            self.removal, 2 + 2 * permutations * (player.shape[1] - 1))
+        return MMShapResult(out["phi"], player, st, out["full"], out["empty"], permutations, self.removal,
+                            2 + 2 * permutations * (player.shape[1] - 1))
+
 
 
 def _params(variables: Any) -> Any:

@@ -41,7 +41,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxvl.models.volta.model import VLBertForPreTraining, VLOutput
-from jaxvl.runtime.sharding import DEFAULT_DATA_AXES, make_mesh
+from jaxvl.runtime.sharding import DEFAULT_DATA_AXES, make_mesh, replicate, to_host
 
 TEXT_FIELDS = ("input_ids", "token_type_ids", "text_mask")
 IMAGE_FIELDS = ("features", "locations", "region_mask")
@@ -233,15 +233,6 @@ class PairSums:
             self.pending = []
 
 
-def _to_host(tree: Any) -> Any:
-    """Replicated global arrays -> numpy (each process holds a full copy)."""
-    return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), tree)
-
-
-def _replicate(tree: Any, sharding: NamedSharding) -> Any:
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x)), tree)
-
-
 class PairProgram:
     """The compiled N x N pair evaluation of ``model`` on ``mesh``: ``program(variables, items) -> PairSums``.
 
@@ -361,7 +352,7 @@ class PairProgram:
         rows = lambda size: -(-n // size) * size  # noqa: E731
         text = {k: v for k, v in items.padded(rows(self.text_block)).items() if k in TEXT_FIELDS}
         image = {k: v for k, v in items.padded(rows(self.image_block)).items() if k in IMAGE_FIELDS}
-        text, image = _replicate(text, self.replicated), _replicate(image, self.replicated)
+        text, image = replicate(text, self.replicated), replicate(image, self.replicated)
         with jax.set_mesh(self.mesh):
             if self.cache_prefix:
                 tp, vp = self._prefixes(variables, text, image)
@@ -370,7 +361,7 @@ class PairProgram:
             sums = None
             n_arr = jnp.int32(n)
             for t0, i0 in self.schedule(n):
-                stats = _to_host(self._block(variables, text, image, jnp.int32(t0), jnp.int32(i0), n_arr))
+                stats = to_host(self._block(variables, text, image, jnp.int32(t0), jnp.int32(i0), n_arr))
                 if sums is None:
                     sums = PairSums.empty(n, stats["row_sum"].shape[-1])
                 sums.add(stats, t0, i0)

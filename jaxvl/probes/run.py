@@ -287,27 +287,34 @@ def probe_mmshap(cfg: ConfigDict, workdir: str) -> str:
     from jaxvl.probes.mmshap import REMOVALS, MMShapProgram
     from jaxvl.probes.plots import plot_mmshap
     from jaxvl.runtime.compile import FAST_COMPILE
+    from jaxvl.runtime.sharding import make_mesh
 
     if cfg.probe != "mmshap":
         raise ValueError(f"config probe={cfg.probe!r}: `jaxvl probe mmshap` runs probe 'mmshap' "
                          "(--config probes:mmshap)")
     permutations, chunk = positive_int(cfg, "permutations"), positive_int(cfg, "chunk")
+    items_per_call = positive_int(cfg, "items_per_call")
     if cfg.removal not in REMOVALS:
         raise ValueError(f"config removal={cfg.removal!r}: expected one of {', '.join(REMOVALS)}")
     mean_items = positive_int(cfg, "mean_items")
     jobs = load_jobs(cfg, workdir, "MM-SHAP", 1)
+    # ------------------------------------------------ programs (chunk / mesh errors before any compile)
+    mesh = make_mesh(**cfg.mesh.to_dict())
     options = FAST_COMPILE if cfg.fast_compile else None
     means: dict[tuple[str, str], np.ndarray] = {}
     programs: dict[Any, MMShapProgram] = {}
-    tables = []
-    for ckpt, items, facts, tokenizer, itm_note in jobs:
+    for ckpt, _, facts, tokenizer, _ in jobs:
         where = (facts["dataset"], facts["split"])
         if cfg.removal == "mean" and where not in means:
             means[where] = mean_region_feature(open_split(*where)[0], mean_items)
         key = (ckpt.model_cfg, tokenizer.mask_id, where)
         if key not in programs:
             programs[key] = MMShapProgram(VLBertForPreTraining(ckpt.model_cfg), tokenizer.mask_id, cfg.removal,
-                                          means.get(where), chunk=chunk, compiler_options=options)
+                                          means.get(where), chunk=chunk, mesh=mesh, items_per_call=items_per_call,
+                                          compiler_options=options)
+    tables = []
+    for ckpt, items, facts, tokenizer, itm_note in jobs:
+        key = (ckpt.model_cfg, tokenizer.mask_id, (facts["dataset"], facts["split"]))
         start = time.perf_counter()
         with tqdm(total=items.n, desc=f"mmshap {ckpt.name}", unit="item", disable=not cfg.progress) as bar:
             result = programs[key](ckpt.params, items, permutations, max(cfg.seed, 0), bar.update)

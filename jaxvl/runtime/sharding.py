@@ -281,3 +281,14 @@ def global_batches(batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh,
     """``to_global`` over an iterator of host batches (keep the Grain iterator itself for checkpointing)."""
     for batch in batches:
         yield to_global(batch, mesh, data_axes)
+
+
+def replicate(tree: Any, sharding: NamedSharding) -> Any:
+    """Host arrays -> global arrays laid out by ``sharding`` (typically replicated over a mesh); each process
+    passes its full copy (``jax.make_array_from_process_local_data``)."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x)), tree)
+
+
+def to_host(tree: Any) -> Any:
+    """Replicated global arrays -> numpy (each process holds a full copy: its first addressable shard)."""
+    return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), tree)
