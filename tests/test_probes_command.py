@@ -4,9 +4,11 @@ one item per image, and its bad inputs as ONE line `jaxvl: error: ...` naming th
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -71,6 +73,10 @@ def test_probe_emap_writes_the_report(checkpoint, tmp_path, capsys):
     width, height = _png_size(out / "uniter" / "emap.png")
     assert width > 300 and height > 200
     assert not (out / "emap.png").exists()  # one checkpoint: no side-by-side plot
+    rows = list(csv.DictReader((out / "uniter" / "emap.csv").open()))  # tidy: item x predictor x class
+    assert len(rows) == n * 2 * 2 and {r["predictor"] for r in rows} == {"full", "emap"}
+    first = [float(r["logit"]) for r in rows if r["item"] == str(record["item_index"][0]) and r["predictor"] == "full"]
+    np.testing.assert_allclose(first, record["matched_logits"][0], rtol=1e-6)
 
 
 def test_probe_emap_plots_several_checkpoints_side_by_side(checkpoint, tmp_path):
@@ -88,6 +94,10 @@ def test_probe_mmshap_writes_its_plot(checkpoint, tmp_path):
                  f"--config.checkpoints={checkpoint}", "--config.n_items=3", "--config.permutations=1"]) == 0
     record = json.loads((out / "uniter" / "mmshap.json").read_text())
     assert record["model"] == "uniter" and record["n_examples"] == 3
+    rows = list(csv.DictReader((out / "uniter" / "mmshap.csv").open()))  # tidy: item x measure
+    assert len(rows) == 3 * 4 and {r["measure"] for r in rows} == {"t_shap", "v_shap", "f_all", "f_none"}
+    t = [float(r["value"]) for r in rows if r["measure"] == "t_shap" and r["value"]]
+    np.testing.assert_allclose(t, [e["t_shap"] for e in record["examples"] if e["t_shap"] is not None], rtol=1e-6)
     width, height = _png_size(out / "uniter" / "mmshap.png")
     assert width > 300 and height > 200
     fig = plot_mmshap(record, tmp_path / "again.png")

@@ -12,10 +12,10 @@ pretraining split (``probe_mmshap``: steps 1-3 below, then ``jaxvl.probes.mmshap
 3. every bad input (no checkpoint, no ITM head, an empty split, fewer than 2 items, blocks that do not divide
    over the mesh) is a ``ValueError`` / ``FileNotFoundError`` naming the key or file, before anything compiles;
 4. per checkpoint ``run_emap`` (one ``PairProgram`` per model config, reused by checkpoints that share it), then
-   ``<workdir>/<name>/emap.json`` (``EmapResult.as_dict`` plus where the items came from and the time) and
-   ``table.md`` and ``emap.png`` (``jaxvl.probes.plots.plot_emap``: full model vs EMAP); all tables in
-   ``<workdir>/table.md``, and with several checkpoints their bars side by side in ``<workdir>/emap.png``. The
-   tables are returned.
+   ``<workdir>/<name>/emap.json`` (``EmapResult.as_dict`` plus where the items came from and the time),
+   ``table.md``, ``emap.png`` (``jaxvl.probes.plots.plot_emap``: full model vs EMAP) and, with ``per_item``, the
+   tidy ``emap.csv`` (``emap_rows``: item, predictor, class, logit); all tables in ``<workdir>/table.md``, and
+   with several checkpoints their bars side by side in ``<workdir>/emap.png``. The tables are returned.
 """
 
 from __future__ import annotations
@@ -196,6 +196,7 @@ def probe_emap(cfg: ConfigDict, workdir: str) -> str:
     """Runs EMAP as the module doc says; returns the tables (also in ``<workdir>/table.md``)."""
     from tqdm import tqdm
 
+    from jaxvl.ablation.report import write_rows
     from jaxvl.models.volta.model import VLBertForPreTraining
     from jaxvl.probes.emap import EmapResult
     from jaxvl.probes.pairs import PairProgram
@@ -248,6 +249,9 @@ def probe_emap(cfg: ConfigDict, workdir: str) -> str:
                       cache_prefix=program.cache_prefix, itm_trained=not itm_note, **facts)
         with open(os.path.join(out, "emap.json"), "w", encoding="utf-8") as f:
             f.write(json.dumps(record, indent=1) + "\n")
+        if cfg.per_item:
+            write_rows(emap_rows(record), os.path.join(out, "emap.csv"),
+                       ("item", "image_id", "label", "predictor", "cls", "logit"))
         write_text(os.path.join(out, "table.md"), table)
         plot_emap(record, os.path.join(out, "emap.png"))
         tables.append(f"### {ckpt.name}\n\n{table}")
@@ -257,6 +261,38 @@ def probe_emap(cfg: ConfigDict, workdir: str) -> str:
     combined = "\n\n".join(tables)
     write_text(os.path.join(workdir, "table.md"), combined)
     return combined
+
+
+def emap_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Tidy rows of an ``emap.json`` record with per-item logits: one per (item, predictor, class), the item's
+    record index in the split and image id, its label (``match`` on the N x N design's diagonal; the labelled
+    design's own label), the predictor (``full`` model or its ``emap`` projection) and the logit."""
+    labelled = record.get("design") == "labelled"
+    full = record.get("item_logits" if labelled else "matched_logits")
+    if full is None:
+        return []
+    emap = record["item_emap_logits" if labelled else "matched_emap_logits"]
+    labels = record.get("labels") or [0] * len(full)
+    rows = []
+    for i, (item, image) in enumerate(zip(record["item_index"], record["image_ids"], strict=True)):
+        for predictor, logits in (("full", full[i]), ("emap", emap[i])):
+            rows += [dict(item=item, image_id=image, label="match" if labels[i] == 0 else "mismatch",
+                          predictor=predictor, cls=c, logit=v) for c, v in enumerate(logits)]
+    return rows
+
+
+def mmshap_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Tidy rows of an ``mmshap.json`` record: one per (item, measure): T-SHAP and V-SHAP (fractions of the
+    absolute Shapley mass on the text / the regions), f(all) and f(none) (the ITM match score of the whole input
+    and of the empty coalition, logits), with the item's record index in the split and image id."""
+    rows = []
+    for example, item, image in zip(record.get("examples", []), record["item_index"], record["image_ids"],
+                                    strict=False):
+        t = example["t_shap"]
+        for measure, value in (("t_shap", t), ("v_shap", None if t is None else 1.0 - t), ("f_all", example["full"]),
+                               ("f_none", example["empty"])):
+            rows.append(dict(item=item, image_id=image, measure=measure, value=value))
+    return rows
 
 
 def mean_region_feature(source: Sequence[Any], n_images: int) -> np.ndarray:
@@ -282,6 +318,7 @@ def probe_mmshap(cfg: ConfigDict, workdir: str) -> str:
     ``<workdir>/table.md``; returns the tables."""
     from tqdm import tqdm
 
+    from jaxvl.ablation.report import write_rows
     from jaxvl.data.grain import open_split
     from jaxvl.models.volta.model import VLBertForPreTraining
     from jaxvl.probes.mmshap import REMOVALS, MMShapProgram
@@ -332,7 +369,9 @@ def probe_mmshap(cfg: ConfigDict, workdir: str) -> str:
                                  coalitions_per_second=items.n * result.coalitions / seconds if seconds > 0 else
                                  math.nan, chunk=chunk, itm_trained=not itm_note, **facts)
         with open(saved, encoding="utf-8") as f:
-            plot_mmshap(json.load(f), os.path.join(out, "mmshap.png"))  # the plot shows what the record holds
+            saved_record = json.load(f)
+        plot_mmshap(saved_record, os.path.join(out, "mmshap.png"))  # the plot shows what the record holds
+        write_rows(mmshap_rows(saved_record), os.path.join(out, "mmshap.csv"), ("item", "image_id", "measure", "value"))
         write_text(os.path.join(out, "table.md"), table)
         tables.append(f"### {ckpt.name}\n\n{table}")
     combined = "\n\n".join(tables)
@@ -340,5 +379,5 @@ def probe_mmshap(cfg: ConfigDict, workdir: str) -> str:
     return combined
 
 
-__all__ = ["build_items", "load_jobs", "mean_region_feature", "positive_int", "probe_emap", "probe_mmshap",
-           "select_items", "write_text"]
+__all__ = ["build_items", "emap_rows", "load_jobs", "mean_region_feature", "mmshap_rows", "positive_int", "probe_emap",
+           "probe_mmshap", "select_items", "write_text"]
