@@ -34,7 +34,6 @@ block is split over the mesh's data axes; items, parameters and the running stat
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -46,6 +45,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxvl.metrics.retrieval import best_gold_captions, check_caption_image, check_ties, retrieval_metrics
 from jaxvl.models.volta.model import VLBertForPreTraining, VLOutput
+from jaxvl.models.volta.pairing import PairForward
 from jaxvl.runtime.sharding import DEFAULT_DATA_AXES, make_mesh, replicate, to_host
 
 IMAGE_KEYS = ("features", "locations", "region_mask")
@@ -220,21 +220,13 @@ class RetrievalProgram:
         self.score_fn, self.ties = score_fn, check_ties(ties)
         if self.k < 1:
             raise ValueError(f"retrieval: 'k' must be >= 1, got {k}")
-        has_prefix = model.cfg.unimodal_prefix > 0
-        self.cache_prefix = has_prefix if cache_prefix is None else bool(cache_prefix)
-        if self.cache_prefix and not has_prefix:
-            raise ValueError("cache_prefix needs a dual-stream model with a unimodal prefix (cfg.unimodal_prefix > 0)")
-        axes = tuple(a for a in data_axes if a in self.mesh.axis_names)
-        self.shards = math.prod(self.mesh.shape[a] for a in axes)
-        if min(self.text_block, self.image_block) < 1 or (self.text_block * self.image_block) % self.shards:
-            raise ValueError(f"text_block x image_block = {self.text_block} x {self.image_block} pairs per block "
-                             f"must be a positive multiple of the {self.shards} devices of mesh axes {axes}")
-        self.pair_sharding = NamedSharding(self.mesh, PartitionSpec(axes or None))
+        self.forward = PairForward(model, self.mesh, self.text_block, self.image_block, cache_prefix, data_axes)
+        self.cache_prefix, self.shards = self.forward.cache_prefix, self.forward.shards
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         # No buffer donation: the running state is only O((N + M) k), and with the state donated the process
         # aborted inside this loop ("Fatal Python error: Aborted", XLA CPU, 2 of ~7 loaded runs of the zero-shot test).
         jit = lambda f: jax.jit(f, out_shardings=self.replicated, compiler_options=compiler_options)  # noqa: E731
-        self._prefixes = jit(self._prefix_program)
+        self._prefixes = jit(self.forward.prefixes)
         self._scores = jit(self._block_scores)
         self._merge = jit(self._merge_block)
         self._count = jit(self._count_block)
@@ -242,54 +234,10 @@ class RetrievalProgram:
 
     # ----------------------------------------------------------------------------- traced programs
 
-    def _text_rows(self, text: jax.Array) -> jax.Array:
-        """text [bt, ...] -> each row repeated for every image of the block: [bt * bv, ...] (text-major), split
-        over the data axes."""
-        return jax.lax.with_sharding_constraint(jnp.repeat(text, self.image_block, axis=0), self.pair_sharding)
-
-    def _image_rows(self, image: jax.Array) -> jax.Array:
-        """image [bv, ...] -> the block tiled once per text: [bt * bv, ...], split over the data axes."""
-        tiled = jnp.tile(image, (self.text_block,) + (1,) * (image.ndim - 1))
-        return jax.lax.with_sharding_constraint(tiled, self.pair_sharding)
-
-    def _prefix_program(self, variables: Any, text: dict[str, jax.Array], image: dict[str, jax.Array]
-                        ) -> tuple[jax.Array, jax.Array]:
-        """Every item's unimodal prefix, block by block: (text [Nt, Lt, H], vision [Mv, Lv, Hv])."""
-        m = self.model
-
-        def blocks(x: jax.Array, size: int) -> jax.Array:
-            return x.reshape(x.shape[0] // size, size, *x.shape[1:])
-
-        def split(b: dict[str, jax.Array]) -> dict[str, jax.Array]:
-            if next(iter(b.values())).shape[0] % self.shards:
-                return b
-            return {k: jax.lax.with_sharding_constraint(x, self.pair_sharding) for k, x in b.items()}
-
-        def text_fn(b: dict[str, jax.Array]) -> jax.Array:
-            b = split(b)
-            return m.apply(variables, b["input_ids"], b["token_type_ids"], b["text_mask"], method=m.text_prefix)
-
-        def image_fn(b: dict[str, jax.Array]) -> jax.Array:
-            b = split(b)
-            return m.apply(variables, b["features"], b["locations"], b["region_mask"], method=m.vision_prefix)
-
-        t = jax.lax.map(text_fn, {k: blocks(v, self.text_block) for k, v in text.items()})
-        v = jax.lax.map(image_fn, {k: blocks(x, self.image_block) for k, x in image.items()})
-        return t.reshape(-1, *t.shape[2:]), v.reshape(-1, *v.shape[2:])
-
     def _block_scores(self, variables: Any, text: dict[str, jax.Array], image: dict[str, jax.Array],
                       t0: jax.Array, i0: jax.Array) -> jax.Array:
         """Padded item arrays (or their prefix streams) -> the scores [bt, bv] of texts t0.. x images i0.."""
-        tb = {k: jax.lax.dynamic_slice_in_dim(v, t0, self.text_block) for k, v in text.items()}
-        ib = {k: jax.lax.dynamic_slice_in_dim(v, i0, self.image_block) for k, v in image.items()}
-        pairs = {key: self._text_rows(x) for key, x in tb.items()}
-        pairs.update({key: self._image_rows(x) for key, x in ib.items()})
-        if self.cache_prefix:
-            out = self.model.apply(variables, pairs["prefix_t"], pairs["prefix_v"], pairs["text_mask"],
-                                   pairs["region_mask"], method=self.model.from_prefix)
-        else:
-            out = self.model.apply(variables, pairs["input_ids"], pairs["features"], pairs["locations"],
-                                   pairs["token_type_ids"], pairs["text_mask"], pairs["region_mask"])
+        out = self.forward.block_output(variables, text, image, t0, i0)
         return self.score_fn(out).astype(jnp.float32).reshape(self.text_block, self.image_block)
 
     def _merge_block(self, state: dict[str, jax.Array], scores: jax.Array, ids: dict[str, jax.Array],
@@ -377,8 +325,8 @@ class RetrievalProgram:
         with jax.set_mesh(self.mesh):
             if self.cache_prefix:
                 tp, vp = self._prefixes(variables, text, image)
-                text = {"prefix_t": tp, "text_mask": text["text_mask"]}
-                image = {"prefix_v": vp, "region_mask": image["region_mask"]}
+                text = {"prefix": tp, "text_mask": text["text_mask"]}
+                image = {"prefix": vp, "region_mask": image["region_mask"]}
             ids_dev = replicate(ids, self.replicated)
             stash = {}
             for t0, i0 in band:  # the gold pairs' blocks: scored, merged and kept until every gold score is known

@@ -41,6 +41,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxvl.models.volta.model import VLBertForPreTraining, VLOutput
+from jaxvl.models.volta.pairing import PairForward
 from jaxvl.runtime.sharding import DEFAULT_DATA_AXES, make_mesh, replicate, to_host
 
 TEXT_FIELDS = ("input_ids", "token_type_ids", "text_mask")
@@ -250,85 +251,23 @@ class PairProgram:
         self.model, self.mesh = model, make_mesh() if mesh is None else mesh
         self.text_block, self.image_block = int(text_block), int(image_block)
         self.score_fn, self.match_score = score_fn, match_score
-        has_prefix = model.cfg.unimodal_prefix > 0
-        self.cache_prefix = has_prefix if cache_prefix is None else bool(cache_prefix)
-        if self.cache_prefix and not has_prefix:
-            raise ValueError("cache_prefix needs a dual-stream model with a unimodal prefix (cfg.unimodal_prefix > 0)")
-        axes = tuple(a for a in data_axes if a in self.mesh.axis_names)
-        self.shards = shards = math.prod(self.mesh.shape[a] for a in axes)
-        if min(self.text_block, self.image_block) < 1 or (self.text_block * self.image_block) % shards:
-            raise ValueError(f"text_block x image_block = {self.text_block} x {self.image_block} pairs per block "
-                             f"must be a positive multiple of the {shards} devices of mesh axes {axes}")
-        self.pair_sharding = NamedSharding(self.mesh, PartitionSpec(axes or None))
+        self.forward = PairForward(model, self.mesh, self.text_block, self.image_block, cache_prefix, data_axes)
+        self.cache_prefix, self.shards = self.forward.cache_prefix, self.forward.shards
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         jit = lambda f: jax.jit(f, out_shardings=self.replicated, compiler_options=compiler_options)  # noqa: E731
-        self._prefixes = jit(self._prefix_program)
-        self._block = jit(self._cached_block if self.cache_prefix else self._full_block)
+        self._prefixes = jit(self.forward.prefixes)
+        self._block = jit(self._block_stats)
 
     # ----------------------------------------------------------------------------- traced programs
 
-    def _text_rows(self, text: jax.Array) -> jax.Array:
-        """text [bt, ...] -> each row repeated for every image of the block: [bt * bv, ...] (text-major), split
-        over the data axes."""
-        return jax.lax.with_sharding_constraint(jnp.repeat(text, self.image_block, axis=0), self.pair_sharding)
-
-    def _image_rows(self, image: jax.Array) -> jax.Array:
-        """image [bv, ...] -> the block tiled once per text: [bt * bv, ...], split over the data axes."""
-        tiled = jnp.tile(image, (self.text_block,) + (1,) * (image.ndim - 1))
-        return jax.lax.with_sharding_constraint(tiled, self.pair_sharding)
-
-    def _finish(self, out: VLOutput, t0: jax.Array, i0: jax.Array, n: jax.Array) -> dict[str, jax.Array]:
+    def _block_stats(self, variables: Any, text: dict[str, jax.Array], image: dict[str, jax.Array],
+                     t0: jax.Array, i0: jax.Array, n: jax.Array) -> dict[str, jax.Array]:
+        """Padded item arrays (or their prefix streams: ``PairForward.block_output``) -> ``block_stats`` of texts
+        t0.. x images i0.."""
+        out = self.forward.block_output(variables, text, image, t0, i0)
         logits = self.score_fn(out).astype(jnp.float32).reshape(self.text_block, self.image_block, -1)
         return block_stats(logits, t0 + jnp.arange(self.text_block), i0 + jnp.arange(self.image_block), n,
                            self.match_score)
-
-    def _full_block(self, variables: Any, text: dict[str, jax.Array], image: dict[str, jax.Array],
-                    t0: jax.Array, i0: jax.Array, n: jax.Array) -> dict[str, jax.Array]:
-        """Item arrays [Nt, ...] / [Ni, ...] (padded) -> ``block_stats`` of texts t0.. x images i0.."""
-        tb = {k: jax.lax.dynamic_slice_in_dim(v, t0, self.text_block) for k, v in text.items()}
-        ib = {k: jax.lax.dynamic_slice_in_dim(v, i0, self.image_block) for k, v in image.items()}
-        pairs = {k: self._text_rows(tb[k]) for k in TEXT_FIELDS}
-        pairs.update({k: self._image_rows(ib[k]) for k in IMAGE_FIELDS})
-        out = self.model.apply(variables, pairs["input_ids"], pairs["features"], pairs["locations"],
-                               pairs["token_type_ids"], pairs["text_mask"], pairs["region_mask"])
-        return self._finish(out, t0, i0, n)
-
-    def _prefix_program(self, variables: Any, text: dict[str, jax.Array], image: dict[str, jax.Array]
-                        ) -> tuple[jax.Array, jax.Array]:
-        """Every item's unimodal prefix, block by block: (text [Nt, Lt, H], vision [Ni, Lv, Hv]); a block's items
-        are split over the data axes where their number divides."""
-        m = self.model
-
-        def blocks(x: jax.Array, size: int) -> jax.Array:
-            return x.reshape(x.shape[0] // size, size, *x.shape[1:])
-
-        def split(b: dict[str, jax.Array]) -> dict[str, jax.Array]:  # a block's items over the data axes
-            if next(iter(b.values())).shape[0] % self.shards:
-                return b
-            return {k: jax.lax.with_sharding_constraint(x, self.pair_sharding) for k, x in b.items()}
-
-        def text_fn(b: dict[str, jax.Array]) -> jax.Array:
-            b = split(b)
-            return m.apply(variables, b["input_ids"], b["token_type_ids"], b["text_mask"], method=m.text_prefix)
-
-        def image_fn(b: dict[str, jax.Array]) -> jax.Array:
-            b = split(b)
-            return m.apply(variables, b["features"], b["locations"], b["region_mask"], method=m.vision_prefix)
-
-        t = jax.lax.map(text_fn, {k: blocks(v, self.text_block) for k, v in text.items()})
-        v = jax.lax.map(image_fn, {k: blocks(x, self.image_block) for k, x in image.items()})
-        return t.reshape(-1, *t.shape[2:]), v.reshape(-1, *v.shape[2:])
-
-    def _cached_block(self, variables: Any, text: dict[str, jax.Array], image: dict[str, jax.Array],
-                      t0: jax.Array, i0: jax.Array, n: jax.Array) -> dict[str, jax.Array]:
-        """As ``_full_block`` from the prefix streams: text {prefix [Nt, Lt, H], text_mask}, image {prefix
-        [Ni, Lv, Hv], region_mask}."""
-        tb = {k: jax.lax.dynamic_slice_in_dim(v, t0, self.text_block) for k, v in text.items()}
-        ib = {k: jax.lax.dynamic_slice_in_dim(v, i0, self.image_block) for k, v in image.items()}
-        t, tm = self._text_rows(tb["prefix"]), self._text_rows(tb["text_mask"])
-        v, rm = self._image_rows(ib["prefix"]), self._image_rows(ib["region_mask"])
-        out = self.model.apply(variables, t, v, tm, rm, method=self.model.from_prefix)
-        return self._finish(out, t0, i0, n)
 
     # ----------------------------------------------------------------------------- host driver
 
