@@ -23,8 +23,8 @@ from jaxvl.finetune.retrieval import (
 )
 from jaxvl.metrics.retrieval import image_retrieval_ranks, score_matrix_metrics, text_retrieval_ranks
 from jaxvl.models import get_model
-from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.runtime.compile import FAST_COMPILE
+from jaxvl.runtime.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.runtime.sharding import make_mesh
 
 TEXT_LENS = (4, 6, 3, 5, 6, 4, 3)  # N = 7 captions

@@ -21,9 +21,9 @@ from jaxvl.pretrain.flops import (
     train_flops,
 )
 from jaxvl.pretrain.loss import ObjectiveConfig
-from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.pretrain.step import boxed_init, train_step
 from jaxvl.runtime.compile import FAST_COMPILE
+from jaxvl.runtime.optimizer import OptimizerConfig, make_optimizer
 
 TEXT_LEN, REGIONS = 38, 37  # VOLTA's shapes
 

@@ -23,11 +23,11 @@ from test_train_step import PLANS, SIZES, synthetic_batch
 
 from jaxvl.models import get_model
 from jaxvl.pretrain.loss import ObjectiveConfig, pretraining_loss
-from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.pretrain.step import init_state, jit_train_step, state_shardings
 from jaxvl.pretrain.sweep import init_sweep_state, jit_sweep_step, sweep_state_shardings
 from jaxvl.pretrain.trainer import grad_accum_steps
 from jaxvl.runtime.compile import FAST_COMPILE, compile_step, jit_step, memory_stats
+from jaxvl.runtime.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.runtime.sharding import batch_sharding, make_mesh, to_global
 from jaxvl.runtime.state import TrainState, apply_gradients, split_microbatches
 

@@ -9,7 +9,7 @@ from flax import linen as nn
 
 from jaxvl.models import get_model
 from jaxvl.models.volta.presets import single_stream_plan
-from jaxvl.pretrain.optimizer import OptimizerConfig, decay_mask, learning_rate_schedule, make_optimizer
+from jaxvl.runtime.optimizer import OptimizerConfig, decay_mask, learning_rate_schedule, make_optimizer
 from jaxvl.runtime.state import current_learning_rate
 
 

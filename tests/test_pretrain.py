@@ -269,9 +269,9 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
     """Saved from a data-parallel mesh of 8, restored under FSDP over 8 and under (2, 1, 4): same values,
     each leaf laid out by the new mesh's shardings."""
     from jaxvl.models import get_model
-    from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
     from jaxvl.pretrain.step import init_state, state_shardings
     from jaxvl.runtime.compile import FAST_COMPILE
+    from jaxvl.runtime.optimizer import OptimizerConfig, make_optimizer
     from jaxvl.runtime.sharding import make_mesh
 
     model = get_model("uniter", tiny=True, hidden_size=64, v_hidden_size=64, intermediate_size=128,

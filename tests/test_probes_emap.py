@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxvl.ablation.report import bootstrap_weights
+from jaxvl.metrics.bootstrap import bootstrap_weights
 from jaxvl.models import get_model
 from jaxvl.probes import (
     EmapResult,

@@ -39,11 +39,11 @@ from jaxvl.data.synthetic.foils import item_batch, labelled_items, tell_vocabula
 from jaxvl.data.tokenizer import Tokenizer
 from jaxvl.models import get_model
 from jaxvl.models.volta.model import VLBertForPreTraining
-from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.probes.emap import EmapResult
 from jaxvl.probes.mmshap import MMShapProgram, MMShapResult
 from jaxvl.probes.pairs import PairItems, PairProgram
 from jaxvl.runtime.compile import FAST_COMPILE
+from jaxvl.runtime.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.runtime.sharding import make_mesh
 
 TRAIN, VAL, T, R, K = 256, 128, 8, 2, 12  # images, held-out images, tokens, region rows, classes

@@ -25,7 +25,6 @@ from jaxvl.models.volta.model import VLBertForPreTraining, get_config
 from jaxvl.models.volta.objectives import NO_OVERLAP
 from jaxvl.models.volta.presets import single_stream_plan
 from jaxvl.pretrain.loss import ObjectiveConfig, mask_batch
-from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer, set_peak_learning_rate
 from jaxvl.pretrain.step import init_state, jit_train_step, state_shardings
 from jaxvl.pretrain.sweep import (
     SweepMember,
@@ -41,6 +40,7 @@ from jaxvl.pretrain.sweep import (
     unstack_member,
 )
 from jaxvl.runtime.compile import FAST_COMPILE, compile_step
+from jaxvl.runtime.optimizer import OptimizerConfig, make_optimizer, set_peak_learning_rate
 from jaxvl.runtime.sharding import batch_sharding, make_mesh, to_global
 from jaxvl.runtime.state import current_learning_rate
 

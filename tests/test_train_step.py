@@ -23,9 +23,9 @@ from jaxvl.data.tokenizer import Tokenizer
 from jaxvl.models import get_model
 from jaxvl.models.volta.presets import lxmert_plan, single_stream_plan
 from jaxvl.pretrain.loss import ObjectiveConfig, pretraining_loss
-from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.pretrain.step import init_state, jit_train_step, state_shardings, train_step
 from jaxvl.runtime.compile import FAST_COMPILE, compile_step, memory_stats, memory_summary
+from jaxvl.runtime.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.runtime.sharding import batch_sharding, bytes_per_device, make_mesh, to_global
 from jaxvl.runtime.state import TrainState
 

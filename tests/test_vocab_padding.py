@@ -28,9 +28,9 @@ from jaxvl.convert.volta import from_volta, to_volta
 from jaxvl.models import PRESETS, count_params, get_config, get_model
 from jaxvl.models.volta.presets import single_stream_plan
 from jaxvl.pretrain.loss import ObjectiveConfig, pretraining_loss
-from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.pretrain.step import init_state, jit_train_step, state_shardings
 from jaxvl.runtime.compile import FAST_COMPILE, compile_step
+from jaxvl.runtime.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.runtime.sharding import batch_sharding, make_mesh, to_global
 
 DATA = os.path.join(os.path.dirname(__file__), "data")

@@ -46,9 +46,9 @@ from jaxvl.data.tokenizer import Tokenizer
 from jaxvl.models import get_model
 from jaxvl.models.volta.model import VLBertForPreTraining
 from jaxvl.pretrain.loss import ObjectiveConfig
-from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.pretrain.step import train_step
 from jaxvl.runtime.compile import FAST_COMPILE
+from jaxvl.runtime.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.runtime.sharding import make_mesh
 from jaxvl.runtime.state import TrainState
 

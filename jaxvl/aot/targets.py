@@ -67,8 +67,8 @@ def pretrain_target(cfg: ConfigDict, mesh: Mesh, batch_size: int | None = None, 
     ``model_overrides``: further ``VLConfig`` fields (e.g. a wider, deeper plan: ``scaled_single_stream``)."""
     from jaxvl.pretrain.flops import train_flops
     from jaxvl.pretrain.loss import ObjectiveConfig
-    from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
     from jaxvl.pretrain.step import jit_train_step, state_shardings
+    from jaxvl.runtime.optimizer import OptimizerConfig, make_optimizer
 
     batch_size = batch_size or cfg.data.batch_size
     model_kwargs: dict[str, Any] = dict(dtype=cfg.model.dtype, scan_layers=cfg.model.scan_layers,

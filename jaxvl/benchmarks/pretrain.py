@@ -65,10 +65,10 @@ from jaxvl.models.volta.model import VLBertForPreTraining, get_model
 from jaxvl.models.volta.presets import PRESETS
 from jaxvl.pretrain.flops import forward_flops, train_flops
 from jaxvl.pretrain.loss import ObjectiveConfig
-from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.pretrain.step import init_state, jit_train_step, state_shardings
 from jaxvl.pretrain.sweep import init_sweep_state, jit_sweep_step, members_from_config, sweep_state_shardings
 from jaxvl.runtime.compile import FAST_COMPILE, memory_stats, xla_flops
+from jaxvl.runtime.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.runtime.sharding import batch_sharding, make_mesh
 
 SIZES = ("tiny", "ctrl")

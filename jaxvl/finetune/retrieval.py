@@ -223,8 +223,12 @@ class RetrievalProgram:
         self.forward = PairForward(model, self.mesh, self.text_block, self.image_block, cache_prefix, data_axes)
         self.cache_prefix, self.shards = self.forward.cache_prefix, self.forward.shards
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        # No buffer donation: the running state is only O((N + M) k), and with the state donated the process
-        # aborted inside this loop ("Fatal Python error: Aborted", XLA CPU, 2 of ~7 loaded runs of the zero-shot test).
+        # On the CPU backend (fake devices in tests) one block at a time: with many multi-device block programs
+        # dispatched ahead, XLA CPU's shared thread pool could leave one device of a block's collective without a
+        # thread, and the collective aborted the process after 40 s ("Termination timeout ... only 7 of them
+        # arrived"). Accelerators keep dispatching ahead.
+        self.one_in_flight = self.mesh.devices.flat[0].platform == "cpu"
+        # No buffer donation: the running state is only O((N + M) k).
         jit = lambda f: jax.jit(f, out_shardings=self.replicated, compiler_options=compiler_options)  # noqa: E731
         self._prefixes = jit(self.forward.prefixes)
         self._scores = jit(self._block_scores)
@@ -238,7 +242,11 @@ class RetrievalProgram:
                       t0: jax.Array, i0: jax.Array) -> jax.Array:
         """Padded item arrays (or their prefix streams) -> the scores [bt, bv] of texts t0.. x images i0.."""
         out = self.forward.block_output(variables, text, image, t0, i0)
-        return self.score_fn(out).astype(jnp.float32).reshape(self.text_block, self.image_block)
+        scores = self.score_fn(out).astype(jnp.float32).reshape(self.text_block, self.image_block)
+        # Replicated before the top-k merge: left split over the pair axis, XLA partitions the merge's concatenate
+        # with an all-to-all, which on the CPU backend with fake devices could wait forever for one device's
+        # thread (aborted after 40 s: "Termination timeout for `all to all`"); an all-gather of bt x bv floats does not.
+        return jax.lax.with_sharding_constraint(scores, self.replicated)
 
     def _merge_block(self, state: dict[str, jax.Array], scores: jax.Array, ids: dict[str, jax.Array],
                      t0: jax.Array, i0: jax.Array) -> dict[str, jax.Array]:
@@ -332,6 +340,8 @@ class RetrievalProgram:
             for t0, i0 in band:  # the gold pairs' blocks: scored, merged and kept until every gold score is known
                 stash[t0, i0] = self._scores(variables, text, image, np.int32(t0), np.int32(i0))
                 state = self._merge(state, stash[t0, i0], ids_dev, np.int32(t0), np.int32(i0))
+                if self.one_in_flight:
+                    state = jax.block_until_ready(state)
                 report(t0, i0)
             gold_by_caption = gold_scores({key: to_host(block) for key, block in stash.items()}, order, caption_image)
             ids.update(gold_targets(gold_by_caption, order, caption_image, rows_t, rows_v))
@@ -344,6 +354,8 @@ class RetrievalProgram:
                 for i0 in range(0, m, bv):
                     if (t0, i0) not in stashed:
                         state = self._step(state, variables, text, image, ids_dev, np.int32(t0), np.int32(i0))
+                        if self.one_in_flight:
+                            state = jax.block_until_ready(state)
                         report(t0, i0)
             out = to_host(state)
 

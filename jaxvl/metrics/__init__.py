@@ -9,6 +9,7 @@ retrieval recall as VOLTA computes it.
 - :mod:`~jaxvl.metrics.ptb`: coco-caption's tokenisation (PTBTokenizer + punctuation removal) without Java.
 - :mod:`~jaxvl.metrics.retrieval`: image/text retrieval R@1/5/10, median and mean rank as VOLTA's
   ``eval_retrieval.py`` (:func:`score_matrix_metrics`, :func:`retrieval_metrics` from streamed ranks).
+- :mod:`~jaxvl.metrics.bootstrap`: percentile-bootstrap intervals of means (ablation, probes, fine-tuning).
 - :mod:`~jaxvl.metrics.evaluate`: :func:`evaluate_captions` (raw captions -> all scores) and :func:`format_table`.
 
 Each scorer equals pycocoevalcap 1.2's ``Bleu``/``Rouge``/``Cider`` to 1e-6 on the same tokenised captions.

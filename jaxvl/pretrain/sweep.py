@@ -13,7 +13,7 @@ hyper-parameters; the step counter is shared). ``sweep_train_step`` vmaps one me
 that axis with the batch broadcast (``in_axes=None``: one copy, not K); the learning rate is the
 ``peak_learning_rate`` injected into a ``make_optimizer(cfg, injected_peak=True)`` state, set from the
 member's ``SweepHParams.learning_rate`` before each update, so member k's update is bitwise the update
-of ``make_optimizer(replace(cfg, learning_rate=lr_k))`` (see ``jaxvl.pretrain.optimizer``).
+of ``make_optimizer(replace(cfg, learning_rate=lr_k))`` (see ``jaxvl.runtime.optimizer``).
 
 On a mesh the member axis is unsharded by default (each device holds every member's shard of each
 parameter, placed by the logical rules as in single runs) or, with ``member_axis``, split over one mesh
@@ -55,9 +55,9 @@ from jaxvl.models.volta.config import VLConfig
 from jaxvl.models.volta.model import VLBertForPreTraining
 from jaxvl.models.volta.objectives import NO_OVERLAP
 from jaxvl.pretrain.loss import Batch, ObjectiveConfig, pretraining_loss
-from jaxvl.pretrain.optimizer import OptimizerConfig, set_peak_learning_rate
 from jaxvl.pretrain.step import boxed_init, state_shardings
 from jaxvl.runtime.compile import jit_step
+from jaxvl.runtime.optimizer import OptimizerConfig, set_peak_learning_rate
 from jaxvl.runtime.sharding import DEFAULT_RULES, Rules
 from jaxvl.runtime.state import TrainState, apply_gradients
 

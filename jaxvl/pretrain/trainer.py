@@ -46,13 +46,13 @@ from jaxvl.models.volta.model import VLBertForPreTraining
 from jaxvl.pretrain import sweep
 from jaxvl.pretrain.data import PipelineConfig, pretrain_dataset
 from jaxvl.pretrain.loss import ObjectiveConfig, pretraining_loss
-from jaxvl.pretrain.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.pretrain.step import init_state, jit_train_step
 from jaxvl.pretrain.step import state_shardings as make_state_shardings
 from jaxvl.runtime import stage as stage_runner
 from jaxvl.runtime.checkpoint import Checkpointer
 from jaxvl.runtime.compile import FAST_COMPILE
 from jaxvl.runtime.loop import LoopConfig, StageResult, log
+from jaxvl.runtime.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.runtime.sharding import batch_sharding, make_mesh, to_global
 from jaxvl.runtime.stage import Stage, example_batch, take_batches
 

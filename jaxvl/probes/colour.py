@@ -349,7 +349,7 @@ class ColourResult:
     def summary(self, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, dict[str, dict]]:
         """{"measures": {measure: {condition: stats}}, "effects": {name: stats}}; stats = mean, low, high (the
         ``level`` bootstrap percentile interval over items, ``n_boot`` resamples drawn with ``seed``), n."""
-        from jaxvl.ablation.report import bootstrap_means, bootstrap_weights
+        from jaxvl.metrics.bootstrap import bootstrap_means, bootstrap_weights
 
         w = bootstrap_weights(self.n, n_boot, seed)
 

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxvl.ablation.report import bootstrap_weights
+from jaxvl.metrics.bootstrap import bootstrap_weights
 from jaxvl.models.volta.model import VLBertForPreTraining
 from jaxvl.probes.pairs import (
     MatchScore,

@@ -385,7 +385,7 @@ class MirrorResult:
     def summary(self, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
         """Each statistic's mean over items with its bootstrap interval (``name``, ``name_low``, ``name_high``;
         all from one set of resamples of the items), plus the counts."""
-        from jaxvl.ablation.report import bootstrap_means, bootstrap_weights
+        from jaxvl.metrics.bootstrap import bootstrap_means, bootstrap_weights
 
         stats = self.statistics()
         values = np.stack(list(stats.values()), 1)

@@ -332,7 +332,7 @@ class MMShapResult:
 
     def summary(self, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
         """Mean T-SHAP / V-SHAP (in %) over examples with a defined T-SHAP, with a bootstrap interval."""
-        from jaxvl.ablation.report import bootstrap_means, bootstrap_weights
+        from jaxvl.metrics.bootstrap import bootstrap_means, bootstrap_weights
 
         t = self.t_shap
         ok = np.isfinite(t)

@@ -1,4 +1,5 @@
-"""VOLTA's optimiser (``examples/ctrl_*/concap/train.sh``) as one optax transformation.
+"""VOLTA's optimiser (``examples/ctrl_*/concap/train.sh``, and ``train_task.py`` for fine-tuning) as one optax
+transformation.
 
 AdamW (lr 1e-4, betas (0.9, 0.999), eps 1e-6, weight decay 0.01 on everything but biases and
 LayerNorm parameters), a linear warmup over the first 10% of the steps then a linear decay to 0
