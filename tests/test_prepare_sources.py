@@ -303,7 +303,7 @@ BAD_SOURCES = [
     ("volta-cc:{tmp}/missing.lmdb", ["LMDB {tmp}/missing.lmdb: no such file or directory"]),
     ("volta-cc:{empty}", ["neither an LMDB (no data.mdb) nor a directory holding training_feat_all.lmdb"]),
     ("volta-cc:{tsv}", ["volta-cc", "cannot open as an LMDB"]),
-    ("volta-cc:{lmdb},colour=red", ["unknown option 'colour'; known: feature_dim, name, num_classes"]),
+    ("volta-cc:{lmdb},colour=red", ["unknown option 'colour'; known: feature_dim, features_dtype, layout, name, num_classes"]),
     ("volta-cc:{lmdb},val={lmdb},val={lmdb}", ["option val= given twice"]),
     ("volta-cc:{lmdb},num_regions=", ["option num_regions= has no value"]),
     ("volta-cc:{lmdb},num_regions=many", ["option num_regions='many' must be an integer >= 1"]),

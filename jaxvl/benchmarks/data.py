@@ -21,6 +21,11 @@ tokens), beside the rate a ctrl-size training step consumes:
   has real CC's size) and read through ``jaxvl.data.inplace`` (``open_split("volta-cc:...")``): the data source
   alone (LMDB read, restricted msgpack decode, checks, padding to R) and the same Grain pipeline rows, with the
   ArrayRecord split's tokenizer. No prepare step precedes them: the LMDB stands in for the user's store;
+- **image store** (``--image-store``): the same pairs prepared as image stores (``layout=images``,
+  ``jaxvl.data.imagestore``: one record per image, captions referring to it, arrays as raw bytes), with float32
+  and with float16 features: the write timed end to end (``ImagePairsBuilder.download_and_prepare``) and the
+  encoding alone, then read through the same rows as ArrayRecord (``open_split`` of the store joins each
+  caption to its image record);
 - **step**: the forward+backward time per example of a ctrl model (default UNITER), measured with
   ``jaxvl.benchmarks.models.bench_jax`` on ``jax.devices()[0]`` at a small batch.
 
@@ -102,6 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in-place", action="store_true",
                         help="also read the same pairs in place from a VOLTA Conceptual Captions LMDB (msgpack) "
                              "through jaxvl.data.inplace, beside the ArrayRecord rows")
+    parser.add_argument("--image-store", action="store_true",
+                        help="also prepare and read the same pairs as image stores (layout=images, float32 and "
+                             "float16 features), beside the pair layout's rows")
     parser.add_argument("--data-dir", default=None,
                         help="where to write the dataset (default: a temporary directory); rebuilt every run")
     parser.add_argument("--keep", action="store_true", help="keep the written dataset")
@@ -127,6 +135,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         prep_row, dataset_dir = bench_prepare(knobs, data_dir)
         rows.append(prep_row)
         rows += bench_read(dataset_dir, args)
+        if args.image_store:
+            rows += bench_image_store(knobs, data_dir, args)
         if args.in_place:
             from jaxvl.data.grain import open_split, tokenizer_for
 
@@ -136,7 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         step = None if args.no_model else bench_step(args, device)
     finally:
         if not args.keep:
-            for name in ("jaxvl_synthetic_pretrain", CC_DIR):
+            for name in ("jaxvl_synthetic_pretrain", "jaxvl_synthetic_pretrain_images", CC_DIR):
                 shutil.rmtree(data_dir if args.data_dir is None else os.path.join(data_dir, name),
                               ignore_errors=True)
         else:
@@ -233,6 +243,48 @@ def bench_prepare(knobs: dict[str, Any], data_dir: str) -> tuple[dict[str, Any],
                seconds, probe, images=knobs["num_images"], stored_bytes=stored,
                stored_bytes_per_example=stored / examples, mb_per_s=stored / seconds / 1e6)
     return row, builder.data_dir
+
+
+def bench_image_store(knobs: dict[str, Any], data_dir: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Per features dtype: the image-store encoding alone (first ``--part-images`` images), the store's
+    ``download_and_prepare`` (generate + encode + write, timed end to end), then ``bench_read`` of it."""
+    import tensorflow_datasets as tfds
+
+    from jaxvl.data.builders.images import ImagePairsBuilder
+    from jaxvl.data.builders.synthetic import synthetic_builders, synthetic_config
+    from jaxvl.data.imagestore.writer import caption_record, image_record
+
+    _quiet_tfds()
+    rows = []
+    config = tfds.download.DownloadConfig(download_mode=tfds.GenerateMode.FORCE_REDOWNLOAD, try_download_gcs=False)
+    for dtype in ("float32", "float16"):
+        pairs = synthetic_builders(synthetic_config(val_images=0, **knobs), data_dir)[0]  # a fresh world each time
+        images = [pairs.world[i] for i in range(min(args.part_images, args.images))]
+        spec, nbytes, examples = pairs.region_spec(), 0, sum(len(img.captions) for img in images)
+        probe = Probe()
+        start = time.perf_counter()
+        for img in images:
+            nbytes += len(image_record(img.regions, spec, dtype, "bench"))
+            nbytes += sum(len(caption_record(0, img.image_id, c)) for c in img.captions)
+        rows.append(_row("prepare", f"image store ({dtype}): encode_regions + raw-bytes encode only", examples,
+                         time.perf_counter() - start, probe, images=len(images), layout="images",
+                         features_dtype=dtype, serialized_bytes_per_example=nbytes / examples))
+        builder = ImagePairsBuilder(synthetic_builders(synthetic_config(val_images=0, **knobs), data_dir)[0],
+                                    data_dir, dtype)
+        probe = Probe()
+        start = time.perf_counter()
+        builder.download_and_prepare(download_config=config)
+        seconds = time.perf_counter() - start
+        examples = builder.info.splits["train"].num_examples
+        stored = sum(os.path.getsize(p) for p in glob.glob(os.path.join(builder.data_dir, "*array_record*")))
+        rows.append(_row("prepare", f"image store ({dtype}) download_and_prepare (generate + encode + write)",
+                         examples, seconds, probe, images=knobs["num_images"], layout="images", features_dtype=dtype,
+                         stored_bytes=stored, stored_bytes_per_example=stored / examples,
+                         mb_per_s=stored / seconds / 1e6))
+        cast = " + float16 -> float32" if dtype == "float16" else ""
+        rows += bench_read(builder.data_dir, args, path=f"image store {dtype}",
+                           reading=f"caption + image ArrayRecord reads, raw-bytes decode, pad to R{cast}")
+    return rows
 
 
 # ------------------------------------------------------------------------------------------- read

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxvl.data.builders.common import as_str, decode_regions
+from jaxvl.data.imagestore import ImageStoreInfo, is_image_store, open_image_store
 from jaxvl.data.inplace import InPlaceInfo, is_in_place, open_in_place
 from jaxvl.data.regions import region_inputs
 from jaxvl.data.tokenizer import VOLTA_MAX_SEQ_LENGTH, Tokenizer
@@ -34,18 +35,22 @@ from jaxvl.data.tokenizer import VOLTA_MAX_SEQ_LENGTH, Tokenizer
 
 
 def open_split(dataset: str | os.PathLike, split: str, data_dir: str | os.PathLike | None = None,
-               skip_bad: bool = False) -> tuple[Sequence[dict[str, Any]], tfds.core.DatasetInfo | InPlaceInfo]:
+               skip_bad: bool = False
+               ) -> tuple[Sequence[dict[str, Any]], tfds.core.DatasetInfo | InPlaceInfo | ImageStoreInfo]:
     """A random-access source of one split of a prepared dataset, and the dataset's info.
 
     ``dataset`` is either the dataset's version directory (``<out>/<name>/<config>/<version>``, read
-    with ``tfds.builder_from_directory``, no builder class needed), a TFDS name such as
+    with ``tfds.builder_from_directory``, no builder class needed; or an image store's, ``jaxvl.data.imagestore``,
+    whose pairs come back as the pair layout's), a TFDS name such as
     ``"jaxvl_synthetic_pretrain/default"`` found under ``data_dir``, or a source string read in place
     (``volta-cc:PATH``, ``flickr30k-entities:ROOT,features=LMDB``: ``jaxvl.data.inplace``; ``skip_bad`` applies
-    to those only, as a prepared dataset's bad records were dealt with when it was written). Examples come back
+    to those and to image stores, whose records are joined and checked on read). Examples come back
     as dicts of numpy arrays, Python ints and ``bytes`` (text); the info's ``full_name`` and ``metadata`` are
     what the pipelines read.
     """
     path = os.fspath(dataset)
+    if is_image_store(path):
+        return open_image_store(path, split, skip_bad)
     prepared = os.path.isfile(os.path.join(path, "dataset_info.json"))
     if not prepared and is_in_place(path):
         return open_in_place(path, split, skip_bad)
@@ -64,7 +69,8 @@ def open_split(dataset: str | os.PathLike, split: str, data_dir: str | os.PathLi
     return builder.as_data_source(split=split), builder.info
 
 
-def tokenizer_for(info: tfds.core.DatasetInfo | InPlaceInfo, vocab_file: str | os.PathLike | None = None) -> Tokenizer:
+def tokenizer_for(info: tfds.core.DatasetInfo | InPlaceInfo | ImageStoreInfo,
+                  vocab_file: str | os.PathLike | None = None) -> Tokenizer:
     """The tokenizer of a dataset: from ``vocab_file`` when given (e.g. bert-base-uncased's ``vocab.txt`` or its
     HF ``tokenizer.json``), else from the word list the dataset's metadata carries (the synthetic world's
     vocabulary). A dataset without one needs the config key ``data.vocab_file``: the error names it."""

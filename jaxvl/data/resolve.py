@@ -4,10 +4,11 @@
 directory once (JAX process 0 writes; every process waits for it on multi-host runs) and returns the
 version directory of the one of the wanted kind; a path that already holds ``dataset_info.json`` is
 returned as it is once its kind is checked: an ablation dataset handed to pretraining is an error naming
-what the directory holds, not a ``KeyError`` inside Grain. A path that does not exist is reported as
-such, not as an unknown source. A source string read in place for the task's kind (``volta-cc:PATH`` for
-pretraining, ``flickr30k-entities:ROOT,features=LMDB`` for the ablation: ``jaxvl.data.inplace``) is returned
-unchanged, nothing written: ``open_split`` opens it.
+what the directory holds, not a ``KeyError`` inside Grain (an image store, ``jaxvl.data.imagestore``, holds
+``PretrainPairs`` records). A path that does not exist is reported as such, not as an unknown source. A
+source string read in place for the task's kind (``volta-cc:PATH`` for pretraining,
+``flickr30k-entities:ROOT,features=LMDB`` for the ablation: ``jaxvl.data.inplace``) is returned unchanged,
+nothing written: ``open_split`` opens it.
 """
 
 from __future__ import annotations
@@ -49,9 +50,28 @@ def _reader_of(name: str) -> str | None:
                  if name in _builder_names(kind)), None)
 
 
+def _check_image_store_kind(path: str, kind: type) -> None:
+    """``ValueError`` unless the image store at ``path`` (``PretrainPairs`` records) serves datasets of ``kind``."""
+    from jaxvl.data.builders.images import ImagePairsBuilder
+    from jaxvl.data.imagestore import MANIFEST
+
+    stands_for = ImagePairsBuilder.stands_for
+    if issubclass(stands_for, kind):
+        return
+    raise ValueError(f"config data.dataset={path!r} holds an image store ({MANIFEST}: {stands_for.__name__} "
+                     f"records, read by `jaxvl pretrain`), not the {kind.__name__} dataset this task reads "
+                     f"({', '.join(sorted(_builder_names(kind)))})")
+
+
 def check_dataset_kind(path: str, kind: type) -> None:
     """``ValueError`` unless the prepared dataset at ``path`` was written by builder class ``kind`` or a subclass
-    (the name its ``dataset_info.json`` records), naming what the directory holds and the command that reads it."""
+    (the name its ``dataset_info.json`` records; an image store holds ``PretrainPairs`` records), naming what the
+    directory holds and the command that reads it."""
+    from jaxvl.data.imagestore.layout import is_image_store
+
+    if is_image_store(path):
+        _check_image_store_kind(path, kind)
+        return
     name = _stored_name(path)
     if name is None or name in _builder_names(kind):
         return
@@ -80,14 +100,16 @@ def _not_a_dataset(spec: str, source_error: ValueError) -> Exception:
 
 def resolve_dataset(spec: str, prepare_dir: str, workdir: str, kind: type) -> str:
     """The version directory of the dataset of builder class ``kind`` (e.g. ``PretrainPairs``,
-    ``CaptionImages``) named by ``spec``: a prepared directory, a source string read in place (returned as
-    it is, for ``open_split``), or a ``jaxvl prepare`` source string prepared under ``prepare_dir`` (default
-    ``<workdir>/data``). A prepared directory of another kind, a path that does not exist and a bad source
-    string are ``ValueError`` / ``FileNotFoundError`` naming the cause."""
+    ``CaptionImages``) named by ``spec``: a prepared directory (or image store), a source string read in place
+    (returned as it is, for ``open_split``), or a ``jaxvl prepare`` source string prepared under ``prepare_dir``
+    (default ``<workdir>/data``; with ``layout=images`` its image store). A prepared directory of another kind, a
+    path that does not exist and a bad source string are ``ValueError`` / ``FileNotFoundError`` naming the cause."""
     if not spec:
         raise ValueError("config data.dataset is empty: point it at a dataset prepared by `jaxvl prepare` "
                          "(its version directory) or give a source string such as 'synthetic:num_images=256'")
-    if os.path.isfile(os.path.join(spec, "dataset_info.json")):
+    from jaxvl.data.imagestore.layout import is_image_store
+
+    if os.path.isfile(os.path.join(spec, "dataset_info.json")) or is_image_store(spec):
         check_dataset_kind(spec, kind)
         return spec
     from jaxvl.data.sources import build_source, parse_source
@@ -101,11 +123,13 @@ def resolve_dataset(spec: str, prepare_dir: str, workdir: str, kind: type) -> st
     if reads_in_place(spec, kind):
         return spec  # open_split reads it in place: nothing to prepare
     out = prepare_dir or os.path.join(workdir, "data")
-    builders = [b for b in build_source(spec, out).builders if isinstance(b, kind)]
+    builders = [b for b in build_source(spec, out).builders
+                if isinstance(b, kind) or issubclass(getattr(b, "stands_for", type(None)), kind)]
     if not builders:
         raise ValueError(f"config data.dataset={spec!r} gives no {kind.__name__} dataset")
     builder = builders[0]
-    if jax.process_index() == 0 and not os.path.isfile(os.path.join(builder.data_dir, "dataset_info.json")):
+    written = os.path.isfile(os.path.join(builder.data_dir, "dataset_info.json")) or is_image_store(builder.data_dir)
+    if jax.process_index() == 0 and not written:
         print(f"preparing {spec!r} under {out}", flush=True)
         builder.download_and_prepare()
     if jax.process_count() > 1:

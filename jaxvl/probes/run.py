@@ -58,6 +58,7 @@ def _run_info(path: str) -> tuple[dict[str, Any], str]:
 def _data_source(cfg: ConfigDict, info: dict[str, Any], run_dir: str, ckpt_path: str, workdir: str) -> str:
     """The version directory of the checkpoint's probe dataset (module doc, step 2)."""
     from jaxvl.data.builders.pretrain import PretrainPairs
+    from jaxvl.data.imagestore.layout import is_image_store
     from jaxvl.data.resolve import resolve_dataset
 
     if cfg.data.dataset:
@@ -67,7 +68,7 @@ def _data_source(cfg: ConfigDict, info: dict[str, Any], run_dir: str, ckpt_path:
                          "pretraining dataset from: give --config.data.dataset=DIR (a dataset prepared by `jaxvl "
                          "prepare`) or a source string")
     stored = info.get("dataset") or ""
-    if stored and os.path.isfile(os.path.join(stored, "dataset_info.json")):
+    if stored and (os.path.isfile(os.path.join(stored, "dataset_info.json")) or is_image_store(stored)):
         return stored
     data = info.get("config", {}).get("data", {})
     return resolve_dataset(data.get("dataset", ""), data.get("prepare_dir", ""), run_dir, PretrainPairs)

@@ -57,6 +57,13 @@ Options of every file source:
   store no class fields (default: the first record's ``cls_prob`` width - 1, ``none`` without one);
 - ``probe=N|all``: how many records per split (default 100) are read up front to size the regions.
 
+Options of the pretraining-pair sources (``synthetic``, ``volta-cc``, ``tsv``; ``jaxvl.data.sources.layout``):
+
+- ``layout=pairs|images``: one TFDS example per (image, caption) pair (default), or an image store
+  (``jaxvl.data.imagestore``: each image's regions once, captions referring to them, arrays as raw bytes),
+  written as ``<pair dataset name>_images`` and read back as the same pair records;
+- ``features_dtype=float32|float16`` (``layout=images`` only): the stored dtype of the region features.
+
 The region spec ``RegionSpec(R, D, K)`` is thus read off the first records before anything is
 written; every record must then agree with it (a record that does not is a bad record naming its
 file). Bad records raise ``BadRecord``; with ``skip_bad`` they are skipped and counted per kind in
@@ -83,6 +90,7 @@ from jaxvl.data.sources.base import (
     source_metadata,
 )
 from jaxvl.data.sources.captions import coco_karpathy_source, synthetic_captions_source
+from jaxvl.data.sources.layout import LAYOUT_OPTIONS, LayoutOptions
 from jaxvl.data.sources.pretrain import CC_TRAIN_LMDB, CC_VAL_LMDB, synthetic_source, tsv_source, volta_cc_source
 from jaxvl.data.sources.regions import (
     DEFAULT_PROBE,
@@ -97,8 +105,9 @@ from jaxvl.data.sources.regions import (
 )
 
 __all__ = [
-    "CC_TRAIN_LMDB", "CC_VAL_LMDB", "DEFAULT_PROBE", "FEATURE_FORMATS", "REGION_OPTIONS", "SOURCES", "FeatureLookup",
-    "ParsedSource", "Prepared", "RegionOptions", "Skips", "SourceEntry", "SourceError", "SourceFactory", "SpecProbe",
+    "CC_TRAIN_LMDB", "CC_VAL_LMDB", "DEFAULT_PROBE", "FEATURE_FORMATS", "LAYOUT_OPTIONS", "REGION_OPTIONS", "SOURCES",
+    "FeatureLookup", "LayoutOptions", "ParsedSource", "Prepared", "RegionOptions", "Skips", "SourceEntry",
+    "SourceError", "SourceFactory", "SpecProbe",
     "bind_split", "build_source", "check_spec", "coco_karpathy_source", "config_name", "feature_format", "fits_spec",
     "flickr30k_entities_source", "open_feature_lookup", "parse_source", "path_stem", "skip_or_raise",
     "source_metadata", "synthetic_captions_source", "synthetic_source", "tsv_source", "volta_cc_source",
@@ -182,19 +191,22 @@ _FILE_OPTIONS = frozenset(REGION_OPTIONS)
 
 SOURCES: dict[str, SourceEntry] = {
     "synthetic": SourceEntry(
-        synthetic_source, "synthetic[:key=value,...]",
-        "the embedded synthetic world; synthetic:key=value,... sets WorldConfig knobs and val_images",
+        synthetic_source, "synthetic[:key=value,...][,layout=images[,features_dtype=float16]]",
+        "the embedded synthetic world; synthetic:key=value,... sets WorldConfig knobs and val_images; layout=images "
+        "writes the pairs one record per image",
         options=None, needs_path=False),
     "volta-cc": SourceEntry(
-        volta_cc_source, "volta-cc:LMDB_DIR_OR_FILE[,val=LMDB][,skip_bad=1][,num_regions=36,...]",
+        volta_cc_source,
+        "volta-cc:LMDB_DIR_OR_FILE[,val=LMDB][,skip_bad=1][,layout=images[,features_dtype=float16]][,num_regions=36,...]",
         "pretraining pairs (train/val) from VOLTA's Conceptual Captions LMDBs; the caption is the one stored in "
         "each LMDB record (VOLTA's caption json files are not read: use tsv: for captions from a json). As "
         "`jaxvl pretrain`'s data.dataset it is read in place, with no prepare step",
-        options=_FILE_OPTIONS | {"val", "skip_bad"}),
+        options=_FILE_OPTIONS | {"val", "skip_bad", *LAYOUT_OPTIONS}),
     "tsv": SourceEntry(
-        tsv_source, "tsv:FEATURES.tsv,captions=CAPTIONS.json[,val=VAL.tsv,val_captions=VAL.json][,num_regions=36,...]",
+        tsv_source, "tsv:FEATURES.tsv,captions=CAPTIONS.json[,val=VAL.tsv,val_captions=VAL.json]"
+        "[,layout=images[,features_dtype=float16]][,num_regions=36,...]",
         "pretraining pairs from a bottom-up-attention TSV and VOLTA's caption json {image_id: caption}",
-        options=_FILE_OPTIONS | {"captions", "val", "val_captions"}),
+        options=_FILE_OPTIONS | {"captions", "val", "val_captions", *LAYOUT_OPTIONS}),
     "flickr30k-entities": SourceEntry(
         flickr30k_entities_source,
         "flickr30k-entities:ROOT,features=FEATURE_LMDB|TSV|NPZ_DIR[,split=val][,format=lmdb|tsv|npz][,skip_bad=1]"

@@ -1,6 +1,7 @@
 """The pretraining-pair sources: ``synthetic``, ``volta-cc`` (VOLTA's CC LMDBs) and ``tsv`` (+ caption json).
 
-Each factory returns ``PretrainPairs`` builders (``synthetic`` also its ablation twin); the source
+Each factory returns ``PretrainPairs`` builders (``synthetic`` also its ablation twin), or with
+``layout=images`` the image store writing their pairs (``jaxvl.data.sources.layout``); the source
 strings are documented in ``jaxvl.data.sources``. ``cc_lmdb_paths``, ``cc_reader`` and ``cc_region_spec``
 are shared with the in-place reading of ``volta-cc`` (``jaxvl.data.inplace``), so both paths see the same
 records at the same region sizes.
@@ -25,6 +26,7 @@ from jaxvl.data.sources.base import (
     source_metadata,
     wants_skip_bad,
 )
+from jaxvl.data.sources.layout import LayoutOptions, split_layout_knobs
 from jaxvl.data.sources.regions import RegionOptions, SpecProbe, fits_spec, skip_or_raise
 
 if TYPE_CHECKING:  # the builders import tensorflow_datasets: only the factories load them
@@ -38,10 +40,14 @@ CC_TRAIN_LMDB, CC_VAL_LMDB = "training_feat_all.lmdb", "validation_feat_all.lmdb
 
 
 def synthetic_source(src: ParsedSource, out: str, skip_bad: bool) -> Prepared:
-    """``synthetic[:key=value,...]``: both synthetic-world datasets (``skip_bad`` has nothing to skip)."""
+    """``synthetic[:key=value,...]``: both synthetic-world datasets (``skip_bad`` has nothing to skip); with
+    ``layout=images`` the pairs go to an image store (``features_dtype=``), the phrases as before."""
     from jaxvl.data.builders.synthetic import parse_knobs, synthetic_builders, synthetic_config
 
-    return Prepared(synthetic_builders(synthetic_config(**parse_knobs(src.args)), out))
+    knobs, layout_options = split_layout_knobs(src.args)
+    layout = LayoutOptions.parse(src, layout_options)
+    pairs, *others = synthetic_builders(synthetic_config(**parse_knobs(knobs)), out)
+    return Prepared([layout.builder(pairs, out), *others])
 
 
 # ---------------------------------------------------------------------------------------------- volta-cc
@@ -93,6 +99,7 @@ def volta_cc_source(src: ParsedSource, out: str, skip_bad: bool) -> Prepared:
     from jaxvl.data.builders.pretrain import PretrainConfig, PretrainPairs
 
     skips, skip_bad = Skips(), wants_skip_bad(src, skip_bad)
+    layout = LayoutOptions.parse(src)
     paths = cc_lmdb_paths(src)
     spec = cc_region_spec(src, paths, skip_bad)
 
@@ -106,7 +113,8 @@ def volta_cc_source(src: ParsedSource, out: str, skip_bad: bool) -> Prepared:
                             splits={split: bind_split(pairs, split, path) for split, path in paths.items()},
                             metadata=source_metadata(src, skips, skip_bad, **paths),
                             description=f"VOLTA Conceptual Captions LMDBs {paths}")
-    return Prepared([PretrainPairs(config=config, data_dir=out, file_format="array_record")], skips)
+    pairs_builder = PretrainPairs(config=config, data_dir=out, file_format="array_record")
+    return Prepared([layout.builder(pairs_builder, out, skip_bad, skips)], skips)
 
 
 # ---------------------------------------------------------------------------------------------- tsv
@@ -118,7 +126,7 @@ def tsv_source(src: ParsedSource, out: str, skip_bad: bool) -> Prepared:
     from jaxvl.data.readers.tsv import TsvFeatureReader
     from jaxvl.data.readers.volta_lmdb import read_caption_json
 
-    opts, skips = RegionOptions.parse(src), Skips()
+    opts, skips, layout = RegionOptions.parse(src), Skips(), LayoutOptions.parse(src)
     files = {"train": (src.existing_path(src.path, "features", "file"),
                        src.existing_path(src.require("captions"), "captions", "file"))}
     if "val" in src.options:
@@ -160,4 +168,5 @@ def tsv_source(src: ParsedSource, out: str, skip_bad: bool) -> Prepared:
                             splits={split: bind_split(pairs, split, *f) for split, f in files.items()},
                             metadata=source_metadata(src, skips, skip_bad, **{s: list(f) for s, f in files.items()}),
                             description=f"bottom-up-attention TSV features with VOLTA captions {files}")
-    return Prepared([PretrainPairs(config=config, data_dir=out, file_format="array_record")], skips)
+    pairs_builder = PretrainPairs(config=config, data_dir=out, file_format="array_record")
+    return Prepared([layout.builder(pairs_builder, out, skip_bad, skips)], skips)

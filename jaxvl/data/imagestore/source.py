@@ -1,0 +1,153 @@
+"""Reading an image store: a Grain random-access source of (image, caption) pairs joined on read.
+
+    source, info = open_image_store("data/jaxvl_synthetic_pretrain_images/default/1.0.0", "train")
+    len(source)        # the split's captions
+    source[i]          # {"image_id": b"...", "caption": b"...", "features": [R, D] float32, ...}
+
+``source[i]`` reads caption record ``i``, then the image record it names, and lays them out exactly as a
+prepared ``PretrainPairs`` split stores a pair (``jaxvl.data.builders.pretrain``): ``image_id`` and ``caption``
+as UTF-8 ``bytes``; ``image_h``, ``image_w``, ``num_boxes`` as ``int``; ``features`` [R, D] float32 (float16
+features are cast back), ``boxes`` [R, 4] float32 and with K classes ``cls_prob`` [R, K+1] float32,
+``objects_id`` [R] int32, ``objects_conf`` [R] float32, zero past ``num_boxes`` (``objects_id`` -1). So
+``PretrainTransform`` and everything after it are unchanged. The order is the captions table's (the source's
+order; a TFDS split is shuffled once more when written), and the pipeline shuffles either way.
+
+Both tables are read through ``grain.sources.ArrayRecordDataSource``: readers open lazily in each process that
+reads (Grain worker processes open their own; a pickled source carries only paths), threads share them. The
+source is a plain sequence, so the global shuffle, per-host shards and ``get_state`` / ``set_state`` work as on
+a TFDS split: deterministic and resumable.
+
+Bad input: opening refuses an unreadable manifest, a missing split, a missing or truncated file and a table
+whose record count disagrees with the manifest (``ValueError`` naming the file), and decodes the first pair,
+all before anything compiles. Every record is checked when read (ArrayRecord's chunk hashes, the codec, the
+fields against the manifest's region sizes, the caption's image row and id): a bad one raises ``BadRecord``
+naming the file, the record and the image id, or with ``skip_bad`` is logged, counted (``source.skipped``)
+and replaced by the next good pair (``jaxvl.data.inplace.common.BadRecords``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from jaxvl.data.builders.common import RegionSpec
+from jaxvl.data.imagestore.codec import decode_record
+from jaxvl.data.imagestore.layout import ImageStoreInfo, captions_file, images_file, read_manifest
+from jaxvl.data.inplace.common import BadRecords
+from jaxvl.data.records import BadRecord
+
+
+def _open_table(path: str, expected: int) -> Any:
+    """A Grain ``ArrayRecordDataSource`` over one table; ``ValueError`` naming ``path`` when it is unusable."""
+    import grain
+
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file (the image store is incomplete)")
+    try:
+        table = grain.sources.ArrayRecordDataSource([path])
+    except Exception as e:  # riegeli raises RuntimeError / ValueError kinds for a truncated or foreign file
+        raise ValueError(f"{path}: not a readable ArrayRecord file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from e
+    if len(table) != expected:
+        raise ValueError(f"{path}: {len(table)} records, but the manifest says {expected}")
+    return table
+
+
+def _read(table: Any, index: int, where: str) -> bytes:
+    try:
+        return table[index]
+    except Exception as e:  # a corrupted chunk: riegeli's RuntimeError names the hash mismatch
+        raise BadRecord(f"{where}: unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+
+
+class ImageStorePairs:
+    """One split of an image store as a random-access source of stored ``PretrainPairs`` records (module doc)."""
+
+    def __init__(self, directory: str, split: str, info: ImageStoreInfo, skip_bad: bool = False):
+        sizes = info.splits[split]
+        self.spec = RegionSpec(**info.manifest["regions"])
+        self.features_dtype = np.dtype(info.features_dtype)
+        self.images_path = os.path.join(directory, images_file(split))
+        self.captions_path = os.path.join(directory, captions_file(split))
+        self.images = _open_table(self.images_path, sizes.num_images)
+        self.captions = _open_table(self.captions_path, sizes.num_examples)
+        self.bad = BadRecords(len(self.captions), skip_bad, self.captions_path)
+        r, k = self.spec.num_regions, self.spec.num_classes
+        self._pads: dict[str, tuple[tuple[int, ...], np.dtype, float | int]] = {
+            "features": ((self.spec.feature_dim,), self.features_dtype, 0.0), "boxes": ((4,), np.dtype("<f4"), 0.0)}
+        if k is not None:
+            self._pads.update(cls_prob=((k + 1,), np.dtype("<f4"), 0.0), objects_id=((), np.dtype("<i4"), -1),
+                              objects_conf=((), np.dtype("<f4"), 0.0))
+        self._rows = r
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.bad.read(int(index), self._pair)
+
+    @property
+    def skipped(self) -> int:
+        """Bad pairs met and replaced in this process (``skip_bad``)."""
+        return self.bad.skipped
+
+    def _pair(self, index: int) -> dict[str, Any]:
+        where = f"{self.captions_path} [record {index}]"
+        scalars, _ = decode_record(_read(self.captions, index, where), where)
+        row, image_id, caption = scalars.get("image"), scalars.get("image_id"), scalars.get("caption")
+        if not isinstance(row, int) or not isinstance(image_id, str) or not isinstance(caption, str):
+            raise BadRecord(f"{where}: a caption record needs an int image row, a str image_id and a str caption; "
+                            f"got {sorted(scalars)}")
+        if not 0 <= row < len(self.images):
+            raise BadRecord(f"{where}: the caption of image {image_id!r} refers to image row {row}, but "
+                            f"{self.images_path} holds {len(self.images)} images")
+        image_where = f"{self.images_path} [record {row}, image {image_id!r}]"
+        regions, arrays = decode_record(_read(self.images, row, image_where), image_where)
+        if regions.get("image_id") != image_id:
+            raise BadRecord(f"{where}: the caption of image {image_id!r} refers to image row {row}, which holds "
+                            f"image {regions.get('image_id')!r}")
+        out = self._regions(regions, arrays, image_where)
+        out["image_id"], out["caption"] = image_id.encode("utf-8"), caption.encode("utf-8")
+        return out
+
+    def _regions(self, scalars: Mapping[str, Any], arrays: Mapping[str, np.ndarray], where: str) -> dict[str, Any]:
+        """The stored fields padded to R rows, float16 features cast back to float32; ``BadRecord`` naming ``where``."""
+        sizes = {key: scalars.get(key) for key in ("image_h", "image_w", "num_boxes")}
+        if not all(isinstance(v, int) for v in sizes.values()):
+            raise BadRecord(f"{where}: image_h, image_w and num_boxes must be ints; got {sizes}")
+        n = sizes["num_boxes"]
+        if not 0 <= n <= self._rows:
+            raise BadRecord(f"{where}: num_boxes={n} outside [0, R={self._rows}]")
+        if set(arrays) != set(self._pads):
+            raise BadRecord(f"{where}: arrays {sorted(arrays)}; the store holds {sorted(self._pads)}")
+        out: dict[str, Any] = dict(sizes)
+        for key, (tail, dtype, fill) in self._pads.items():
+            a = arrays[key]
+            if a.shape != (n, *tail) or a.dtype != dtype:
+                raise BadRecord(f"{where}: {key} is {a.dtype.str} {list(a.shape)}; expected {dtype.str} "
+                                f"{[n, *tail]}")
+            stored = np.full((self._rows, *tail), fill, np.int32 if dtype.kind == "i" else np.float32)
+            stored[:n] = a
+            out[key] = stored
+        return out
+
+    def __repr__(self) -> str:
+        return (f"ImageStorePairs({self.captions_path!r}, {len(self)} captions of {len(self.images)} images, "
+                f"{self.spec}, features {self.features_dtype})")
+
+
+def open_image_store(directory: str | os.PathLike, split: str,
+                     skip_bad: bool = False) -> tuple[ImageStorePairs, ImageStoreInfo]:
+    """Split ``split`` of the image store in ``directory`` and its info (module doc); ``ValueError`` for a split
+    it does not have or unusable files, ``BadRecord`` when the first pair is bad (without ``skip_bad``)."""
+    directory = os.fspath(directory)
+    info = read_manifest(directory)
+    if split not in info.splits:
+        raise ValueError(f"{directory}: no split {split!r}; it has {sorted(info.splits)}")
+    source = ImageStorePairs(directory, split, info, skip_bad)
+    if len(source):
+        source[0]  # decodes the first pair now, before anything compiles
+    return source, info
