@@ -87,6 +87,26 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return _report(pretrain(cfg, args.workdir))
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Runs (or resumes) a fine-tuning config; prints the results table at the end."""
+    cfg = _config(args)
+    from jaxvl.runtime.distributed import from_environment, initialize
+
+    initialize(from_environment(args.coordinator, args.num_processes, args.process_id))
+    from jaxvl.finetune.trainer import finetune
+
+    return _report([finetune(cfg, args.workdir)])
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluates a fine-tuned workdir (or ``init.checkpoint``); prints and writes the results table."""
+    cfg = _config(args)
+    from jaxvl.finetune.trainer import evaluate
+
+    print(evaluate(cfg, args.workdir))
+    return 0
+
+
 def cmd_caption(args: argparse.Namespace) -> int:
     """``jaxvl caption train | decode | evaluate | analyze`` (decode, evaluate, analyze: of a trained workdir)."""
     verb = args.jaxvl_command.name.split()[-1]
@@ -218,6 +238,10 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
 
 
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="the fine-tuning workdir; evaluation.md / .json are written there")
+
+
 def _caption_args(verb: str) -> Callable[[argparse.ArgumentParser], None]:
     def add(p: argparse.ArgumentParser) -> None:
         p.add_argument("--workdir", required=True, help="the run: xe/ and scst/ stages" +
@@ -330,6 +354,20 @@ COMMANDS: tuple[Command, ...] = (
              "--config.data.dataset=volta-cc:data/conceptual_captions --config.data.vocab_file=bert/vocab.txt "
              "--config.init.bert_checkpoint=bert/model.bin"),
             cmd_pretrain, _pretrain_args, config="pretrain"),
+    Command("finetune", "fine-tune a V&L BERT on a downstream task (VQA, retrieval, RefCOCO+, NLVR2, ...)",
+            "Fine-tunes a pretrained V&L BERT with VOLTA's task head, loss and ctrl hyper-parameters for the task, or "
+            "a sweep of seeds / learning rates as one compiled program; writes checkpoints, metrics (JSONL, "
+            "TensorBoard), run.json and, at the end, results.md (the held-out score with its 95% interval and the "
+            "chance level). Rerunning the same command resumes.",
+            ("jaxvl finetune --config finetune:vqa,uniter,tiny --workdir runs/vqa_tiny",
+             "jaxvl finetune --config finetune:refcoco+,uniter,tiny,sweep=seeds --workdir runs/ref_seeds "
+             "--config.init.checkpoint=runs/uniter_tiny"),
+            cmd_finetune, _pretrain_args, config="finetune"),
+    Command("evaluate", "evaluate a fine-tuned model (a workdir, every sweep member, or a VOLTA task .bin)",
+            "Scores the final parameters of a fine-tuning workdir (each member of a sweep) on the task's held-out "
+            "split, or with --config.init.checkpoint a VOLTA BertForVLTasks .bin; writes evaluation.md / .json.",
+            ("jaxvl evaluate --config finetune:vqa,uniter,tiny --workdir runs/vqa_tiny",),
+            cmd_evaluate, _evaluate_args, config="finetune"),
     Command("caption train", "train the captioner: cross-entropy, then self-critical (SCST)",
             "Trains the geometry-aware captioner with cross-entropy (<workdir>/xe), then self-critical sequence "
             "training with a CIDEr-D reward from the XE parameters (<workdir>/scst). Rerunning the same command "

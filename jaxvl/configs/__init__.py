@@ -63,7 +63,7 @@ def _literal(text: str) -> Any:
         return text
 
 
-PACKAGED = ("pretrain", "caption", "ablate", "probes", "models")
+PACKAGED = ("pretrain", "finetune", "caption", "ablate", "probes", "models")
 
 
 class ConfigError(ValueError):

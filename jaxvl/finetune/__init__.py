@@ -1,7 +1,12 @@
-"""Downstream tasks (issue 15): VOLTA's controlled-study evaluation on the shared encoder.
+"""Downstream tasks (issue 15): VOLTA's controlled-study evaluation on the shared encoder and stage runner.
 
-``heads``: the task heads of VOLTA's ``BertForVLTasks`` (VQA / GQA classifiers, NLVR2, SNLI-VE, retrieval, RefCOCO
-region logits) as Flax modules; ``losses``: their losses and scores as pure functions; ``retrieval``: N texts x M
-images scored in compiled blocks with top-k and gold ranks kept on device. The fine-tuning trainer and the
-``jaxvl finetune`` / ``jaxvl evaluate`` commands are still to come.
+- ``heads``: the task heads of VOLTA's ``BertForVLTasks`` (VQA / GQA classifiers, NLVR2, SNLI-VE, retrieval, RefCOCO
+  region logits) as Flax modules; ``losses``: their losses and scores as pure functions;
+- ``data``: a task's examples as arrays, the Grain pipeline over them, the rows the model reads, the synthetic task
+  worlds' splits; ``pretrained``: the encoder (and head) a run starts from (a jaxvl workdir, a sweep member, a VOLTA
+  ``.bin``);
+- ``step``: the pure fine-tuning update and its vmapped sweep form (seeds, learning rates);
+- ``evaluate``: held-out loss and score, results with bootstrap intervals and chance; ``trainer``: ``finetune``
+  and ``evaluate`` (``jaxvl finetune`` / ``jaxvl evaluate``) on ``jaxvl.runtime.stage``;
+- ``retrieval``: N texts x M images scored in compiled blocks with top-k and gold ranks kept on device.
 """
