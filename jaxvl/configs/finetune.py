@@ -96,7 +96,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     cfg.model = ConfigDict(dict(name=args.model, tiny=args.tiny, dtype="float32", scan_layers=False))
     cfg.data = ConfigDict(dict(
         # synthetic-<task>: the embedded world; else VOLTA's task files with their feature store
-        # (jaxvl.finetune.files: e.g. volta:datasets/vqa,features=...lmdb)
+        # (jaxvl.finetune.files: volta:ROOT,features=LMDB, ROOT the yml's dataroot, e.g.
+        # volta:datasets/vqa/annotations,features=datasets/mscoco/.../trainval_feat.lmdb)
         dataset=f"synthetic-{args.task}" if args.tiny else "",
         vocab_file="",  # bert-base-uncased vocab.txt for the task files (VOLTA's tokenizer)
         # the synthetic world: images for training / held-out evaluation and its knobs

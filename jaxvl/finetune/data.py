@@ -19,7 +19,8 @@ image: rows 2i and 2i + 1 are example i, the layout VOLTA's ``BertForVLTasks`` e
 
 The embedded synthetic worlds (``synthetic_task_split``) give every task with a world
 (``jaxvl.data.synthetic.tasks*``: answers planted in the images' gold objects) a train and a val split with no
-download.
+download; VOLTA's own task files with their feature LMDBs come through ``jaxvl.finetune.files`` (lazy: features read
+per example).
 """
 
 from __future__ import annotations

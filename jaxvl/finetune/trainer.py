@@ -58,7 +58,8 @@ def task_split(cfg: ConfigDict, split: str) -> TaskSplit:
                          f"or use the tiny variant's synthetic-{cfg.task.name}")
     from jaxvl.finetune.files import task_files_split
 
-    return task_files_split(cfg.task.name, d.dataset, split, d.max_seq_length, d.num_regions, d.vocab_file)
+    return task_files_split(cfg.task.name, d.dataset, split, d.max_seq_length, d.num_regions, d.vocab_file,
+                            seed=d.seed)
 
 
 # =================================================================================== model, members
