@@ -37,7 +37,25 @@ VOLTA uses 36), ``feature_dim=``, ``num_classes=K|none`` and ``probe=N|all``; th
 off the first records. A bad record stops the run (exit status 1, the message names the file and the
 record) unless ``--skip-bad``, which skips and counts bad records and prints the counts.
 
-An existing dataset is reused unless ``--overwrite``. Preparing needs no TensorFlow.
+An existing dataset is reused unless ``--overwrite``. Preparing needs no TensorFlow, but for one case: TFDS's
+in-process writer spills a split of more than 1,000 MiB (about 1,990 pairs at VOLTA's ctrl shapes) to disk
+through ``tf.io.gfile``, and fails without TensorFlow; the parallel build below (even ``--workers 1``) has
+Beam shuffle instead.
+
+In parallel (``synthetic`` and ``volta-cc``; needs ``apache-beam``, the ``beam`` extra): the splits are cut into
+shards that Beam workers read by key (``jaxvl.data.prepare_shards``) and TFDS writes the same records as the
+single-process build (pairs keep its keys, so even its order)::
+
+    jaxvl prepare --source volta-cc:data/conceptual_captions --out data/ --workers 8     # 8 local processes
+    jaxvl prepare --source volta-cc:/shared/cc --out /shared/data/ --beam-runner FlinkRunner \
+        --beam-option flink_master=HOST:8081 --beam-option parallelism=32 --beam-option sdk_container_image=IMAGE
+
+``--workers N`` runs Beam's DirectRunner with N processes; ``--beam-runner`` names any Beam runner
+(DataflowRunner, FlinkRunner, SparkRunner, ...), configured by its own pipeline options given as
+``--beam-option key=value`` (BENCHMARKS.md lists them for Dataflow, Flink and Spark). The runner's workers must
+have jaxvl installed and reach ``--out`` and the source files (an LMDB needs a local or mounted file). A bad
+record fails the pipeline with the same one-line error; ``--skip-bad`` counts skips as Beam counters, reported in
+the summary and saved as ``skipped`` in the metadata.
 """
 
 from __future__ import annotations
@@ -46,8 +64,10 @@ import argparse
 import logging
 import os
 import time
+from typing import Any
 
-from jaxvl.data.sources import SOURCES, build_source
+from jaxvl.data.builders.beam import DIRECT_RUNNER, bad_record_in
+from jaxvl.data.sources import SOURCES, SourceError, build_source, parse_source
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +83,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip bad records (and examples whose image has no features), count them in the summary")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parallel = parser.add_argument_group("in parallel (Apache Beam; sources synthetic and volta-cc)")
+    parallel.add_argument("--workers", type=int, metavar="N",
+                          help="prepare with N local worker processes (Beam's DirectRunner, multi_processing)")
+    parallel.add_argument("--beam-runner", metavar="RUNNER",
+                          help="prepare as a Beam pipeline on RUNNER (DirectRunner, DataflowRunner, FlinkRunner, "
+                               "SparkRunner, ...); default DirectRunner with --workers")
+    parallel.add_argument("--beam-option", action="append", default=[], metavar="KEY=VALUE",
+                          help="a Beam pipeline option for the runner, repeatable (e.g. project=P, region=R, "
+                               "temp_location=gs://B/tmp for Dataflow; flink_master=H:P; spark_master_url=URL)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxvl.data.records import BadRecord
 
     logging.getLogger("absl").setLevel(logging.ERROR)  # tfds warns about every custom config
-    out = os.path.abspath(args.out)
+    out = args.out if "://" in args.out else os.path.abspath(args.out)  # gs://... for a cluster runner's workers
     skip_bad = getattr(args, "skip_bad", False)
     hint = "" if skip_bad else " (--skip-bad skips and counts bad records)"
     try:
@@ -88,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
         raise BadRecord(f"{e}{hint}") from e
     builders = prepared.builders
     mode = tfds.GenerateMode.FORCE_REDOWNLOAD if args.overwrite else tfds.GenerateMode.REUSE_DATASET_IF_EXISTS
-    config = tfds.download.DownloadConfig(download_mode=mode, try_download_gcs=False)
+    config = tfds.download.DownloadConfig(download_mode=mode, try_download_gcs=False,
+                                          **parallel_config(args, builders, skip_bad))
     if args.quiet:
         tfds.disable_progress_bar()
     start = time.perf_counter()
@@ -97,9 +127,13 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix_str(builder.name)
             try:
                 builder.download_and_prepare(download_config=config, download_dir=os.path.join(out, "downloads"))
-            except BadRecord as e:
-                raise BadRecord(f"{builder.name}/{builder.builder_config.name}: {e}{hint}") from e
-    print(f"prepared {len(builders)} datasets from {args.source!r} in {time.perf_counter() - start:.1f} s:")
+            except Exception as e:  # a Beam runner reports a worker's BadRecord as its own error
+                bad = bad_record_in(e)
+                if bad is None:
+                    raise
+                raise BadRecord(f"{builder.name}/{builder.builder_config.name}: {bad}{hint}") from e
+    how = f" on {config.beam_runner}" if config.beam_runner else ""
+    print(f"prepared {len(builders)} datasets from {args.source!r}{how} in {time.perf_counter() - start:.1f} s:")
     for builder in builders:
         splits = ", ".join(f"{name} {info.num_examples}" for name, info in builder.info.splits.items())
         regions = builder.info.metadata.get("regions", {})
@@ -115,3 +149,31 @@ def run(args: argparse.Namespace) -> int:
             for what, n in skipped.items():
                 print(f"      {n} {what}")
     return 0
+
+
+def parallel_config(args: argparse.Namespace, builders: list[Any], skip_bad: bool) -> dict[str, Any]:
+    """The ``DownloadConfig`` fields of a parallel build (``beam_runner``, ``beam_options``), each builder sharded;
+    none without ``--workers`` / ``--beam-runner`` / ``--beam-option``. ``ValueError`` for unusable flags (a
+    ``SourceError`` naming the ``beam`` extra without Apache Beam), before anything is written."""
+    workers, runner = getattr(args, "workers", None), getattr(args, "beam_runner", None)
+    options = getattr(args, "beam_option", None) or []
+    if workers is None and runner is None and not options:
+        return {}
+    logging.disable(logging.WARNING)  # apache_beam warns on import about Google Cloud clients it does not need here
+    try:
+        import apache_beam  # noqa: F401 - only to fail early with the install hint
+    except ImportError as e:
+        raise SourceError("--workers / --beam-runner need Apache Beam: pip install 'jaxvl[beam]' "
+                          "(or pip install apache-beam)") from e
+    finally:
+        logging.disable(logging.NOTSET)
+    from jaxvl.data.builders.beam import pipeline_options
+    from jaxvl.data.prepare_shards import shard_plans
+
+    runner = runner or DIRECT_RUNNER
+    # a failed pipeline raises with the worker's error (one line below); Beam would also log every traceback
+    logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+    beam_options = pipeline_options(runner, workers, options)
+    for builder, plan in zip(builders, shard_plans(parse_source(args.source), builders, skip_bad), strict=True):
+        builder.shard(plan)
+    return {"beam_runner": runner, "beam_options": beam_options}

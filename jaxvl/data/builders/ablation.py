@@ -19,6 +19,7 @@ about 4.3 GB; a shared per-image table would be smaller but needs a join at read
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -118,11 +119,9 @@ class AblationPhrases(ConfiguredBuilder, tfds.core.GeneratorBasedBuilder):
             metadata=tfds.core.MetadataDict(regions=spec.to_dict(), **self.dataset_metadata()),
         )
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-        splits = self.phrase_splits()
-        if not splits:
-            raise ValueError(f"{self.name}/{self.builder_config.name}: no splits to build")
-        return {split: self._generate_examples(split, source) for split, source in splits.items()}
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
+        return self.split_generators({split: functools.partial(self._generate_examples, split, source)
+                                      for split, source in self.phrase_splits().items()})
 
     def _generate_examples(self, split: str, source: PhraseSource) -> Iterator[tuple[int, dict[str, Any]]]:
         spec, truncated = self.region_spec(), 0

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxvl.data.builders.beam import ShardedSplit, sharded_generators, skip_counts
 from jaxvl.data.records import BadRecord, RegionFeatures, check_region_features
 
 REGION_KEYS = ("features", "boxes", "image_h", "image_w", "num_boxes")
@@ -127,9 +128,35 @@ def decode_regions(example: Mapping[str, Any]) -> RegionFeatures:
 class ConfiguredBuilder:
     """Mixin for jaxvl's TFDS builders whose ``builder_config`` carries the data: ``config_class`` names the
     config type; ``typed_config()`` checks it; ``region_spec`` and ``dataset_metadata`` read it.
-    Subclasses that generate data themselves override these instead of passing a config."""
+    Subclasses that generate data themselves override these instead of passing a config.
+
+    ``split_generators`` is what a builder's ``_split_generators`` returns: each split's examples generated in
+    this process, or, after ``shard(...)``, a Beam pipeline per split (``jaxvl.data.builders.beam``) whose
+    skip counters land in the dataset's ``skipped`` metadata.
+    """
 
     config_class: type = tfds.core.BuilderConfig
+    sharded: Mapping[str, ShardedSplit] | None = None
+
+    def shard(self, splits: Mapping[str, ShardedSplit]) -> None:
+        """Generate every split as a Beam pipeline over ``splits`` (then prepare with a Beam runner)."""
+        self.sharded = dict(splits)
+
+    def split_generators(self, generators: Mapping[str, Callable[[], Iterator]]) -> dict[str, Any]:
+        """Split -> examples: ``generators[split]()`` in this process, or the split's Beam transform once sharded."""
+        if not generators:
+            raise ValueError(f"{self.name}/{self.builder_config.name}: no splits to build")
+        if self.sharded is None:
+            return {split: generate() for split, generate in generators.items()}
+        return sharded_generators(f"{self.name}/{self.builder_config.name}", self.sharded, generators)
+
+    def _process_pipeline_result(self, pipeline_result: Any) -> None:
+        """TFDS hook after a Beam build: the skip counters added to the ``skipped`` metadata (before it is saved)."""
+        counts = skip_counts(pipeline_result)
+        if counts:
+            skipped = self.info.metadata.setdefault("skipped", {})
+            for what, n in counts.items():
+                skipped[what] = skipped.get(what, 0) + n
 
     def typed_config(self) -> Any:
         cfg = self.builder_config

@@ -17,6 +17,7 @@ Read back with ``tfds.builder_from_directory(dir).as_data_source()`` (no TensorF
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -67,8 +68,6 @@ class PretrainPairs(ConfiguredBuilder, tfds.core.GeneratorBasedBuilder):
     def pair_splits(self) -> Mapping[str, PairSource]:
         return self.typed_config().splits
 
-
-
     # tfds ---------------------------------------------------------------------------------------
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -81,11 +80,9 @@ class PretrainPairs(ConfiguredBuilder, tfds.core.GeneratorBasedBuilder):
             metadata=tfds.core.MetadataDict(regions=spec.to_dict(), **self.dataset_metadata()),
         )
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-        splits = self.pair_splits()
-        if not splits:
-            raise ValueError(f"{self.name}/{self.builder_config.name}: no splits to build")
-        return {split: self._generate_examples(split, source) for split, source in splits.items()}
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
+        return self.split_generators({split: functools.partial(self._generate_examples, split, source)
+                                      for split, source in self.pair_splits().items()})
 
     def _generate_examples(self, split: str, source: PairSource) -> Iterator[tuple[int, dict[str, Any]]]:
         spec, truncated = self.region_spec(), 0

@@ -1,0 +1,166 @@
+"""The shard plans of ``jaxvl prepare --workers N`` / ``--beam-runner``: each source's splits cut into shards
+that Beam workers read independently, by key (``jaxvl.data.builders.beam``).
+
+- ``synthetic``: both datasets (pairs and grounded phrases) over image index ranges; a worker generates image
+  ``i`` directly (``World[i]`` depends only on the seed and ``i``). Pair keys are the single-process build's
+  (``(i - first) * captions_per_image + j``), so the pairs even come out in the same order.
+- ``volta-cc``: the train / val LMDBs over record index ranges; a worker opens the LMDB once and reads its
+  records by key (``ConceptualCaptionsLMDB[i]``), with the source's region checks. Keys are the record
+  indices. A bad record raises ``BadRecord`` naming the file and key, or with ``skip_bad`` is counted under the
+  single-process build's names ("train: bad records in PATH", "train: records not fitting the region sizes in
+  PATH").
+
+Every read function here is module level and takes only picklable arguments, as Beam pickles it to its workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from jaxvl.data.builders.beam import Count, ShardedSplit, index_ranges
+from jaxvl.data.records import BadRecord, CaptionPair
+from jaxvl.data.sources.base import ParsedSource, Skips
+from jaxvl.data.synthetic.world import World, WorldConfig
+
+if TYPE_CHECKING:
+    from jaxvl.data.builders.common import RegionSpec
+    from jaxvl.data.readers.volta_lmdb import ConceptualCaptionsLMDB
+
+RECORDS_PER_SHARD = 64
+"""Examples per shard (about): small enough to spread a few thousand pairs over several workers."""
+
+PARALLEL_SOURCES = ("synthetic", "volta-cc")
+
+
+def where(builder: Any, split: str) -> str:
+    """How a builder's messages name a split: ``<dataset>/<config> split '<split>'`` (as its own build does)."""
+    return f"{builder.name}/{builder.builder_config.name} split {split!r}"
+
+
+# ---------------------------------------------------------------------------------------------- synthetic
+
+
+@functools.lru_cache(maxsize=4)
+def _world(cfg: WorldConfig) -> World:
+    return World(cfg)
+
+
+def read_synthetic_pairs(world: WorldConfig, spec: RegionSpec, name: str, first: int, shard: tuple[int, int],
+                         count: Count) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The pairs of images ``[start, stop)`` (``shard``) of ``world``, keyed by their index in the split."""
+    from jaxvl.data.builders.pretrain import pair_record
+
+    generated = _world(world)
+    for i in range(*shard):
+        image = generated[i]
+        for j, caption in enumerate(image.captions):
+            yield ((i - first) * world.captions_per_image + j,
+                   pair_record(CaptionPair(regions=image.regions, caption=caption), spec, name))
+
+
+def read_synthetic_phrases(world: WorldConfig, spec: RegionSpec, name: str, first: int, shard: tuple[int, int],
+                           count: Count) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The grounded phrases of images ``[start, stop)`` (``shard``), keyed ``<image>/<phrase>``."""
+    from jaxvl.data.builders.ablation import phrase_record
+
+    generated = _world(world)
+    for i in range(*shard):
+        image = generated[i]
+        for j, phrase in enumerate(image.phrases):
+            yield f"{i - first:09d}/{j:04d}", phrase_record(phrase, image.regions, spec, name)
+
+
+def synthetic_shards(builder: Any, per_shard: int) -> dict[str, ShardedSplit]:
+    """The splits of a synthetic-world builder (pairs or phrases) as image index ranges."""
+    from jaxvl.data.builders.synthetic import SyntheticPretrain
+
+    cfg = builder.builder_config
+    world = dataclasses.replace(cfg.world, num_images=cfg.world.num_images + cfg.val_images)
+    read = read_synthetic_pairs if isinstance(builder, SyntheticPretrain) else read_synthetic_phrases
+    images = max(1, per_shard // world.captions_per_image)
+    out = {}
+    for split, (first, stop) in cfg.split_ranges.items():
+        shards = [(first + a, first + b) for a, b in index_ranges(stop - first, images)]
+        out[split] = ShardedSplit(shards, functools.partial(read, world, builder.region_spec(),
+                                                            where(builder, split), first))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- volta-cc
+
+_READERS: dict[tuple, ConceptualCaptionsLMDB] = {}
+
+
+def _cc_reader(src: ParsedSource, path: str, skip_bad: bool) -> ConceptualCaptionsLMDB:
+    """This process's reader of one LMDB (opened once: the key list is read when a reader opens)."""
+    from jaxvl.data.sources.pretrain import cc_reader
+
+    key = (src.text, path, skip_bad, os.getpid())
+    if key not in _READERS:
+        _READERS[key] = cc_reader(src, path, skip_bad)
+    return _READERS[key]
+
+
+def read_cc_pairs(src: ParsedSource, split: str, path: str, spec: RegionSpec, skip_bad: bool, name: str,
+                  shard: tuple[int, int], count: Count) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Records ``[start, stop)`` (``shard``) of a CC LMDB as stored pairs keyed by record index; bad records raise
+    ``BadRecord`` naming the file and key, or with ``skip_bad`` are counted (``count``) and skipped."""
+    from jaxvl.data.builders.pretrain import pair_record
+    from jaxvl.data.sources.regions import fits_spec, skip_or_raise
+
+    reader, skips = _cc_reader(src, path, skip_bad), Skips()
+    for i in range(*shard):
+        try:
+            pair = reader[i]
+        except BadRecord as e:
+            skip_or_raise(e, skip_bad, skips, f"{split}: bad records in {path}")
+            continue
+        if fits_spec(pair.regions, spec, path, skip_bad, skips, f"{split}: records not fitting the region sizes "
+                     f"in {path}"):
+            yield i, pair_record(pair, spec, name)
+    for what, n in skips.counts.items():
+        count(what, n)
+
+
+def volta_cc_shards(builder: Any, src: ParsedSource, skip_bad: bool, per_shard: int) -> dict[str, ShardedSplit]:
+    """The train / val LMDBs of a ``volta-cc`` builder as record index ranges."""
+    from jaxvl.data.sources.base import wants_skip_bad
+    from jaxvl.data.sources.pretrain import cc_lmdb_paths
+
+    skip_bad, spec = wants_skip_bad(src, skip_bad), builder.region_spec()
+    out = {}
+    for split, path in cc_lmdb_paths(src).items():
+        n = len(_cc_reader(src, path, skip_bad))
+        if n == 0:
+            raise ValueError(f"{path}: the LMDB lists no records ({split} split)")
+        shards = index_ranges(n, per_shard)
+        out[split] = ShardedSplit(shards, functools.partial(read_cc_pairs, src, split, path, spec, skip_bad,
+                                                            where(builder, split)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- dispatch
+
+
+def shard_plans(src: ParsedSource, builders: list[Any], skip_bad: bool,
+                per_shard: int = RECORDS_PER_SHARD) -> list[Mapping[str, ShardedSplit]]:
+    """Each builder's sharded splits, for the sources in ``PARALLEL_SOURCES``; ``ValueError`` for another source
+    or a builder without a plan (e.g. another layout than one example per pair)."""
+    from jaxvl.data.builders.pretrain import PretrainPairs
+    from jaxvl.data.builders.synthetic import SyntheticAblation, SyntheticPretrain
+
+    if src.name not in PARALLEL_SOURCES:
+        raise ValueError(f"--source {src.name} cannot be prepared in parallel yet (--workers / --beam-runner); "
+                         f"sources that can: {', '.join(PARALLEL_SOURCES)}")
+    planned = (SyntheticPretrain, SyntheticAblation) if src.name == "synthetic" else (PretrainPairs,)
+    for builder in builders:
+        if not isinstance(builder, planned):
+            raise ValueError(f"--source {src.name}: {type(builder).__name__} ({builder.name}) cannot be prepared in "
+                             "parallel yet (--workers / --beam-runner); prepare it without them")
+    if src.name == "synthetic":
+        return [synthetic_shards(b, per_shard) for b in builders]
+    return [volta_cc_shards(b, src, skip_bad, per_shard) for b in builders]
