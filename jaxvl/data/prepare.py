@@ -39,8 +39,8 @@ record) unless ``--skip-bad``, which skips and counts bad records and prints the
 
 An existing dataset is reused unless ``--overwrite``. Preparing needs no TensorFlow, but for one case: TFDS's
 in-process writer spills a split of more than 1,000 MiB (about 1,990 pairs at VOLTA's ctrl shapes) to disk
-through ``tf.io.gfile``, and fails without TensorFlow; the parallel build below (even ``--workers 1``) has
-Beam shuffle instead.
+through ``tf.io.gfile``, and stops with one line without TensorFlow; the parallel build below (even ``--workers
+1``) has Beam shuffle instead, and ``layout=images`` does not use that writer.
 
 In parallel (``synthetic`` and ``volta-cc``; needs ``apache-beam``, the ``beam`` extra): the splits are cut into
 shards that Beam workers read by key (``jaxvl.data.prepare_shards``) and TFDS writes the same records as the
@@ -127,6 +127,14 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix_str(builder.name)
             try:
                 builder.download_and_prepare(download_config=config, download_dir=os.path.join(out, "downloads"))
+            except ModuleNotFoundError as e:
+                if e.name != "tensorflow":
+                    raise
+                raise ValueError(  # one line from `jaxvl prepare`
+                    f"{builder.name}/{builder.builder_config.name}: a split above 1,000 MiB is spilled to disk by "
+                    "TFDS's in-process writer through TensorFlow, which is not installed: use --workers 1 (Beam, the "
+                    "beam extra), the source option layout=images (one record per image, no TFDS writer), or "
+                    "`pip install tensorflow`") from e
             except Exception as e:  # a Beam runner reports a worker's BadRecord as its own error
                 bad = bad_record_in(e)
                 if bad is None:
