@@ -324,6 +324,12 @@ BENCHMARKS = {  # name: (summary, description, example)
     "ablate": ("the ablation as one compiled sweep vs a per-condition loop",
                "Examples x conditions per second of the cross-modal ablation as ONE compiled sweep over conditions, "
                "thresholds and stacked checkpoints, against a per-condition loop.", "jaxvl bench ablate --sizes tiny"),
+    "finetune": ("fine-tuning steps/s per task; retrieval pairs/s against a per-pair loop",
+                 "Fine-tuning steps per second of the trainer's compiled update for each VOLTA task (VQA, Flickr30k "
+                 "retrieval, RefCOCO+, NLVR2, SNLI-VE) at VOLTA's ctrl batch sizes, and retrieval (caption, image) "
+                 "pairs per second of the compiled RetrievalProgram (UNITER; LXMERT with and without its prefix "
+                 "cache) against a per-pair loop, with the projected time of the Flickr30k test (5,000 captions x "
+                 "1,000 images).", "jaxvl bench finetune --sizes tiny --parts retrieval"),
     "probe": ("EMAP pairs/s and MM-SHAP coalitions/s, projected to 1000 items; LXMERT's prefix cache",
               "EMAP (text, image) pairs per second and MM-SHAP coalitions per second of the compiled probe programs, "
               "the projected time for N = 1000 items (EMAP: 10^6 pairs) and 1000 examples (MM-SHAP), and the "

@@ -13,11 +13,12 @@ import pytest
 from flax import linen as nn
 
 from jaxvl.configs import load_config
+from jaxvl.configs.finetune import SYNTHETIC_TASKS
 from jaxvl.finetune import step as ft
 from jaxvl.finetune.data import eval_batches, model_rows, synthetic_task_split
 from jaxvl.finetune.heads import TaskSpec, VLBertForVLTasks
 from jaxvl.finetune.pretrained import initial_task_params
-from jaxvl.finetune.trainer import evaluate, finetune, sweep_members, task_model
+from jaxvl.finetune.trainer import evaluate, finetune, sweep_members, task_model, task_split
 from jaxvl.models import VLBertForPreTraining
 from jaxvl.runtime.checkpoint import Checkpointer, restore_params
 from jaxvl.runtime.optimizer import OptimizerConfig, make_optimizer
@@ -191,3 +192,23 @@ def test_task_spec_of_a_tiny_classifier_fits_the_answers():
     model = task_model(config("vqa,uniter,tiny"), split)
     assert model.tasks[0] == TaskSpec("TASK1", "VL-classifier", split.num_labels)
     assert split.batch([0, 1])["target"].shape == (2, split.num_labels)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", SYNTHETIC_TASKS)
+def test_every_tiny_task_builds_its_splits_and_head(task):
+    """Each embedded task world gives both splits, a head of the right type and width, and targets it can score."""
+    cfg = config(f"{task},uniter,tiny")
+    train, val = task_split(cfg, "train"), task_split(cfg, "val")
+    assert len(train) > len(val) > 0 and 0 < val.chance < 1
+    model = task_model(cfg, val)
+    spec = model.tasks[0]
+    assert (spec.name, spec.type) == (cfg.task.volta_task, cfg.task.type)
+    batch = val.batch([0, 1])
+    rows = model_rows(spec, batch)
+    logits = model.apply(model.init(jax.random.key(0), **{k: rows[k] for k in ("input_ids", "features", "locations")}),
+                         rows["input_ids"], rows["features"], rows["locations"], rows["token_type_ids"],
+                         rows["text_mask"], rows["region_mask"], task=spec.name)
+    want = {"VL-classifier": (2, val.num_labels), "V-logit": (2, batch["features"].shape[1], 1),
+            "VL-binary-classifier": (2, 2), "VL-tri-classifier": (2, 3), "VL-logit": (8, 1)}[spec.type]
+    assert logits.shape == want

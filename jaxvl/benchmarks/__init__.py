@@ -1,5 +1,5 @@
 """Benchmarks: timing and compile-time measurements of jaxvl (``jaxvl bench models | data | pretrain | caption |
-ablate | probe | topologies | device``), written to ``BENCHMARKS.md`` with the command and the machine.
+ablate | probe | finetune | topologies | device``), written to ``BENCHMARKS.md`` with the command and the machine.
 
 Each command's module has ``add_arguments(parser)`` and ``run(args)``, which the CLI calls; what they share
 (the machine, timing, ``Probe``, the markdown tables) is ``jaxvl.benchmarks.common``. Helper modules:
@@ -7,6 +7,6 @@ Each command's module has ``add_arguments(parser)`` and ``run(args)``, which the
 ``caption_train`` (the halves of ``bench caption``), ``device_parts`` (the parts of ``bench device``, the one
 timed GPU run that reuses the others). ``bench topologies`` compiles for TPU slices through ``jaxvl.aot``.
 Benchmarks never import tests; ``bench pretrain`` /
-``caption`` / ``ablate`` time the trainers' and the diagnostic's own compiled programs (``jaxvl.pretrain``,
-``jaxvl.caption``, ``jaxvl.ablation``).
+``caption`` / ``ablate`` / ``finetune`` time the trainers' and the diagnostic's own compiled programs
+(``jaxvl.pretrain``, ``jaxvl.caption``, ``jaxvl.ablation``, ``jaxvl.finetune``).
 """

@@ -43,7 +43,7 @@ TASKS = {
                 eval_batch_size=1024, epochs=20.0, max_seq_length=26),
 }
 # Tasks with an embedded synthetic world (``tiny`` runs); the others need their files.
-SYNTHETIC_TASKS = ("vqa", "retrieval", "refcoco+", "nlvr2")
+SYNTHETIC_TASKS = ("vqa", "retrieval", "refcoco+", "nlvr2", "snli-ve")
 
 # For `jaxvl finetune --help`.
 ARGUMENT = "TASK,MODEL[,tiny][,sweep=NAME]"

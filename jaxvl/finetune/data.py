@@ -136,7 +136,7 @@ def eval_batches(split: TaskSplit, batch_size: int) -> list[dict[str, np.ndarray
 @functools.cache
 def task_world(task: str, num_images: int, num_regions: int, seed: int) -> World:
     """The world of a synthetic task: a colour world (4 colour words in their own feature dims) with a sharp
-    detector; images of 1-2 objects for retrieval and NLVR2, 2-3 for VQA and RefCOCO+."""
+    detector; images of 1-2 objects for retrieval and NLVR2, 2-3 for VQA, RefCOCO+ and SNLI-VE."""
     few = task in ("retrieval", "nlvr2")
     return World(WorldConfig(num_images=num_images, num_regions=num_regions, min_objects=1 if few else 2,
                              max_objects=2 if few else 3, num_classes=12, num_attributes=4, colour_dims=4,
@@ -147,7 +147,7 @@ def synthetic_task_split(task: str, split: str, train_images: int, val_images: i
                          max_seq_length: int, seed: int = 0) -> TaskSplit:
     """``split`` ("train" or "val") of ``task``'s synthetic world: ``train_images`` world images for training, the
     next ``val_images`` held out. Example draws depend on (task, split, sizes, seed) only."""
-    from jaxvl.data.synthetic import tasks_nlvr2, tasks_refer, tasks_retrieval, tasks_vqa
+    from jaxvl.data.synthetic import tasks_nlvr2, tasks_refer, tasks_retrieval, tasks_snli_ve, tasks_vqa
 
     if split not in ("train", "val"):
         raise ValueError(f"split {split!r}: the synthetic task worlds have 'train' and 'val'")
@@ -167,12 +167,16 @@ def synthetic_task_split(task: str, split: str, train_images: int, val_images: i
         examples = tasks_nlvr2.nlvr2_examples(world, images, 4 * len(images), count_share=0.0, seed=draw)
         b = tasks_nlvr2.nlvr2_batch(world, examples, tok, max_seq_length)
         return TaskSplit(_inputs(b, target=b["labels"].astype(np.int32)), tok, 2, 0.5)
+    if task == "snli-ve":
+        examples = tasks_snli_ve.snli_ve_examples(world, images, seed=draw)
+        b = tasks_snli_ve.snli_ve_batch(world, examples, tok, max_seq_length)
+        return TaskSplit(_inputs(b, target=b["label"]), tok, 3, float(np.bincount(b["label"]).max() / len(examples)))
     if task == "retrieval":
         rset = tasks_retrieval.retrieval_set(world, images)
         options = tasks_retrieval.retrieval_options(world, rset, seed=draw)
         b = tasks_retrieval.retrieval_batch(world, rset, options, tok, max_seq_length)
         return TaskSplit(_inputs(b, target=np.zeros(len(options), np.int32)), tok, 1, 1 / options.shape[1])
-    raise ValueError(f"task {task!r} has no synthetic world (worlds: vqa, retrieval, refcoco+, nlvr2)")
+    raise ValueError(f"task {task!r} has no synthetic world (worlds: vqa, retrieval, refcoco+, nlvr2, snli-ve)")
 
 
 def retrieval_items(train_images: int, val_images: int, num_regions: int, max_seq_length: int, seed: int = 0

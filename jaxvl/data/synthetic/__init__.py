@@ -4,8 +4,9 @@
 detector rank noise, and for the probes ``spatial_relations`` / ``side_grounding`` and ``colour_dims`` /
 ``colour_signal``); ``captions``: the captioning world with spatial relations and phrase links; ``foils``:
 labelled ITM items, matched captions and foils, optionally with a unimodal tell (EMAP / MM-SHAP planted truth);
-``tasks`` / ``tasks_vqa`` / ``tasks_retrieval`` / ``tasks_refer`` / ``tasks_nlvr2``: downstream task worlds (VQA,
-retrieval, referring expressions, NLVR2) with answers planted in the gold objects (issue 15).
+``tasks`` / ``tasks_vqa`` / ``tasks_retrieval`` / ``tasks_refer`` / ``tasks_nlvr2`` / ``tasks_snli_ve``: downstream
+task worlds (VQA, retrieval, referring expressions, NLVR2, SNLI-VE) with answers planted in the gold objects
+(issue 15).
 """
 
 from jaxvl.data.synthetic.foils import LabelledItem, item_batch, labelled_items, tell_vocabulary

@@ -33,7 +33,7 @@ from jaxvl.data.tokenizer import Tokenizer
 
 # Words of the task templates that a world's captions may lack.
 TASK_WORDS = ("what", "colour", "is", "the", "there", "a", "on", "left", "right", "are", "two", "image", "has",
-              "yes", "no")
+              "yes", "no", "old", "new", "small", "wooden")
 
 
 def task_vocabulary(world: World) -> list[str]:
