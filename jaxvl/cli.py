@@ -103,7 +103,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from jaxvl.finetune.trainer import evaluate
 
-    print(evaluate(cfg, args.workdir))
+    print(evaluate(cfg, args.workdir, args.export_volta))
     return 0
 
 
@@ -240,6 +240,9 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, help="the fine-tuning workdir; evaluation.md / .json are written there")
+    p.add_argument("--export-volta", default=None, metavar="FILE",
+                   help="also write the parameters as a VOLTA BertForVLTasks state dict (.bin needs torch; "
+                        ".safetensors does not)")
 
 
 def _caption_args(verb: str) -> Callable[[argparse.ArgumentParser], None]:
@@ -372,7 +375,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("evaluate", "evaluate a fine-tuned model (a workdir, every sweep member, or a VOLTA task .bin)",
             "Scores the final parameters of a fine-tuning workdir (each member of a sweep) on the task's held-out "
             "split, or with --config.init.checkpoint a VOLTA BertForVLTasks .bin; writes evaluation.md / .json.",
-            ("jaxvl evaluate --config finetune:vqa,uniter,tiny --workdir runs/vqa_tiny",),
+            ("jaxvl evaluate --config finetune:vqa,uniter,tiny --workdir runs/vqa_tiny",
+             "jaxvl evaluate --config finetune:vqa,uniter,tiny --workdir runs/vqa_tiny --export-volta vqa.bin",
+             "jaxvl evaluate --config finetune:vqa,uniter --workdir runs/volta_vqa "
+             "--config.init.checkpoint=pytorch_model_19.bin --config.data.dataset=..."),
             cmd_evaluate, _evaluate_args, config="finetune"),
     Command("caption train", "train the captioner: cross-entropy, then self-critical (SCST)",
             "Trains the geometry-aware captioner with cross-entropy (<workdir>/xe), then self-critical sequence "

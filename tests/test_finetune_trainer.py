@@ -156,8 +156,11 @@ def test_refcoco_finetune_learns_above_chance_resumes_exactly_and_evaluates(tmp_
     for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
     assert json.loads((straight / "results.json").read_text())["rows"][0]["score"] == row["score"]
-    table = evaluate(cfg, str(straight))
+    table = evaluate(cfg, str(straight), export_volta=str(tmp_path / "refcoco.safetensors"))
     assert f"| {row['score']:.1f} |" in table and os.path.isfile(straight / "evaluation.json")
+    # the exported VOLTA state dict, evaluated from init.checkpoint in an empty workdir: the same score
+    cfg.init.checkpoint = str(tmp_path / "refcoco.safetensors")
+    assert f"| {row['score']:.1f} |" in evaluate(cfg, str(tmp_path / "from_volta"))
 
 
 @pytest.mark.slow

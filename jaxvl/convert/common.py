@@ -58,6 +58,25 @@ def load_state_dict(path: str | os.PathLike, prefix_strip: str = "") -> StateDic
     return state
 
 
+def save_state_dict(state: Mapping[str, np.ndarray], path: str | os.PathLike) -> str:
+    """Writes numpy ``state`` as a PyTorch checkpoint (``.bin`` / ``.pt`` / ``.pth``: ``torch.save`` of CPU
+    tensors, what VOLTA's ``load_state_dict`` reads; needs torch) or ``.safetensors`` (no torch). Returns the path."""
+    path = os.fspath(path)
+    state = {k: np.ascontiguousarray(v) for k, v in state.items()}
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import save_file
+
+        save_file(state, path)
+        return path
+    try:
+        import torch
+    except ImportError as e:
+        raise StateDictError(f"{path}: writing a PyTorch checkpoint needs torch (pip install torch; the CPU build "
+                             "is enough), or write .safetensors") from e
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+    return path
+
+
 def to_numpy_state_dict(state: Mapping) -> StateDict:
     """Torch tensors (or arrays) -> numpy arrays, keeping the names."""
     return {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in state.items()}

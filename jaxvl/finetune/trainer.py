@@ -205,10 +205,11 @@ def finetune(cfg: ConfigDict, workdir: str) -> StageResult:
 # ====================================================================================== evaluate
 
 
-def evaluate(cfg: ConfigDict, workdir: str) -> str:
+def evaluate(cfg: ConfigDict, workdir: str, export_volta: str | None = None) -> str:
     """``evaluation.md`` / ``.json`` in ``workdir`` for its final parameters (every member of a sweep workdir) or,
     when ``workdir`` has no checkpoint, for ``init.checkpoint`` (a fine-tuned jaxvl workdir or a VOLTA task
-    ``.bin``). Returns the markdown."""
+    ``.bin``). ``export_volta``: also write those parameters as a VOLTA ``BertForVLTasks`` state dict (``.bin``
+    with torch, or ``.safetensors``; a single run only). Returns the markdown."""
     compiler_options = FAST_COMPILE if cfg.fast_compile else None
     val = task_split(cfg, "val")
     model = task_model(cfg, val)
@@ -228,6 +229,15 @@ def evaluate(cfg: ConfigDict, workdir: str) -> str:
         log(f"evaluating {desc}")
     else:
         raise FileNotFoundError(f"{workdir}: no checkpoints (and no init.checkpoint to evaluate)")
+    if export_volta:
+        if names:
+            raise ValueError(f"--export-volta: {workdir} is a sweep; export one member (--workdir "
+                             f"{members_dir}/NAME)")
+        from jaxvl.convert.common import save_state_dict
+        from jaxvl.convert.volta_tasks import to_volta_tasks
+
+        log(f"wrote {save_state_dict(to_volta_tasks(params, model.cfg, model.tasks), export_volta)} "
+            "(VOLTA BertForVLTasks)")
     evaluation = TaskEvaluation(model, task, val, cfg.data.eval_batch_size, mesh, names, compiler_options)
     results = final_results(cfg, model, evaluation, params, mesh, names, compiler_options)
     os.makedirs(workdir, exist_ok=True)
