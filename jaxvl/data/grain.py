@@ -27,6 +27,7 @@ import tensorflow_datasets as tfds
 
 from jaxvl.data.builders.common import as_str, decode_regions
 from jaxvl.data.imagestore import ImageStoreInfo, is_image_store, open_image_store
+from jaxvl.data.imagestore.layout import is_file
 from jaxvl.data.inplace import InPlaceInfo, is_in_place, open_in_place
 from jaxvl.data.regions import region_inputs
 from jaxvl.data.tokenizer import VOLTA_MAX_SEQ_LENGTH, Tokenizer
@@ -51,7 +52,7 @@ def open_split(dataset: str | os.PathLike, split: str, data_dir: str | os.PathLi
     path = os.fspath(dataset)
     if is_image_store(path):
         return open_image_store(path, split, skip_bad)
-    prepared = os.path.isfile(os.path.join(path, "dataset_info.json"))
+    prepared = is_file(os.path.join(path, "dataset_info.json"))  # a local path or a URL (gs://...)
     if not prepared and is_in_place(path):
         return open_in_place(path, split, skip_bad)
     if prepared:

@@ -107,9 +107,9 @@ def resolve_dataset(spec: str, prepare_dir: str, workdir: str, kind: type) -> st
     if not spec:
         raise ValueError("config data.dataset is empty: point it at a dataset prepared by `jaxvl prepare` "
                          "(its version directory) or give a source string such as 'synthetic:num_images=256'")
-    from jaxvl.data.imagestore.layout import is_image_store
+    from jaxvl.data.imagestore.layout import is_file, is_image_store
 
-    if os.path.isfile(os.path.join(spec, "dataset_info.json")) or is_image_store(spec):
+    if is_file(os.path.join(spec, "dataset_info.json")) or is_image_store(spec):
         check_dataset_kind(spec, kind)
         return spec
     from jaxvl.data.sources import build_source, parse_source

@@ -13,6 +13,11 @@ A prepared image store is a directory (``<out>/<name>/<config>/1.0.0``, like a T
 
 ``ImageStoreInfo`` stands in for ``tfds.core.DatasetInfo``: the pipelines read its ``full_name`` and
 ``metadata``; ``jaxvl prepare`` its ``splits`` (``num_examples``: captions).
+
+Reading goes through ``etils.epath``, so the directory may be a local or shared-filesystem path or an object-store
+URL such as ``gs://bucket/dir`` (kept as it is, never made absolute): epath reads the manifest of a ``gs://`` store
+through ``gcsfs`` (``pip install gcsfs``) or TensorFlow's file system; ``jaxvl.data.imagestore.source`` hands the
+table URLs to ArrayRecord, whose own reader opens ``gs://`` objects. Writing is local only (``write_manifest``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import json
 import os
 from collections.abc import Mapping
 from typing import Any
+
+from etils import epath
 
 MANIFEST = "imagestore.json"
 FORMAT = "jaxvl-imagestore/1"
@@ -41,9 +48,22 @@ def captions_file(split: str) -> str:
     return f"{split}-captions.array_record"
 
 
+def store_path(path: str | os.PathLike) -> epath.Path:
+    """``path`` (a file or directory of a store: local, shared filesystem or ``gs://``-style URL) as an epath."""
+    return epath.Path(os.fspath(path))
+
+
+def is_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file; ``ValueError`` naming it when its URL scheme has no file-system backend here."""
+    try:
+        return store_path(path).is_file()
+    except ImportError as e:  # epath's fsspec backend without gcsfs (or s3fs, ...) for the scheme
+        raise ValueError(f"{os.fspath(path)}: cannot read this URL here ({e})") from e
+
+
 def is_image_store(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a directory holding an image-store manifest."""
-    return os.path.isfile(os.path.join(os.fspath(path), MANIFEST))
+    """Whether ``path`` is a directory holding an image-store manifest (``gs://`` URLs too: module doc)."""
+    return is_file(os.path.join(os.fspath(path), MANIFEST))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +85,12 @@ class ImageStoreInfo:
     manifest: Mapping[str, Any] = dataclasses.field(repr=False)
 
 
-def read_manifest(directory: str) -> ImageStoreInfo:
-    """The manifest of the image store in ``directory``; ``ValueError`` naming the file when it is unusable."""
-    path = os.path.join(directory, MANIFEST)
+def read_manifest(directory: str | os.PathLike) -> ImageStoreInfo:
+    """The manifest of the image store in ``directory`` (a path or URL: module doc); ``ValueError`` naming the file
+    when it is unusable."""
+    path = os.path.join(os.fspath(directory), MANIFEST)
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
+        manifest = json.loads(store_path(path).read_text(encoding="utf-8"))
         if manifest.get("format") != FORMAT:
             raise ValueError(f"format {manifest.get('format')!r}, expected {FORMAT!r}")
         if manifest.get("features_dtype") not in FEATURES_DTYPES:
@@ -80,7 +100,7 @@ def read_manifest(directory: str) -> ImageStoreInfo:
         full_name = f"{manifest['name']}/{manifest['config']}/{manifest['version']}"
         metadata = dict(manifest["metadata"])
         metadata["regions"] = dict(manifest["regions"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ImportError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: not a readable image-store manifest ({type(e).__name__}: {e})") from e
     return ImageStoreInfo(full_name=full_name, metadata=metadata, splits=splits,
                           features_dtype=manifest["features_dtype"], manifest=manifest)

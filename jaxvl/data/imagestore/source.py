@@ -12,6 +12,10 @@ features are cast back), ``boxes`` [R, 4] float32 and with K classes ``cls_prob`
 ``PretrainTransform`` and everything after it are unchanged. The order is the captions table's (the source's
 order; a TFDS split is shuffled once more when written), and the pipeline shuffles either way.
 
+``directory`` may be a local or shared-filesystem path or an object-store URL (``gs://bucket/dir``): paths are
+joined as strings, never made absolute, so a URL reaches ArrayRecord unchanged (``jaxvl.data.imagestore.layout``
+says which library reads what).
+
 Both tables are read through ``grain.sources.ArrayRecordDataSource``: readers open lazily in each process that
 reads (Grain worker processes open their own; a pickled source carries only paths), threads share them. The
 source is a plain sequence, so the global shuffle, per-host shards and ``get_state`` / ``set_state`` work as on
@@ -35,7 +39,7 @@ import numpy as np
 
 from jaxvl.data.builders.common import RegionSpec
 from jaxvl.data.imagestore.codec import decode_record
-from jaxvl.data.imagestore.layout import ImageStoreInfo, captions_file, images_file, read_manifest
+from jaxvl.data.imagestore.layout import ImageStoreInfo, captions_file, images_file, is_file, read_manifest
 from jaxvl.data.inplace.common import BadRecords
 from jaxvl.data.records import BadRecord
 
@@ -44,7 +48,7 @@ def _open_table(path: str, expected: int) -> Any:
     """A Grain ``ArrayRecordDataSource`` over one table; ``ValueError`` naming ``path`` when it is unusable."""
     import grain
 
-    if not os.path.isfile(path):
+    if not is_file(path):
         raise ValueError(f"{path}: no such file (the image store is incomplete)")
     try:
         table = grain.sources.ArrayRecordDataSource([path])
