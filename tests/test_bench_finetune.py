@@ -46,6 +46,7 @@ def test_bench_finetune_step_row_and_table(tmp_path, capsys):
     assert "| nlvr2 | uniter | tiny | VL-binary-classifier | 2 (64) | 4 x (40 + 5) |" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # ~25 s loaded: compiles the program and the loop for two presets
 def test_bench_finetune_retrieval_rows_projections_and_loop(capsys):
     rows = finetune.run(parse(RETRIEVAL))["rows"]
     assert [(r["part"], r["variant"]) for r in rows] == [
