@@ -50,6 +50,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "jaxvl.train.optimizer": ("jaxvl.runtime.optimizer", "jaxvl.runtime.state"),
     "jaxvl.train.sweep": ("jaxvl.pretrain.sweep",),
     "jaxvl.pretrain.optimizer": ("jaxvl.runtime.optimizer",),
+    "jaxvl.finetune.heads": ("jaxvl.models.volta.task_heads",),
     "jaxvl.train.flops": ("jaxvl.pretrain.flops",),
     "jaxvl.train.pretrain": ("jaxvl.pretrain.trainer", "jaxvl.runtime.checkpoint"),
     "jaxvl.train.caption_objective": ("jaxvl.caption.loss", "jaxvl.caption.optimizers", "jaxvl.models.ort.geometry"),

@@ -26,7 +26,6 @@ from jaxvl.convert.volta_tasks import (
     to_volta_tasks,
     volta_task_state_dict_shapes,
 )
-from jaxvl.finetune.heads import VOLTA_TASKS, TaskSpec, VLBertForVLTasks, task_spec_from_volta
 from jaxvl.finetune.losses import (
     accuracy,
     classifier_bce_loss,
@@ -40,6 +39,7 @@ from jaxvl.finetune.losses import (
     vqa_loss,
 )
 from jaxvl.models import PRESETS, get_config, to_volta_dict
+from jaxvl.models.volta.task_heads import VOLTA_TASKS, TaskSpec, VLBertForVLTasks, task_spec_from_volta
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 ATOL = 1e-5

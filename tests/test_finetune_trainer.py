@@ -16,10 +16,10 @@ from jaxvl.configs import load_config
 from jaxvl.configs.finetune import SYNTHETIC_TASKS
 from jaxvl.finetune import step as ft
 from jaxvl.finetune.data import eval_batches, model_rows, synthetic_task_split
-from jaxvl.finetune.heads import TaskSpec, VLBertForVLTasks
 from jaxvl.finetune.pretrained import initial_task_params
 from jaxvl.finetune.trainer import evaluate, finetune, sweep_members, task_model, task_split
 from jaxvl.models import VLBertForPreTraining
+from jaxvl.models.volta.task_heads import TaskSpec, VLBertForVLTasks
 from jaxvl.runtime.checkpoint import Checkpointer, restore_params
 from jaxvl.runtime.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.runtime.state import TrainState

@@ -31,11 +31,11 @@ from jaxvl.data.synthetic.tasks_snli_ve import (
     snli_ve_examples,
 )
 from jaxvl.data.tokenizer import Tokenizer
-from jaxvl.finetune.heads import VOLTA_TASKS
 from jaxvl.finetune.losses import task_loss
 from jaxvl.models import get_model
 from jaxvl.models.volta.config import VLConfig
 from jaxvl.models.volta.model import VLBertModel
+from jaxvl.models.volta.task_heads import VOLTA_TASKS
 from jaxvl.runtime.compile import FAST_COMPILE
 
 T = 8  # "there is a WORD CLASS" is 5 words + [CLS] [SEP]

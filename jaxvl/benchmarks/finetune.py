@@ -69,12 +69,12 @@ from jaxvl.benchmarks.common import (
 )
 from jaxvl.benchmarks.probe import compile_clock, union_seconds
 from jaxvl.configs.finetune import TASKS as TASK_CONFIGS
-from jaxvl.finetune.heads import VOLTA_TASKS, TaskSpec, VLBertForVLTasks
 from jaxvl.finetune.retrieval import RetrievalProgram
 from jaxvl.finetune.step import finetune_state_shardings, init_finetune_state, jit_finetune_step
 from jaxvl.models.volta.model import get_model
 from jaxvl.models.volta.pairing import PairForward
 from jaxvl.models.volta.presets import PRESETS
+from jaxvl.models.volta.task_heads import VOLTA_TASKS, TaskSpec, VLBertForVLTasks
 from jaxvl.runtime.compile import FAST_COMPILE, compile_step
 from jaxvl.runtime.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.runtime.sharding import batch_sharding, make_mesh

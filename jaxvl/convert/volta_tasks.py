@@ -48,9 +48,9 @@ from jaxvl.convert.common import (
     load_state_dict,
 )
 from jaxvl.convert.volta import MODULE_PREFIX, from_volta, to_volta, volta_state_dict_shapes
-from jaxvl.finetune.heads import CLF_HIDDEN_SIZE, TaskSpec, check_tasks
 from jaxvl.models.volta.config import VLConfig
 from jaxvl.models.volta.model import VLBertForPreTraining
+from jaxvl.models.volta.task_heads import CLF_HIDDEN_SIZE, TaskSpec, check_tasks
 
 HEADS_PREFIX = "clfs_dict."
 PRETRAINING_HEADS_PREFIX = "cls."  # BertForVLPreTraining's heads: not part of a task model

@@ -1,7 +1,7 @@
 """Downstream tasks (issue 15): VOLTA's controlled-study evaluation on the shared encoder and stage runner.
 
-- ``heads``: the task heads of VOLTA's ``BertForVLTasks`` (VQA / GQA classifiers, NLVR2, SNLI-VE, retrieval, RefCOCO
-  region logits) as Flax modules; ``losses``: their losses and scores as pure functions;
+- the task heads of VOLTA's ``BertForVLTasks`` are model code: ``jaxvl.models.volta.task_heads``; ``losses``: their
+  losses and scores as pure functions;
 - ``data``: a task's examples as arrays, the Grain pipeline over them, the rows the model reads, the synthetic task
   worlds' splits; ``pretrained``: the encoder (and head) a run starts from (a jaxvl workdir, a sweep member, a VOLTA
   ``.bin``);

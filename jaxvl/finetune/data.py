@@ -37,7 +37,7 @@ from jaxvl.data.grain import host_batch_size, host_batches
 from jaxvl.data.synthetic.tasks import task_vocabulary
 from jaxvl.data.synthetic.world import World, WorldConfig
 from jaxvl.data.tokenizer import Tokenizer
-from jaxvl.finetune.heads import TaskSpec
+from jaxvl.models.volta.task_heads import TaskSpec
 
 TEXT_KEYS = ("input_ids", "token_type_ids", "text_mask")
 IMAGE_KEYS = ("features", "locations", "region_mask")

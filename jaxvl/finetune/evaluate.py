@@ -25,9 +25,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxvl.finetune.data import TaskSplit, eval_batches
-from jaxvl.finetune.heads import TaskSpec, VLBertForVLTasks
 from jaxvl.finetune.step import task_outputs
 from jaxvl.metrics.bootstrap import bootstrap_means, bootstrap_weights
+from jaxvl.models.volta.task_heads import TaskSpec, VLBertForVLTasks
 from jaxvl.runtime.sharding import batch_sharding, to_global
 
 # What the score of each head type is (the column header says it, in percent).

@@ -29,7 +29,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxvl.finetune.heads import TaskSpec
+from jaxvl.models.volta.task_heads import TaskSpec
 
 REFER_IOU_THRESHOLD = 0.5  # a RefCOCO pick is right when its IoU with the gold box exceeds this
 

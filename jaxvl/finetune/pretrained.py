@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxvl.finetune.heads import VLBertForVLTasks
+from jaxvl.models.volta.task_heads import VLBertForVLTasks
 from jaxvl.runtime.checkpoint import restore_params
 
 HEADS = "clfs_dict"

@@ -31,8 +31,8 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxvl.finetune.data import MODEL_KEYS, model_rows, score_region_mask
-from jaxvl.finetune.heads import TaskSpec, VLBertForVLTasks
 from jaxvl.finetune.losses import task_loss, task_score
+from jaxvl.models.volta.task_heads import TaskSpec, VLBertForVLTasks
 from jaxvl.runtime.compile import jit_step
 from jaxvl.runtime.optimizer import set_peak_learning_rate
 from jaxvl.runtime.sharding import DEFAULT_RULES, Rules, activation_rules

@@ -33,9 +33,9 @@ from ml_collections import ConfigDict
 from jaxvl.finetune import step as ft
 from jaxvl.finetune.data import TaskSplit, retrieval_items, synthetic_task_split, train_dataset
 from jaxvl.finetune.evaluate import TaskEvaluation, retrieval_scores, task_results, write_results
-from jaxvl.finetune.heads import TaskSpec, VLBertForVLTasks
 from jaxvl.finetune.pretrained import initial_task_params
 from jaxvl.models import get_model
+from jaxvl.models.volta.task_heads import TaskSpec, VLBertForVLTasks
 from jaxvl.runtime.checkpoint import Checkpointer, restore_params
 from jaxvl.runtime.compile import FAST_COMPILE
 from jaxvl.runtime.loop import LoopConfig, StageResult, log
