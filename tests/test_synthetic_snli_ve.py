@@ -19,7 +19,7 @@ import pytest
 from flax import linen as nn
 
 from jaxvl.data.synthetic import World, WorldConfig
-from jaxvl.data.synthetic.tasks import TASK_WORDS, task_vocabulary
+from jaxvl.data.synthetic.tasks import TASK_WORDS
 from jaxvl.data.synthetic.tasks_snli_ve import (
     CONTRADICTION,
     ENTAILMENT,
@@ -29,6 +29,7 @@ from jaxvl.data.synthetic.tasks_snli_ve import (
     UNGROUNDED_WORDS,
     snli_ve_batch,
     snli_ve_examples,
+    snli_ve_vocabulary,
 )
 from jaxvl.data.tokenizer import Tokenizer
 from jaxvl.finetune.losses import task_loss
@@ -51,7 +52,7 @@ def world(num_images: int = 96, num_regions: int = 4, min_objects: int = 1, max_
 
 @functools.cache
 def tokenizer(w: World) -> Tokenizer:
-    return Tokenizer.from_words(task_vocabulary(w))
+    return Tokenizer.from_words(snli_ve_vocabulary(w))
 
 
 def truth(w: World, image: int, hypothesis: str) -> int:
@@ -107,7 +108,8 @@ def test_batch_layout():
     w = world()
     examples = snli_ve_examples(w, range(12))
     b = snli_ve_batch(w, examples, tokenizer(w), T)
-    assert set(UNGROUNDED_WORDS) <= set(TASK_WORDS) and not set(UNGROUNDED_WORDS) & set(w.vocabulary())
+    assert set(UNGROUNDED_WORDS) <= set(snli_ve_vocabulary(w)) and not set(UNGROUNDED_WORDS) & set(w.vocabulary())
+    assert not set(UNGROUNDED_WORDS) & set(TASK_WORDS)  # the other task worlds' token ids are unchanged
     np.testing.assert_array_equal(b["label"], [ex.label for ex in examples])
     assert b["target"].dtype == np.float32 and b["label"].dtype == np.int32
     np.testing.assert_array_equal(b["target"], np.eye(3)[b["label"]])

@@ -152,7 +152,7 @@ def synthetic_task_split(task: str, split: str, train_images: int, val_images: i
     if split not in ("train", "val"):
         raise ValueError(f"split {split!r}: the synthetic task worlds have 'train' and 'val'")
     world = task_world(task, train_images + val_images, num_regions, seed)
-    tok = Tokenizer.from_words(task_vocabulary(world))
+    tok = Tokenizer.from_words(tasks_snli_ve.snli_ve_vocabulary(world) if task == "snli-ve" else task_vocabulary(world))
     images = range(train_images) if split == "train" else range(train_images, train_images + val_images)
     draw = seed + (split == "val")
     if task == "vqa":

@@ -33,12 +33,13 @@ from jaxvl.data.tokenizer import Tokenizer
 
 # Words of the task templates that a world's captions may lack.
 TASK_WORDS = ("what", "colour", "is", "the", "there", "a", "on", "left", "right", "are", "two", "image", "has",
-              "yes", "no", "old", "new", "small", "wooden")
+              "yes", "no")
 
 
-def task_vocabulary(world: World) -> list[str]:
-    """The world's caption vocabulary plus every task template word (sorted), for ``Tokenizer.from_words``."""
-    return sorted({*world.vocabulary(), *TASK_WORDS})
+def task_vocabulary(world: World, extra: Sequence[str] = ()) -> list[str]:
+    """The world's caption vocabulary plus every task template word and ``extra`` (sorted), for
+    ``Tokenizer.from_words``."""
+    return sorted({*world.vocabulary(), *TASK_WORDS, *extra})
 
 
 def example_rng(seed: int, task: int, index: int) -> np.random.Generator:

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxvl.data.readers.tasks.snli_ve import LABELS
-from jaxvl.data.synthetic.tasks import check_images, example_rng, image_inputs, text_inputs
+from jaxvl.data.synthetic.tasks import check_images, example_rng, image_inputs, task_vocabulary, text_inputs
 from jaxvl.data.synthetic.world import World
 from jaxvl.data.tokenizer import Tokenizer
 
@@ -79,6 +79,12 @@ def _contradiction(world: World, rng: np.random.Generator, image: int,
     k = absent[int(rng.integers(len(absent)))]
     words = UNGROUNDED_WORDS if rng.random() < 0.5 else world.attribute_names
     return "absent_class", -1, k, words[int(rng.integers(len(words)))]
+
+
+def snli_ve_vocabulary(world: World) -> list[str]:
+    """``task_vocabulary`` plus ``UNGROUNDED_WORDS`` (only SNLI-VE's hypotheses use them, so the other task worlds'
+    token ids stay as they were), for ``Tokenizer.from_words``."""
+    return task_vocabulary(world, UNGROUNDED_WORDS)
 
 
 def snli_ve_examples(world: World, images: Sequence[int], wrong_attribute_share: float = 0.5,
@@ -125,4 +131,4 @@ def snli_ve_batch(world: World, examples: Sequence[EntailmentExample], tokenizer
 
 
 __all__ = ["CONTRADICTION", "ENTAILMENT", "HYPOTHESIS_KINDS", "LABEL_NAMES", "NEUTRAL", "UNGROUNDED_WORDS",
-           "EntailmentExample", "snli_ve_batch", "snli_ve_examples"]
+           "EntailmentExample", "snli_ve_batch", "snli_ve_examples", "snli_ve_vocabulary"]
