@@ -360,3 +360,19 @@ def test_dropout_acts_in_training_only():
         assert not np.allclose(np.asarray(a[k]), np.asarray(evaluated[k]))
     padded = ~g["in"]["region_mask"].astype(bool)
     assert np.all(np.asarray(a["TASK10"])[..., 0][padded] < -9000)
+
+
+def test_ties_share_the_score_so_a_collapsed_head_scores_chance():
+    """All-equal logits (a collapsed head) score the chance of a random pick, not 100% because the positive comes
+    first: 4-way retrieval 1/4, a 3-way label 1/3, VQA the mean target, RefCOCO the share of hits among real rows."""
+    from jaxvl.finetune.losses import task_score
+
+    flat = jnp.zeros((5, 4))
+    assert np.allclose(np.asarray(task_score(VOLTA_TASKS["retrieval_flickr30k"], flat, jnp.zeros(5, jnp.int32))), 0.25)
+    assert np.allclose(np.asarray(accuracy(jnp.zeros((2, 3)), jnp.array([0, 2]))), 1 / 3)
+    scores = jnp.array([[0.3, 0.9, 0.0, 0.0]])
+    assert np.allclose(np.asarray(score_of_argmax(jnp.zeros((1, 4)), scores)), 0.3)
+    iou, mask = jnp.array([[0.6, 0.1, 0.7, 0.9]]), jnp.array([[1, 1, 1, 0]])
+    assert np.allclose(np.asarray(refer_score(jnp.zeros((1, 4)), iou, mask)), 2 / 3)
+    two = jnp.array([[1.0, 1.0, 0.0, -1.0]])  # a tie of two: the label among them scores 1/2
+    assert np.allclose(np.asarray(accuracy(two, jnp.array([1]))), 0.5)

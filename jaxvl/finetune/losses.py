@@ -21,7 +21,9 @@ Every loss takes an optional ``mask`` [B] (1 = a real example): the mean then ru
 Deliberate differences from VOLTA: SNLI-VE is trained with VOLTA's configured ``BCEWithLogitLoss`` on its
 one-hot label, not a softmax cross-entropy; ``refer_score`` given ``region_mask`` takes the argmax over real
 regions only (VOLTA's argmax runs over all rows, where padded ones sit 10000 below: the same pick unless a
-padded row's raw logit beats every real one by 10000).
+padded row's raw logit beats every real one by 10000). Exact ties for the maximum share the score evenly (the
+expectation of a random tie-break; VOLTA's ``torch.max`` takes the first index): otherwise a collapsed head, whose
+logits are all equal, would score 100% on retrieval's 4 options (the positive is always first).
 """
 
 from __future__ import annotations
@@ -97,17 +99,26 @@ def retrieval_loss(logits: jax.Array, target: jax.Array | None = None, mask: jax
     return _mean(-jnp.take_along_axis(logp, target[:, None].astype(jnp.int32), axis=-1)[:, 0], mask)
 
 
+def tie_shares(logits: jax.Array) -> jax.Array:
+    """[B, C] logits -> float32 [B, C]: 1 / t on the t entries of each row equal to its maximum, 0 elsewhere (the
+    probability that an argmax with uniformly random tie-breaking picks each entry)."""
+    x = logits.astype(jnp.float32)
+    tied = (x == jnp.max(x, axis=-1, keepdims=True)).astype(jnp.float32)
+    return tied / jnp.sum(tied, axis=-1, keepdims=True)
+
+
 def score_of_argmax(logits: jax.Array, scores: jax.Array) -> jax.Array:
     """``compute_score_with_logits`` summed over classes: [B, C] logits and target scores -> [B], the target
-    score of each row's argmax (VQA score with soft scores, accuracy with one-hot targets)."""
+    score of each row's argmax (VQA score with soft scores, accuracy with one-hot targets); tied maxima share it."""
     _check("scores", scores.shape, logits.shape)
-    return jnp.take_along_axis(scores.astype(jnp.float32), jnp.argmax(logits, axis=-1)[:, None], axis=-1)[:, 0]
+    return jnp.sum(tie_shares(logits) * scores.astype(jnp.float32), axis=-1)
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """[B, C] logits, int [B] labels -> [B] float 1.0 where the argmax is the label."""
+    """[B, C] logits, int [B] labels -> [B] float: 1.0 where the argmax is the label (1 / t when t classes tie for
+    the maximum, the label among them)."""
     _check("labels", labels.shape, logits.shape[:1])
-    return (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return jnp.take_along_axis(tie_shares(logits), labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
 
 
 def refer_pick(logits: jax.Array, region_mask: jax.Array | None = None) -> jax.Array:
@@ -121,11 +132,15 @@ def refer_pick(logits: jax.Array, region_mask: jax.Array | None = None) -> jax.A
 
 
 def refer_score(logits: jax.Array, iou: jax.Array, region_mask: jax.Array | None = None) -> jax.Array:
-    """RefCOCO/+/g accuracy per example: [B] float 1.0 where the picked region's IoU with the gold box > 0.5."""
+    """RefCOCO/+/g accuracy per example: [B] float 1.0 where the picked region's IoU with the gold box > 0.5 (the
+    share of such regions among tied maxima); over real regions only when ``region_mask`` is given."""
     iou = _squeeze_regions("iou", iou)
-    pick = refer_pick(logits, region_mask)
-    _check("iou", iou.shape, _squeeze_regions("logits", logits).shape)
-    return (jnp.take_along_axis(iou, pick[:, None], axis=-1)[:, 0] > REFER_IOU_THRESHOLD).astype(jnp.float32)
+    logits = _squeeze_regions("logits", logits).astype(jnp.float32)
+    _check("iou", iou.shape, logits.shape)
+    if region_mask is not None:
+        _check("region_mask", region_mask.shape, logits.shape)
+        logits = jnp.where(region_mask.astype(bool), logits, -jnp.inf)
+    return jnp.sum(tie_shares(logits) * (iou > REFER_IOU_THRESHOLD).astype(jnp.float32), axis=-1)
 
 
 def task_loss(task: TaskSpec, logits: jax.Array, target: jax.Array, mask: jax.Array | None = None) -> jax.Array:
