@@ -47,8 +47,9 @@ class TaskEvaluation:
         self.task, self.split, self.members = task, split, list(members) if members else None
         batch_size = min(batch_size, len(split))
         batch_size += -batch_size % mesh.size  # rows divide over the devices
-        self.masks = [b["example_mask"] for b in eval_batches(split, batch_size)]
-        self.batches = [to_global(b, mesh) for b in eval_batches(split, batch_size)]
+        host = eval_batches(split, batch_size)  # read once (a file split reads its features here)
+        self.masks = [b["example_mask"] for b in host]
+        self.batches = [to_global(b, mesh) for b in host]
 
         def outputs(params, batch):
             return task_outputs(model, params, batch, None, task, deterministic=True)
@@ -128,10 +129,11 @@ def write_results(workdir: str, name: str, results: Mapping[str, Any], step: int
     return table
 
 
-def retrieval_scores(model: VLBertForVLTasks, task: TaskSpec, params: Any, items: tuple, mesh: Mesh,
-                     compiler_options: dict[str, Any] | None = None) -> dict[str, float]:
-    """VOLTA's retrieval metrics of one parameter tree over ``items`` = (texts, images, caption_image)
-    (``jaxvl.finetune.data.retrieval_items``), scored by the task's 1-logit head."""
+def retrieval_scores(model: VLBertForVLTasks, task: TaskSpec, params: Sequence[Any], items: tuple, mesh: Mesh,
+                     compiler_options: dict[str, Any] | None = None) -> list[dict[str, float]]:
+    """VOLTA's retrieval metrics of each parameter tree of ``params`` (one per sweep member) over ``items`` =
+    (texts, images, caption_image) (``jaxvl.finetune.data.retrieval_items``), scored by the task's 1-logit head
+    through one ``RetrievalProgram`` (compiled once for all of them)."""
     from jaxvl.finetune.retrieval import RetrievalProgram
 
     block = 8 if mesh.size <= 64 else mesh.size
@@ -139,7 +141,7 @@ def retrieval_scores(model: VLBertForVLTasks, task: TaskSpec, params: Any, items
                                score_fn=lambda out: out[task.name][:, 0].astype(jnp.float32),
                                compiler_options=compiler_options)
     texts, images, caption_image = items
-    return program({"params": params}, texts, images, caption_image).metrics()
+    return [program({"params": p}, texts, images, caption_image).metrics() for p in params]
 
 
 __all__ = ["SCORE_NAMES", "TaskEvaluation", "results_markdown", "retrieval_scores", "task_results", "write_results"]

@@ -1,7 +1,7 @@
 """Where a fine-tuning run starts: the encoder (and maybe the task head) of a pretrained or fine-tuned model.
 
 ``initial_task_params(path, model, params)`` returns ``params`` (a ``VLBertForVLTasks`` tree, host numpy) with the
-parts ``path`` holds put in:
+parts ``path`` holds put in (``pretrained_parts`` reads them once, ``with_parts`` puts them into any tree):
 
 - a jaxvl workdir (``<path>/checkpoints``), a checkpoint directory, or a sweep member (``<sweep>/members/<name>``):
   its latest parameters; a pretraining run gives ``bert`` (its pretraining heads are dropped), a fine-tuning run
@@ -52,9 +52,10 @@ def _checkpoint_directory(path: str) -> str:
     return directory
 
 
-def initial_task_params(path: str, model: VLBertForVLTasks, params: Mapping[str, Any]) -> tuple[dict, str]:
-    """``params`` with what ``path`` holds put in (module doc), and a description of it."""
-    params = dict(params)
+def pretrained_parts(path: str, model: VLBertForVLTasks, params: Mapping[str, Any]) -> tuple[dict, str]:
+    """What ``path`` holds for ``model`` (module doc), read once: ``{"bert": tree}`` and, where it has them, this
+    model's heads ``{"clfs_dict": {task name: tree}}``, each checked against ``params``' tree and shapes; and a
+    description. ``with_parts`` puts them into any fresh parameter tree (e.g. each member of a sweep)."""
     if os.path.isfile(path):
         from jaxvl.convert.common import load_state_dict
 
@@ -64,26 +65,36 @@ def initial_task_params(path: str, model: VLBertForVLTasks, params: Mapping[str,
 
             loaded = from_volta_tasks(state, model.cfg, model.tasks, model.clf_hidden_size, source=path)
             _check_same_tree(path, "", loaded, params)
-            return loaded, f"VOLTA task checkpoint {path} (encoder and heads)"
+            return {"bert": loaded["bert"], HEADS: loaded[HEADS]}, f"VOLTA task checkpoint {path} (encoder and heads)"
         from jaxvl.convert.volta import from_volta
 
         bert = from_volta(state, model.cfg, source=path)["bert"]
         _check_same_tree(path, "bert", bert, params["bert"])
-        params["bert"] = bert
-        return params, f"VOLTA pretrained encoder {path} (heads random)"
+        return {"bert": bert}, f"VOLTA pretrained encoder {path} (heads random)"
     directory = _checkpoint_directory(path)
     restored, step = restore_params(directory)
     if "bert" not in restored:
         raise ValueError(f"{directory}: its parameters have no 'bert' encoder (not a V&L BERT run)")
     _check_same_tree(directory, "bert", restored["bert"], params["bert"])
-    params["bert"] = restored["bert"]
-    heads = restored.get(HEADS, {})
-    kept = [name for name in heads if name in params[HEADS]]
-    for name in kept:
-        _check_same_tree(directory, f"{HEADS}.{name}", heads[name], params[HEADS][name])
-        params[HEADS] = {**params[HEADS], name: heads[name]}
-    what = "encoder and task head" if kept else "encoder (heads random)"
-    return params, f"{what} of {directory} step {step}"
+    heads = {name: tree for name, tree in restored.get(HEADS, {}).items() if name in params[HEADS]}
+    for name, tree in heads.items():
+        _check_same_tree(directory, f"{HEADS}.{name}", tree, params[HEADS][name])
+    what = "encoder and task head" if heads else "encoder (heads random)"
+    return {"bert": restored["bert"], **({HEADS: heads} if heads else {})}, f"{what} of {directory} step {step}"
 
 
-__all__ = ["initial_task_params"]
+def with_parts(params: Mapping[str, Any], parts: Mapping[str, Any]) -> dict:
+    """``params`` with ``pretrained_parts``' encoder and heads put in (the other heads kept)."""
+    out = {**params, "bert": parts["bert"]}
+    if HEADS in parts:
+        out[HEADS] = {**params[HEADS], **parts[HEADS]}
+    return out
+
+
+def initial_task_params(path: str, model: VLBertForVLTasks, params: Mapping[str, Any]) -> tuple[dict, str]:
+    """``params`` with what ``path`` holds put in (module doc), and a description of it."""
+    parts, desc = pretrained_parts(path, model, params)
+    return with_parts(params, parts), desc
+
+
+__all__ = ["initial_task_params", "pretrained_parts", "with_parts"]

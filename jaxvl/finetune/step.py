@@ -175,12 +175,6 @@ def jit_sweep_step(model: VLBertForVLTasks, task: TaskSpec, tx: optax.GradientTr
                     compiler_options)
 
 
-def unstack_member(state: FinetuneSweepState, k: int) -> TrainState:
-    """Member ``k`` as a single run's ``TrainState`` (for its own checkpoint)."""
-    take = functools.partial(jax.tree.map, lambda x: x[k])
-    return TrainState(step=state.step, params=take(state.params), opt_state=take(state.opt_state), rng=state.rng[k])
-
-
 __all__ = ["FinetuneSweepState", "finetune_loss", "task_outputs", "finetune_state_shardings", "finetune_step",
            "init_finetune_state", "init_sweep_state", "jit_finetune_step", "jit_sweep_step", "sweep_state_shardings",
-           "sweep_step", "unstack_member"]
+           "sweep_step"]

@@ -33,15 +33,16 @@ from ml_collections import ConfigDict
 from jaxvl.finetune import step as ft
 from jaxvl.finetune.data import TaskSplit, retrieval_items, synthetic_task_split, train_dataset
 from jaxvl.finetune.evaluate import TaskEvaluation, retrieval_scores, task_results, write_results
-from jaxvl.finetune.pretrained import initial_task_params
+from jaxvl.finetune.pretrained import initial_task_params, pretrained_parts, with_parts
 from jaxvl.models import get_model
 from jaxvl.models.volta.task_heads import TaskSpec, VLBertForVLTasks
-from jaxvl.runtime.checkpoint import Checkpointer, restore_params
+from jaxvl.runtime.checkpoint import restore_params, save_member
 from jaxvl.runtime.compile import FAST_COMPILE
 from jaxvl.runtime.loop import LoopConfig, StageResult, log
 from jaxvl.runtime.optimizer import OptimizerConfig, make_optimizer
 from jaxvl.runtime.sharding import batch_sharding, make_mesh, to_global
 from jaxvl.runtime.stage import Stage, example_batch, run_stage
+from jaxvl.runtime.state import member_state
 
 # ============================================================================================ data
 
@@ -146,10 +147,10 @@ def finetune_stage(cfg: ConfigDict, workdir: str) -> Stage:
         params = jax.device_get(state.params)
         if not members:
             params, desc = initial_task_params(cfg.init.checkpoint, model, params)
-        else:  # the same encoder in every member; each keeps its own head draw
-            per = [initial_task_params(cfg.init.checkpoint, model, jax.tree.map(lambda x, k=k: x[k], params))
-                   for k in range(len(members))]
-            params, desc = jax.tree.map(lambda *xs: np.stack(xs), *[p for p, _ in per]), per[0][1]
+        else:  # the same encoder (read once) in every member; each keeps its own draw of the heads it lacks
+            member = [jax.tree.map(lambda x, k=k: x[k], params) for k in range(len(members))]
+            parts, desc = pretrained_parts(cfg.init.checkpoint, model, member[0])
+            params = jax.tree.map(lambda *xs: np.stack(xs), *[with_parts(p, parts) for p in member])
         return state.replace(params=jax.device_put(params, shardings.params)), desc
 
     # ------------------------------------------------------------------------------- the loop
@@ -167,9 +168,7 @@ def finetune_stage(cfg: ConfigDict, workdir: str) -> Stage:
         log(f"{workdir}:\n{write_results(workdir, 'results', results, int(jax.device_get(state.step)))}")
         if members:
             for k, name in enumerate(names):
-                target = Checkpointer(os.path.join(workdir, "members", name, "checkpoints"), keep=1, async_save=False)
-                target.save(ft.unstack_member(state, k), meta={"member": name, **members[k]})
-                target.close()
+                save_member(workdir, name, member_state(state, k), {"member": name, **members[k]})
 
     return Stage(
         description=f"{cfg.task.name} ({task.name}, {task.type}) on {cfg.model.name}, {steps} steps of "
@@ -191,7 +190,7 @@ def final_results(cfg: ConfigDict, model: VLBertForVLTasks, evaluation: TaskEval
         d = cfg.data
         items = retrieval_items(d.train_images, d.val_images, d.num_regions, d.max_seq_length, d.world_seed)
         per = [params] if not names else [jax.tree.map(lambda x, k=k: x[k], params) for k in range(len(names))]
-        retrieval = [retrieval_scores(model, task, p, items, mesh, compiler_options) for p in per]
+        retrieval = retrieval_scores(model, task, per, items, mesh, compiler_options)
     return task_results(cfg.task.name, task, "val", evaluation.split.chance, scores, names, retrieval)
 
 

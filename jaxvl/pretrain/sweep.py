@@ -59,7 +59,7 @@ from jaxvl.pretrain.step import boxed_init, state_shardings
 from jaxvl.runtime.compile import jit_step
 from jaxvl.runtime.optimizer import OptimizerConfig, set_peak_learning_rate
 from jaxvl.runtime.sharding import DEFAULT_RULES, Rules
-from jaxvl.runtime.state import TrainState, apply_gradients
+from jaxvl.runtime.state import TrainState, apply_gradients, member_state
 
 # Member weight -> the visual heads (``VLConfig.visual_target_weights`` keys) it weighs.
 WEIGHT_HEADS = {"mrc_kl_weight": ("0",), "mrc_xe_weight": ("3",), "mrfr_weight": ("1", "5")}
@@ -353,11 +353,7 @@ def unstack_member(state: SweepState, k: int) -> TrainState:
     """Member ``k`` as a single run's ``TrainState`` (for its own checkpoint or conversion). Its optimizer
     state is that of ``make_optimizer(cfg, injected_peak=True)`` holding the member's peak, so
     ``step.train_step`` with that ``tx`` (and the member's ``ObjectiveConfig``) continues it."""
-    num = state.rng.shape[0]
-    if not -num <= k < num:
-        raise IndexError(f"sweep member {k}: the sweep has {num} members")
-    take = functools.partial(jax.tree.map, lambda x: x[k])
-    return TrainState(step=state.step, params=take(state.params), opt_state=take(state.opt_state), rng=state.rng[k])
+    return member_state(state, k)
 
 
 def stack_states(states: Sequence[TrainState], members: Sequence[SweepMember]) -> SweepState:

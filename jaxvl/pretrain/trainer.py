@@ -49,7 +49,7 @@ from jaxvl.pretrain.loss import ObjectiveConfig, pretraining_loss
 from jaxvl.pretrain.step import init_state, jit_train_step
 from jaxvl.pretrain.step import state_shardings as make_state_shardings
 from jaxvl.runtime import stage as stage_runner
-from jaxvl.runtime.checkpoint import Checkpointer
+from jaxvl.runtime.checkpoint import save_member
 from jaxvl.runtime.compile import FAST_COMPILE
 from jaxvl.runtime.loop import LoopConfig, StageResult, log
 from jaxvl.runtime.optimizer import OptimizerConfig, make_optimizer
@@ -412,9 +412,8 @@ def finish_sweep(workdir: str, state: Any, members: list[sweep.SweepMember], lea
     from jaxvl.runtime.metrics_log import read_metrics
 
     for k, member in enumerate(members):
-        target = Checkpointer(os.path.join(workdir, "members", member.name, "checkpoints"), keep=1, async_save=False)
-        target.save(sweep.unstack_member(state, k), meta={"member": member.name, **dataclasses.asdict(member)})
-        target.close()
+        save_member(workdir, member.name, sweep.unstack_member(state, k),
+                    {"member": member.name, **dataclasses.asdict(member)})
     last_step = max(r["step"] for r in read_metrics(workdir, "train"))
     history = {m.name: read_metrics(workdir, "train", m.name) for m in members}
     rows = {name: next(r for r in h if r["step"] == last_step) for name, h in history.items()}

@@ -124,6 +124,16 @@ class Checkpointer:
         return _typed_rng(restored["state"], abstract_state.rng.dtype), dict(restored["meta"])
 
 
+def save_member(workdir: str, name: str, state: TrainState, meta: dict[str, Any]) -> None:
+    """A sweep member's final ``state`` as a single run's checkpoint, ``<workdir>/members/<name>/checkpoints`` (the
+    layout ``init.checkpoint``, the ablation and the probes read), with ``meta``."""
+    target = Checkpointer(os.path.join(workdir, "members", name, "checkpoints"), keep=1, async_save=False)
+    try:
+        target.save(state, meta=meta)
+    finally:
+        target.close()
+
+
 def restore_params(directory: str | os.PathLike, step: int | None = None) -> tuple[Any, int]:
     """The parameter tree (host numpy) of a checkpoint directory's ``step`` (default the latest), whatever
     the optimizer and mesh it was saved with, and that step. For evaluation (e.g. the ablation)."""

@@ -11,6 +11,7 @@ injected optax optimizer used.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -126,6 +127,16 @@ def apply_gradients(state: TrainState, batch: Batch, loss_fn: LossFn, tx: optax.
     except ValueError:
         pass
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def member_state(state: Any, k: int) -> TrainState:
+    """Member ``k`` of a sweep's stacked state (any struct with a shared ``step`` and ``params``, ``opt_state`` and
+    ``rng`` stacked on a leading member axis) as a single run's ``TrainState``, e.g. for its own checkpoint."""
+    num = state.rng.shape[0]
+    if not -num <= k < num:
+        raise IndexError(f"sweep member {k}: the sweep has {num} members")
+    take = functools.partial(jax.tree.map, lambda x: x[k])
+    return TrainState(step=state.step, params=take(state.params), opt_state=take(state.opt_state), rng=state.rng[k])
 
 
 BoxedInit = Callable[[jax.Array], Any]
