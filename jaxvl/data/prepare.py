@@ -56,6 +56,14 @@ single-process build (pairs keep its keys, so even its order)::
 have jaxvl installed and reach ``--out`` and the source files (an LMDB needs a local or mounted file). A bad
 record fails the pipeline with the same one-line error; ``--skip-bad`` counts skips as Beam counters, reported in
 the summary and saved as ``skipped`` in the metadata.
+
+With ``layout=images`` each worker writes its shards' files itself (``jaxvl.data.builders.images_shards``: one
+pair of tables per shard of ``--shard-size`` pairs, default 1,024; nothing is grouped in the runner), so
+``--out`` must be a filesystem every worker writes to (local or mounted, not ``gs://``); the pairs read back
+exactly as the single-process store's, in the same order::
+
+    jaxvl prepare --source volta-cc:data/conceptual_captions,layout=images,features_dtype=float16 --out data/ \
+        --workers 8
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ import time
 from typing import Any
 
 from jaxvl.data.builders.beam import DIRECT_RUNNER, bad_record_in
+from jaxvl.data.imagestore.layout import is_file
 from jaxvl.data.sources import SOURCES, SourceError, build_source, parse_source
 
 
@@ -92,6 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parallel.add_argument("--beam-option", action="append", default=[], metavar="KEY=VALUE",
                           help="a Beam pipeline option for the runner, repeatable (e.g. project=P, region=R, "
                                "temp_location=gs://B/tmp for Dataflow; flink_master=H:P; spark_master_url=URL)")
+    parallel.add_argument("--shard-size", type=int, metavar="N",
+                          help="examples per shard (a worker's unit of work; with layout=images also one pair of "
+                               "files per shard): default 64 for the pair layout, 1024 for layout=images")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
 
     logging.getLogger("absl").setLevel(logging.ERROR)  # tfds warns about every custom config
     out = args.out if "://" in args.out else os.path.abspath(args.out)  # gs://... for a cluster runner's workers
+    if "://" in out:
+        is_file(out)  # ValueError naming the URL when no file-system backend reads its scheme here (gcsfs, ...)
     skip_bad = getattr(args, "skip_bad", False)
     hint = "" if skip_bad else " (--skip-bad skips and counts bad records)"
     try:
@@ -164,9 +178,13 @@ def parallel_config(args: argparse.Namespace, builders: list[Any], skip_bad: boo
     none without ``--workers`` / ``--beam-runner`` / ``--beam-option``. ``ValueError`` for unusable flags (a
     ``SourceError`` naming the ``beam`` extra without Apache Beam), before anything is written."""
     workers, runner = getattr(args, "workers", None), getattr(args, "beam_runner", None)
-    options = getattr(args, "beam_option", None) or []
+    options, shard_size = getattr(args, "beam_option", None) or [], getattr(args, "shard_size", None)
     if workers is None and runner is None and not options:
+        if shard_size is not None:
+            raise ValueError("--shard-size sets the shards of a parallel build: add --workers N or --beam-runner")
         return {}
+    if shard_size is not None and shard_size < 1:
+        raise ValueError(f"--shard-size {shard_size} must be >= 1")
     logging.disable(logging.WARNING)  # apache_beam warns on import about Google Cloud clients it does not need here
     try:
         import apache_beam  # noqa: F401 - only to fail early with the install hint
@@ -182,6 +200,7 @@ def parallel_config(args: argparse.Namespace, builders: list[Any], skip_bad: boo
     # a failed pipeline raises with the worker's error (one line below); Beam would also log every traceback
     logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     beam_options = pipeline_options(runner, workers, options)
-    for builder, plan in zip(builders, shard_plans(parse_source(args.source), builders, skip_bad), strict=True):
+    for builder, plan in zip(builders, shard_plans(parse_source(args.source), builders, skip_bad, shard_size),
+                             strict=True):
         builder.shard(plan)
     return {"beam_runner": runner, "beam_options": beam_options}

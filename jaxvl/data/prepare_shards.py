@@ -10,6 +10,10 @@ that Beam workers read independently, by key (``jaxvl.data.builders.beam``).
   single-process build's names ("train: bad records in PATH", "train: records not fitting the region sizes in
   PATH").
 
+A pair dataset's shards yield ``CaptionPair``s (``synthetic_pair_shards``, ``volta_cc_pair_shards``): an image
+store writes each shard as its own pair of files (``jaxvl.data.imagestore.parallel``), a TFDS build encodes them
+first (``stored``), and TFDS writes its own files.
+
 Every read function here is module level and takes only picklable arguments, as Beam pickles it to its workers.
 """
 
@@ -21,7 +25,7 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from jaxvl.data.builders.beam import Count, ShardedSplit, index_ranges
+from jaxvl.data.builders.beam import Count, Key, ShardedSplit, ShardReader, index_ranges
 from jaxvl.data.records import BadRecord, CaptionPair
 from jaxvl.data.sources.base import ParsedSource, Skips
 from jaxvl.data.synthetic.world import World, WorldConfig
@@ -34,6 +38,7 @@ RECORDS_PER_SHARD = 64
 """Examples per shard (about): small enough to spread a few thousand pairs over several workers."""
 
 PARALLEL_SOURCES = ("synthetic", "volta-cc")
+"""The sources ``jaxvl prepare --workers`` / ``--beam-runner`` takes, in either layout (pairs or images)."""
 
 
 def where(builder: Any, split: str) -> str:
@@ -49,17 +54,14 @@ def _world(cfg: WorldConfig) -> World:
     return World(cfg)
 
 
-def read_synthetic_pairs(world: WorldConfig, spec: RegionSpec, name: str, first: int, shard: tuple[int, int],
-                         count: Count) -> Iterator[tuple[int, dict[str, Any]]]:
+def synthetic_pairs(world: WorldConfig, first: int, shard: tuple[int, int],
+                    count: Count) -> Iterator[tuple[int, CaptionPair]]:
     """The pairs of images ``[start, stop)`` (``shard``) of ``world``, keyed by their index in the split."""
-    from jaxvl.data.builders.pretrain import pair_record
-
     generated = _world(world)
     for i in range(*shard):
         image = generated[i]
         for j, caption in enumerate(image.captions):
-            yield ((i - first) * world.captions_per_image + j,
-                   pair_record(CaptionPair(regions=image.regions, caption=caption), spec, name))
+            yield (i - first) * world.captions_per_image + j, CaptionPair(regions=image.regions, caption=caption)
 
 
 def read_synthetic_phrases(world: WorldConfig, spec: RegionSpec, name: str, first: int, shard: tuple[int, int],
@@ -74,20 +76,33 @@ def read_synthetic_phrases(world: WorldConfig, spec: RegionSpec, name: str, firs
             yield f"{i - first:09d}/{j:04d}", phrase_record(phrase, image.regions, spec, name)
 
 
-def synthetic_shards(builder: Any, per_shard: int) -> dict[str, ShardedSplit]:
-    """The splits of a synthetic-world builder (pairs or phrases) as image index ranges."""
-    from jaxvl.data.builders.synthetic import SyntheticPretrain
-
+def _synthetic_ranges(builder: Any, per_shard: int) -> tuple[WorldConfig, dict[str, tuple[int, list]]]:
+    """A synthetic-world builder's world (train and val images) and, per split, its first image and its image
+    index ranges of about ``per_shard`` examples."""
     cfg = builder.builder_config
     world = dataclasses.replace(cfg.world, num_images=cfg.world.num_images + cfg.val_images)
-    read = read_synthetic_pairs if isinstance(builder, SyntheticPretrain) else read_synthetic_phrases
     images = max(1, per_shard // world.captions_per_image)
-    out = {}
-    for split, (first, stop) in cfg.split_ranges.items():
-        shards = [(first + a, first + b) for a, b in index_ranges(stop - first, images)]
-        out[split] = ShardedSplit(shards, functools.partial(read, world, builder.region_spec(),
-                                                            where(builder, split), first))
-    return out
+    return world, {split: (first, [(first + a, first + b) for a, b in index_ranges(stop - first, images)])
+                   for split, (first, stop) in cfg.split_ranges.items()}
+
+
+def synthetic_pair_shards(builder: Any, per_shard: int) -> dict[str, ShardedSplit]:
+    """The splits of a ``SyntheticPretrain`` builder as image index ranges whose reads yield ``CaptionPair``s."""
+    world, ranges = _synthetic_ranges(builder, per_shard)
+    return {split: ShardedSplit(shards, functools.partial(synthetic_pairs, world, first))
+            for split, (first, shards) in ranges.items()}
+
+
+def synthetic_shards(builder: Any, per_shard: int) -> dict[str, ShardedSplit]:
+    """The splits of a synthetic-world builder (pairs or phrases) as image index ranges of stored examples."""
+    from jaxvl.data.builders.synthetic import SyntheticPretrain
+
+    if isinstance(builder, SyntheticPretrain):
+        return stored(builder, synthetic_pair_shards(builder, per_shard))
+    world, ranges = _synthetic_ranges(builder, per_shard)
+    return {split: ShardedSplit(shards, functools.partial(read_synthetic_phrases, world, builder.region_spec(),
+                                                          where(builder, split), first))
+            for split, (first, shards) in ranges.items()}
 
 
 # ---------------------------------------------------------------------------------------------- volta-cc
@@ -105,11 +120,10 @@ def _cc_reader(src: ParsedSource, path: str, skip_bad: bool) -> ConceptualCaptio
     return _READERS[key]
 
 
-def read_cc_pairs(src: ParsedSource, split: str, path: str, spec: RegionSpec, skip_bad: bool, name: str,
-                  shard: tuple[int, int], count: Count) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Records ``[start, stop)`` (``shard``) of a CC LMDB as stored pairs keyed by record index; bad records raise
-    ``BadRecord`` naming the file and key, or with ``skip_bad`` are counted (``count``) and skipped."""
-    from jaxvl.data.builders.pretrain import pair_record
+def cc_pairs(src: ParsedSource, split: str, path: str, spec: RegionSpec, skip_bad: bool, shard: tuple[int, int],
+             count: Count) -> Iterator[tuple[int, CaptionPair]]:
+    """Records ``[start, stop)`` (``shard``) of a CC LMDB as ``CaptionPair``s keyed by record index; bad records
+    raise ``BadRecord`` naming the file and key, or with ``skip_bad`` are counted (``count``) and skipped."""
     from jaxvl.data.sources.regions import fits_spec, skip_or_raise
 
     reader, skips = _cc_reader(src, path, skip_bad), Skips()
@@ -121,13 +135,13 @@ def read_cc_pairs(src: ParsedSource, split: str, path: str, spec: RegionSpec, sk
             continue
         if fits_spec(pair.regions, spec, path, skip_bad, skips, f"{split}: records not fitting the region sizes "
                      f"in {path}"):
-            yield i, pair_record(pair, spec, name)
+            yield i, pair
     for what, n in skips.counts.items():
         count(what, n)
 
 
-def volta_cc_shards(builder: Any, src: ParsedSource, skip_bad: bool, per_shard: int) -> dict[str, ShardedSplit]:
-    """The train / val LMDBs of a ``volta-cc`` builder as record index ranges."""
+def volta_cc_pair_shards(builder: Any, src: ParsedSource, skip_bad: bool, per_shard: int) -> dict[str, ShardedSplit]:
+    """The train / val LMDBs of a ``volta-cc`` builder as record index ranges whose reads yield ``CaptionPair``s."""
     from jaxvl.data.sources.base import wants_skip_bad
     from jaxvl.data.sources.pretrain import cc_lmdb_paths
 
@@ -137,19 +151,41 @@ def volta_cc_shards(builder: Any, src: ParsedSource, skip_bad: bool, per_shard: 
         n = len(_cc_reader(src, path, skip_bad))
         if n == 0:
             raise ValueError(f"{path}: the LMDB lists no records ({split} split)")
-        shards = index_ranges(n, per_shard)
-        out[split] = ShardedSplit(shards, functools.partial(read_cc_pairs, src, split, path, spec, skip_bad,
-                                                            where(builder, split)))
+        out[split] = ShardedSplit(index_ranges(n, per_shard),
+                                  functools.partial(cc_pairs, src, split, path, spec, skip_bad))
     return out
+
+
+# ---------------------------------------------------------------------------------------------- stored pairs
+
+
+def stored_pairs(read: ShardReader, spec: RegionSpec, name: str, shard: Any,
+                 count: Count) -> Iterator[tuple[Key, dict[str, Any]]]:
+    """The ``CaptionPair``s of ``read(shard, count)`` as a ``PretrainPairs`` split stores them (``pair_record``)."""
+    from jaxvl.data.builders.pretrain import pair_record
+
+    for key, pair in read(shard, count):
+        yield key, pair_record(pair, spec, name)
+
+
+def stored(builder: Any, pairs: Mapping[str, ShardedSplit]) -> dict[str, ShardedSplit]:
+    """A pair builder's shards of ``CaptionPair``s (``pairs``) as shards of its stored records."""
+    spec = builder.region_spec()
+    return {split: ShardedSplit(s.shards, functools.partial(stored_pairs, s.read, spec, where(builder, split)))
+            for split, s in pairs.items()}
 
 
 # ---------------------------------------------------------------------------------------------- dispatch
 
 
 def shard_plans(src: ParsedSource, builders: list[Any], skip_bad: bool,
-                per_shard: int = RECORDS_PER_SHARD) -> list[Mapping[str, ShardedSplit]]:
-    """Each builder's sharded splits, for the sources in ``PARALLEL_SOURCES``; ``ValueError`` for another source
-    or a builder without a plan (e.g. another layout than one example per pair)."""
+                per_shard: int | None = None) -> list[Mapping[str, ShardedSplit]]:
+    """Each builder's sharded splits, for the sources in ``PARALLEL_SOURCES``: stored records for a TFDS builder,
+    ``CaptionPair``s for an image store (``ImagePairsBuilder``, whose shards are its files). ``per_shard``:
+    examples per shard (default ``RECORDS_PER_SHARD``, or ``IMAGE_STORE_PAIRS_PER_SHARD`` for an image store).
+    ``ValueError`` for another source or a builder without a plan."""
+    from jaxvl.data.builders.images import ImagePairsBuilder
+    from jaxvl.data.builders.images_shards import IMAGE_STORE_PAIRS_PER_SHARD
     from jaxvl.data.builders.pretrain import PretrainPairs
     from jaxvl.data.builders.synthetic import SyntheticAblation, SyntheticPretrain
 
@@ -157,10 +193,18 @@ def shard_plans(src: ParsedSource, builders: list[Any], skip_bad: bool,
         raise ValueError(f"--source {src.name} cannot be prepared in parallel yet (--workers / --beam-runner); "
                          f"sources that can: {', '.join(PARALLEL_SOURCES)}")
     planned = (SyntheticPretrain, SyntheticAblation) if src.name == "synthetic" else (PretrainPairs,)
+    plans = []
     for builder in builders:
-        if not isinstance(builder, planned):
+        pairs = builder.pairs if isinstance(builder, ImagePairsBuilder) else builder
+        if not isinstance(pairs, planned):
             raise ValueError(f"--source {src.name}: {type(builder).__name__} ({builder.name}) cannot be prepared in "
                              "parallel yet (--workers / --beam-runner); prepare it without them")
-    if src.name == "synthetic":
-        return [synthetic_shards(b, per_shard) for b in builders]
-    return [volta_cc_shards(b, src, skip_bad, per_shard) for b in builders]
+        if isinstance(builder, ImagePairsBuilder):
+            n = per_shard or IMAGE_STORE_PAIRS_PER_SHARD
+            plans.append(synthetic_pair_shards(pairs, n) if src.name == "synthetic"
+                         else volta_cc_pair_shards(pairs, src, skip_bad, n))
+        elif src.name == "synthetic":
+            plans.append(synthetic_shards(builder, per_shard or RECORDS_PER_SHARD))
+        else:
+            plans.append(stored(builder, volta_cc_pair_shards(builder, src, skip_bad, per_shard or RECORDS_PER_SHARD)))
+    return plans

@@ -11,7 +11,8 @@ float16 features (half the bytes of the largest field; cast back to float32 on r
     jaxvl pretrain --config pretrain:uniter --workdir runs/u \\
         --config.data.dataset=data/jaxvl_synthetic_pretrain_images/num_images-1024/1.0.0
 
-- ``layout``: the directory, its manifest and ``ImageStoreInfo``;
+- ``layout``: the directory, its manifest and ``ImageStoreInfo``, and the file names of a split written in shards
+  (``jaxvl prepare --workers N``: ``jaxvl.data.builders.images_shards`` writes one pair of tables per shard);
 - ``codec``: the record format;
 - ``writer``: one split's two tables (``SplitWriter``; ``jaxvl.data.builders.images.ImagePairsBuilder``
   drives it for ``jaxvl prepare``);

@@ -4,12 +4,16 @@ A prepared image store is a directory (``<out>/<name>/<config>/1.0.0``, like a T
 
 - ``imagestore.json``: the manifest (``MANIFEST``): ``format`` (``FORMAT``), ``name``, ``config``,
   ``version``, ``description``, ``features_dtype`` (``float32`` or ``float16``), ``regions`` (the
-  ``RegionSpec`` as a dict), ``splits`` (split -> ``{"images": N, "captions": M}``) and ``metadata`` (what a
-  prepared pair dataset's ``metadata.json`` holds: ``regions``, the source, ``words`` for the synthetic world,
-  the ``skipped`` counts, ...);
+  ``RegionSpec`` as a dict), ``splits`` (split -> ``{"images": N, "captions": M}``, plus ``"shards": [[n, m],
+  ...]`` when the split was written in shards) and ``metadata`` (what a prepared pair dataset's
+  ``metadata.json`` holds: ``regions``, the source, ``words`` for the synthetic world, the ``skipped`` counts, ...);
 - per split ``<split>-images.array_record`` (one record per image) and ``<split>-captions.array_record`` (one
   record per caption, naming its image's row), both ArrayRecord with ``group_size:1`` (one record per chunk,
-  so a read touches only its own record) and no compression.
+  so a read touches only its own record) and no compression. A split written in S shards (``jaxvl prepare
+  --workers``: ``jaxvl.data.imagestore.parallel``) has S such pairs of files, ``<split>-images.array_record-
+  00003-of-00008`` and ``<split>-captions.array_record-00003-of-00008`` (``shard_files``): each shard is a
+  store of its own (its captions name rows of its own images file, ``n`` images and ``m`` captions), and the
+  split is the shards in order.
 
 ``ImageStoreInfo`` stands in for ``tfds.core.DatasetInfo``: the pipelines read its ``full_name`` and
 ``metadata``; ``jaxvl prepare`` its ``splits`` (``num_examples``: captions).
@@ -40,12 +44,23 @@ ctrl-size synthetic regions zstd saved 11% and made a random read 4x slower; BEN
 image")."""
 
 
-def images_file(split: str) -> str:
-    return f"{split}-images.array_record"
+def images_file(split: str, shard: int | None = None, shards: int | None = None) -> str:
+    """The images table of ``split``, or of its shard ``shard`` of ``shards`` (module doc)."""
+    return f"{split}-images.array_record{shard_suffix(shard, shards)}"
 
 
-def captions_file(split: str) -> str:
-    return f"{split}-captions.array_record"
+def captions_file(split: str, shard: int | None = None, shards: int | None = None) -> str:
+    """The captions table of ``split``, or of its shard ``shard`` of ``shards`` (module doc)."""
+    return f"{split}-captions.array_record{shard_suffix(shard, shards)}"
+
+
+def shard_suffix(shard: int | None, shards: int | None) -> str:
+    """``-00003-of-00008`` for shard 3 of 8 (TFDS's file naming); empty for an unsharded split."""
+    if shard is None:
+        return ""
+    if shards is None or not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} of {shards}")
+    return f"-{shard:05d}-of-{shards:05d}"
 
 
 def store_path(path: str | os.PathLike) -> epath.Path:
@@ -68,10 +83,40 @@ def is_image_store(path: str | os.PathLike) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class SplitInfo:
-    """A split's size as ``jaxvl prepare`` prints it: ``num_examples`` captions over ``num_images`` images."""
+    """A split's size as ``jaxvl prepare`` prints it: ``num_examples`` captions over ``num_images`` images, and
+    ``shards``: ``(images, captions)`` per shard file pair, ``()`` for an unsharded split."""
 
     num_examples: int
     num_images: int
+    shards: tuple[tuple[int, int], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class TableFiles:
+    """One pair of tables of a split (the split itself, or one of its shards) and their record counts."""
+
+    images: str
+    captions: str
+    num_images: int
+    num_captions: int
+
+
+def shard_files(directory: str, split: str, info: SplitInfo) -> list[TableFiles]:
+    """The table files of ``split`` in order (one pair for an unsharded split), paths joined as strings."""
+    if not info.shards:
+        return [TableFiles(os.path.join(directory, images_file(split)), os.path.join(directory, captions_file(split)),
+                           info.num_images, info.num_examples)]
+    total = len(info.shards)
+    return [TableFiles(os.path.join(directory, images_file(split, i, total)),
+                       os.path.join(directory, captions_file(split, i, total)), n, m)
+            for i, (n, m) in enumerate(info.shards)]
+
+
+def split_entry(shards: list[tuple[int, int]]) -> dict[str, Any]:
+    """A split's manifest entry for ``(images, captions)`` per shard (``shards`` listed when there are several
+    files: a parallel build, even of one shard)."""
+    return {"images": sum(n for n, _ in shards), "captions": sum(m for _, m in shards),
+            "shards": [list(s) for s in shards]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,8 +140,7 @@ def read_manifest(directory: str | os.PathLike) -> ImageStoreInfo:
             raise ValueError(f"format {manifest.get('format')!r}, expected {FORMAT!r}")
         if manifest.get("features_dtype") not in FEATURES_DTYPES:
             raise ValueError(f"features_dtype {manifest.get('features_dtype')!r}, expected one of {FEATURES_DTYPES}")
-        splits = {name: SplitInfo(num_examples=int(s["captions"]), num_images=int(s["images"]))
-                  for name, s in manifest["splits"].items()}
+        splits = {name: _split_info(name, s) for name, s in manifest["splits"].items()}
         full_name = f"{manifest['name']}/{manifest['config']}/{manifest['version']}"
         metadata = dict(manifest["metadata"])
         metadata["regions"] = dict(manifest["regions"])
@@ -104,6 +148,16 @@ def read_manifest(directory: str | os.PathLike) -> ImageStoreInfo:
         raise ValueError(f"{path}: not a readable image-store manifest ({type(e).__name__}: {e})") from e
     return ImageStoreInfo(full_name=full_name, metadata=metadata, splits=splits,
                           features_dtype=manifest["features_dtype"], manifest=manifest)
+
+
+def _split_info(name: str, entry: Mapping[str, Any]) -> SplitInfo:
+    shards = tuple((int(n), int(m)) for n, m in entry.get("shards", ()))
+    info = SplitInfo(num_examples=int(entry["captions"]), num_images=int(entry["images"]), shards=shards)
+    held = (sum(n for n, _ in shards), sum(m for _, m in shards))
+    if shards and held != (info.num_images, info.num_examples):
+        raise ValueError(f"split {name!r}: its shards hold {held[0]} images and {held[1]} captions, but it lists "
+                         f"{info.num_images} and {info.num_examples}")
+    return info
 
 
 def write_manifest(directory: str, manifest: Mapping[str, Any]) -> None:

@@ -39,25 +39,36 @@ import numpy as np
 
 from jaxvl.data.builders.common import RegionSpec
 from jaxvl.data.imagestore.codec import decode_record
-from jaxvl.data.imagestore.layout import ImageStoreInfo, captions_file, images_file, is_file, read_manifest
+from jaxvl.data.imagestore.layout import ImageStoreInfo, captions_file, is_file, read_manifest, shard_files
 from jaxvl.data.inplace.common import BadRecords
 from jaxvl.data.records import BadRecord
 
 
-def _open_table(path: str, expected: int) -> Any:
-    """A Grain ``ArrayRecordDataSource`` over one table; ``ValueError`` naming ``path`` when it is unusable."""
+def _open_tables(paths: list[str], expected: list[int]) -> Any:
+    """A Grain ``ArrayRecordDataSource`` over one table's files in order (the split's, or its shards');
+    ``ValueError`` naming a file when one is missing or unreadable, or the records disagree with the manifest."""
     import grain
 
-    if not is_file(path):
-        raise ValueError(f"{path}: no such file (the image store is incomplete)")
+    for path in paths:
+        if not is_file(path):
+            raise ValueError(f"{path}: no such file (the image store is incomplete)")
     try:
-        table = grain.sources.ArrayRecordDataSource([path])
+        table = grain.sources.ArrayRecordDataSource(paths)
     except Exception as e:  # riegeli raises RuntimeError / ValueError kinds for a truncated or foreign file
-        raise ValueError(f"{path}: not a readable ArrayRecord file ({type(e).__name__}: "
+        raise ValueError(f"{_named(paths)}: not a readable ArrayRecord file ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})") from e
-    if len(table) != expected:
-        raise ValueError(f"{path}: {len(table)} records, but the manifest says {expected}")
+    if len(table) != sum(expected):
+        if len(paths) > 1:  # find the file that disagrees (opening each reads only its footer)
+            for path, n in zip(paths, expected, strict=True):
+                if len(grain.sources.ArrayRecordDataSource([path])) != n:
+                    raise ValueError(f"{path}: {len(grain.sources.ArrayRecordDataSource([path]))} records, "
+                                     f"but the manifest says {n}")
+        raise ValueError(f"{_named(paths)}: {len(table)} records, but the manifest says {sum(expected)}")
     return table
+
+
+def _named(paths: list[str]) -> str:
+    return paths[0] if len(paths) == 1 else f"{paths[0]} (or another of its {len(paths)} shards)"
 
 
 def _read(table: Any, index: int, where: str) -> bytes:
@@ -71,14 +82,17 @@ class ImageStorePairs:
     """One split of an image store as a random-access source of stored ``PretrainPairs`` records (module doc)."""
 
     def __init__(self, directory: str, split: str, info: ImageStoreInfo, skip_bad: bool = False):
-        sizes = info.splits[split]
         self.spec = RegionSpec(**info.manifest["regions"])
         self.features_dtype = np.dtype(info.features_dtype)
-        self.images_path = os.path.join(directory, images_file(split))
-        self.captions_path = os.path.join(directory, captions_file(split))
-        self.images = _open_table(self.images_path, sizes.num_images)
-        self.captions = _open_table(self.captions_path, sizes.num_examples)
-        self.bad = BadRecords(len(self.captions), skip_bad, self.captions_path)
+        self.files = shard_files(directory, split, info.splits[split])
+        self.images = _open_tables([f.images for f in self.files], [f.num_images for f in self.files])
+        self.captions = _open_tables([f.captions for f in self.files], [f.num_captions for f in self.files])
+        # the first caption / image of every shard in the split's numbering
+        self._caption_starts = np.cumsum([0] + [f.num_captions for f in self.files])
+        self._image_starts = np.cumsum([0] + [f.num_images for f in self.files])
+        self.captions_path, self.images_path = self.files[0].captions, self.files[0].images
+        shards = f" ({len(self.files)} shards)" if info.splits[split].shards else ""
+        self.bad = BadRecords(len(self.captions), skip_bad, os.path.join(directory, captions_file(split)) + shards)
         r, k = self.spec.num_regions, self.spec.num_classes
         self._pads: dict[str, tuple[tuple[int, ...], np.dtype, float | int]] = {
             "features": ((self.spec.feature_dim,), self.features_dtype, 0.0), "boxes": ((4,), np.dtype("<f4"), 0.0)}
@@ -99,17 +113,20 @@ class ImageStorePairs:
         return self.bad.skipped
 
     def _pair(self, index: int) -> dict[str, Any]:
-        where = f"{self.captions_path} [record {index}]"
+        shard = int(np.searchsorted(self._caption_starts, index, side="right")) - 1
+        files, local = self.files[shard], index - int(self._caption_starts[shard])
+        where = f"{files.captions} [record {local}]"
         scalars, _ = decode_record(_read(self.captions, index, where), where)
         row, image_id, caption = scalars.get("image"), scalars.get("image_id"), scalars.get("caption")
         if not isinstance(row, int) or not isinstance(image_id, str) or not isinstance(caption, str):
             raise BadRecord(f"{where}: a caption record needs an int image row, a str image_id and a str caption; "
                             f"got {sorted(scalars)}")
-        if not 0 <= row < len(self.images):
+        if not 0 <= row < files.num_images:
             raise BadRecord(f"{where}: the caption of image {image_id!r} refers to image row {row}, but "
-                            f"{self.images_path} holds {len(self.images)} images")
-        image_where = f"{self.images_path} [record {row}, image {image_id!r}]"
-        regions, arrays = decode_record(_read(self.images, row, image_where), image_where)
+                            f"{files.images} holds {files.num_images} images")
+        image_where = f"{files.images} [record {row}, image {image_id!r}]"
+        stored = _read(self.images, int(self._image_starts[shard]) + row, image_where)
+        regions, arrays = decode_record(stored, image_where)
         if regions.get("image_id") != image_id:
             raise BadRecord(f"{where}: the caption of image {image_id!r} refers to image row {row}, which holds "
                             f"image {regions.get('image_id')!r}")
@@ -139,7 +156,8 @@ class ImageStorePairs:
         return out
 
     def __repr__(self) -> str:
-        return (f"ImageStorePairs({self.captions_path!r}, {len(self)} captions of {len(self.images)} images, "
+        shards = f" in {len(self.files)} shards" if len(self.files) > 1 else ""
+        return (f"ImageStorePairs({self.captions_path!r}, {len(self)} captions of {len(self.images)} images{shards}, "
                 f"{self.spec}, features {self.features_dtype})")
 
 

@@ -22,7 +22,9 @@ range (|x| > 65504) cannot be stored as float16: ``BadRecord`` naming the image.
 from __future__ import annotations
 
 import os
+import uuid
 import zlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -59,18 +61,24 @@ def caption_record(image: int, image_id: str, caption: str) -> bytes:
 
 
 class SplitWriter:
-    """Writes the two tables of one split into ``directory`` (module doc); a context manager."""
+    """Writes the two tables of one split, or of its shard ``shard = (index, total)``, into ``directory`` (module
+    doc); a context manager. The files are written under temporary names and renamed when the ``with`` block
+    ends without an error (removed when it raises), so a shard written again (a retried Beam bundle) replaces
+    the files whole."""
 
-    def __init__(self, directory: str, split: str, spec: RegionSpec, features_dtype: str = "float32"):
+    def __init__(self, directory: str, split: str, spec: RegionSpec, features_dtype: str = "float32",
+                 shard: tuple[int, int] | None = None):
         from array_record.python.array_record_module import ArrayRecordWriter
 
         if features_dtype not in FEATURES_DTYPES:
             raise ValueError(f"features_dtype={features_dtype!r}; expected one of {', '.join(FEATURES_DTYPES)}")
         self.spec, self.features_dtype, self.split = spec, features_dtype, split
-        self.images_path = os.path.join(directory, images_file(split))
-        self.captions_path = os.path.join(directory, captions_file(split))
-        self._images = ArrayRecordWriter(self.images_path, WRITER_OPTIONS)
-        self._captions = ArrayRecordWriter(self.captions_path, WRITER_OPTIONS)
+        index, total = shard if shard is not None else (None, None)
+        self.images_path = os.path.join(directory, images_file(split, index, total))
+        self.captions_path = os.path.join(directory, captions_file(split, index, total))
+        self._partial = f".partial-{uuid.uuid4().hex[:12]}"
+        self._images = ArrayRecordWriter(self.images_path + self._partial, WRITER_OPTIONS)
+        self._captions = ArrayRecordWriter(self.captions_path + self._partial, WRITER_OPTIONS)
         self._rows: dict[str, tuple[int, int]] = {}  # image id -> (row, CRC-32 of its record)
         self._last: tuple[RegionFeatures, int] | None = None
         self.images = self.captions = self.truncated = 0
@@ -85,6 +93,18 @@ class SplitWriter:
             self._last = (regions, row)
         self._captions.write(caption_record(row, regions.image_id, pair.caption))
         self.captions += 1
+
+    def add_all(self, pairs: Iterable[CaptionPair], where: str,
+                skip: Callable[[BadRecord], None] | None = None) -> None:
+        """``add`` of every pair; a pair the store cannot take raises ``BadRecord``, or with ``skip`` is passed to
+        ``skip(error)`` and left out."""
+        for pair in pairs:
+            try:
+                self.add(pair, where)
+            except BadRecord as e:
+                if skip is None:
+                    raise
+                skip(e)
 
     def _image_row(self, regions: RegionFeatures, where: str) -> int:
         record = image_record(regions, self.spec, self.features_dtype, where)
@@ -102,12 +122,18 @@ class SplitWriter:
         self.truncated += regions.num_boxes > self.spec.num_regions
         return row
 
-    def close(self) -> None:
+    def close(self, keep: bool = True) -> None:
+        """Closes both tables: renamed to their final names (``keep``) or removed."""
         self._images.close()
         self._captions.close()
+        for path in (self.images_path, self.captions_path):
+            if keep:
+                os.replace(path + self._partial, path)
+            elif os.path.exists(path + self._partial):
+                os.remove(path + self._partial)
 
     def __enter__(self) -> SplitWriter:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(keep=exc_type is None)
