@@ -19,7 +19,7 @@ import pytest
 import tensorflow_datasets as tfds
 from etils.epath import testing as epath_testing
 
-from jaxvl.benchmarks.data import FEED_HOST_CORES, FEED_TARGET, H200_VISUALBERT_BF16_MS
+from jaxvl.benchmarks.data_feed import FEED_HOST_CORES, FEED_TARGET, H200_VISUALBERT_BF16_MS
 from jaxvl.cli import main
 from jaxvl.data.builders.pretrain import PretrainPairs
 from jaxvl.data.grain import open_split

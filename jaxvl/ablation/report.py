@@ -16,7 +16,9 @@ MRC-XE-VG exists on those two only.
 Tables: ``console_tables`` (what ``jaxvl ablate`` prints, at most 120 characters a line: mean losses,
 verdicts) and ``full_tables`` (``table.md``: the paper's layout per region loss with 95% intervals, the
 verdicts, LabelMatch), each with a title, the unit (bits), the examples n and the IoT threshold in the
-column names, and a glossary once under them.
+column names, and a glossary once under them. The tables themselves are built by ``jaxvl.ablation.tables``
+(the verdicts' by ``jaxvl.ablation.verdicts``); the CSV / JSON-lines files are written by
+``jaxvl.ablation.writers``.
 
 ``write_report(result, workdir)`` writes ``results.csv`` / ``results.jsonl`` (tidy rows),
 ``per_example.<task>.csv.gz`` (one row per model, member and example), ``detector.csv`` (LabelMatch detector
@@ -28,9 +30,6 @@ given (``attention.csv``, ``attention.png``). Plots use matplotlib's Agg backend
 
 from __future__ import annotations
 
-import csv
-import gzip
-import json
 import math
 import os
 import textwrap
@@ -42,10 +41,18 @@ import numpy as np
 from jaxvl.ablation.conditions import LEVELS
 from jaxvl.ablation.labelmatch import detector_rows
 from jaxvl.ablation.sweep import AblationResult
+from jaxvl.ablation.tables import (
+    METRIC_LABELS,
+    find_row,
+    labelmatch_table,
+    markdown_table,
+    region_metrics,
+    summary_table,
+)
 from jaxvl.ablation.verdicts import EFFECT_FLOOR_BITS, on_trained_heads, verdict, verdict_table
+from jaxvl.ablation.writers import write_per_example, write_rows
 from jaxvl.metrics.bootstrap import bootstrap_means, bootstrap_weights
 
-METRIC_LABELS = {"mlm": "MLM", "mrc_kl": "MRC-KL", "mrc_xe": "MRC-XE", "mrc_xe_vg": "MRC-XE-VG"}
 BLOCK = 256  # statistics bootstrapped at once
 TIDY_FIELDS = ("model", "task", "condition", "threshold", "metric", "subset", "mean", "ci_low", "ci_high", "count",
                "without_target", "delta", "delta_low", "delta_high", "control_delta", "control_delta_low",
@@ -162,94 +169,8 @@ def _num(x: float) -> float | None:
     return None if not np.isfinite(x) else float(x)
 
 
-# ------------------------------------------------------------------------------------ writers
+# ------------------------------------------------------------------------------------ tables (printed, table.md)
 
-
-def _open_text(path: str):
-    """A text file for CSV writing; gzip (fast level 1: these files are large, not precious) for ``.gz``."""
-    if path.endswith(".gz"):
-        return gzip.open(path, "wt", compresslevel=1, encoding="utf-8", newline="")
-    return open(path, "w", encoding="utf-8", newline="")
-
-
-def write_rows(rows: Sequence[dict[str, Any]], path: str | os.PathLike, fields: Sequence[str] | None = None) -> None:
-    """Rows as CSV (``.csv``, ``.csv.gz``) or JSON lines (``.jsonl``); None values are empty CSV cells / null."""
-    path = os.fspath(path)
-    if path.endswith(".jsonl"):
-        with open(path, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        return
-    fields = list(fields or (rows[0].keys() if rows else ()))
-    with _open_text(path) as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row[k] for k in fields})
-
-
-def per_example_columns(result: AblationResult, task: str, phrases: Sequence[str] | None = None,
-                        image_ids: Sequence[str] | None = None) -> dict[str, list]:
-    """Columns of one row per (model, member, example) of ``task``: identifiers (``control`` 1: the member is
-    its condition's matched control), whether the example counts in the member's mean, every metric (bits)
-    and the alignment statistics (``regions_ablated`` / ``tokens_masked``: the units the member removed);
-    ``phrases`` / ``image_ids`` (by example position) when given. An unused threshold is an empty string."""
-    members = result.members[task]
-    k, m, n = len(result.model_names), len(members), result.num_examples
-    rows = (k, m, n)
-
-    def grid(values: np.ndarray) -> list:  # [.., N] broadcast to [K, M, N], flattened
-        return np.broadcast_to(values, rows).reshape(-1).tolist()
-
-    ex = result.example
-    cols: dict[str, list] = {
-        "model": grid(np.array(result.model_names, object)[:, None, None]),
-        "condition": grid(np.array([mb.condition for mb in members], object)[None, :, None]),
-        "control": grid(np.array([int(mb.control) for mb in members])[None, :, None]),
-        "threshold": grid(np.array(["" if mb.threshold is None else mb.threshold for mb in members],
-                                   object)[None, :, None]),
-        "example": grid(ex),
-    }
-    if image_ids is not None:
-        cols["image_id"] = grid(np.array(image_ids, object)[ex])
-    if phrases is not None:
-        cols["phrase"] = grid(np.array(phrases, object)[ex])
-    cols["included"] = grid(np.stack([result.included(task, i) for i in range(m)]).astype(int))
-    for metric, values in result.values[task].items():
-        cols[metric] = np.asarray(values, np.float64).reshape(-1).tolist()
-    if task == "vis4lang":
-        cols["regions_ablated"] = grid(result.stats["vis4lang_ablated"])
-    else:
-        cols["regions_aligned"] = grid(result.stats["num_aligned"])
-        cols["tokens_masked"] = grid(result.stats["text_masked"])
-        cols["has_target"] = grid(result.stats["has_target"].astype(int))
-        if result.vg_label is not None:
-            cols["vg_label"] = grid(result.vg_label)
-    return cols
-
-
-def write_per_example(result: AblationResult, path: str | os.PathLike, phrases: Sequence[str] | None = None,
-                      image_ids: Sequence[str] | None = None) -> list[str]:
-    """``per_example_columns`` as one CSV per task (the tasks have different columns): ``path`` ending in
-    ``.csv`` or ``.csv.gz`` gets the task before the suffix (``per_example.vis4lang.csv.gz``). Returns the
-    paths written."""
-    path = os.fspath(path)
-    stem, suffix = (path[:-7], ".csv.gz") if path.endswith(".csv.gz") else os.path.splitext(path)
-    written = []
-    for task in result.values:
-        cols = per_example_columns(result, task, phrases, image_ids)
-        out = f"{stem}.{task}{suffix}"
-        with _open_text(out) as f:
-            writer = csv.writer(f)
-            writer.writerow(list(cols))
-            writer.writerows(zip(*cols.values(), strict=True))
-        written.append(out)
-    return written
-
-
-# ------------------------------------------------------------------------------------ tables
-
-REGION_METRICS = ("mrc_kl", "mrc_xe")  # the lang4vis losses of the paper's table (MRC-XE-VG: LabelMatch only)
 CONSOLE_WIDTH = 120
 _GLOSSARY = (
     "vis4lang (vision for language): the phrase's sub-words are masked and the model predicts them (MLM: mean "
@@ -265,133 +186,6 @@ _GLOSSARY_LABELMATCH = (
     "target region the detector's top class names too (labelmatch_agree; 'labelmatch = agree': the same examples, "
     "one row). MRC-XE-VG: cross-entropy to the phrase's own Visual Genome label."
 )
-
-
-def _cell(row: dict[str, Any] | None, delta: bool = False, interval: bool = True) -> str:
-    if row is None:
-        return "–"
-    mean, low, high = (row["delta"], row["delta_low"], row["delta_high"]) if delta else (
-        row["mean"], row["ci_low"], row["ci_high"])
-    if mean is None:
-        return "–"
-    sign = "+" if delta and mean >= 0 else ""
-    bounds = "" if low is None or not interval else f" [{low:.3f}, {high:.3f}]"
-    return f"{sign}{mean:.3f}{bounds}"
-
-
-def _find(rows: Sequence[dict[str, Any]], **keys: Any) -> dict[str, Any] | None:
-    for row in rows:
-        if all(row.get(k) == v for k, v in keys.items()):
-            return row
-    return None
-
-
-def _line(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def _head(cells: Sequence[str]) -> list[str]:
-    """A markdown table's header and rule."""
-    return [_line(cells), "|" + "---|" * len(cells)]
-
-
-def region_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The lang4vis losses of ``REGION_METRICS`` that some model reads on a head it trained, in that order."""
-    shown = on_trained_heads(rows)
-    return [m for m in REGION_METRICS if any(r["metric"] == m for r in shown)]
-
-
-def _models(rows: Sequence[dict[str, Any]], metric: str | None = None) -> list[str]:
-    """The models of ``rows`` in order; with ``metric``, those that do not read it on a head they never trained."""
-    hidden = {r["model"] for r in rows if r["metric"] == metric and r.get("trained_head") is False}
-    return [m for m in dict.fromkeys(r["model"] for r in rows) if m not in hidden]
-
-
-def _title(rows: Sequence[dict[str, Any]], threshold: float, metric: str, subset: str) -> str:
-    """The paper table's title: the unit and each task's examples."""
-    vis = _find(rows, task="vis4lang", condition="none", metric="mlm", subset="all")
-    lang = _find(rows, task="lang4vis", condition="none", metric=metric, subset=subset, threshold=threshold)
-    parts = [] if vis is None else [f"vis4lang MLM on n={vis['count']} examples"]
-    if lang is not None:
-        parts.append(f"lang4vis {METRIC_LABELS[metric]} at IoT>{threshold:g} on n={lang['count']} examples in the "
-                     f"mean, {lang['without_target']} without an aligned region")
-    return "Mean loss in bits [95% bootstrap interval]" + (": " + "; ".join(parts) if parts else "") + "."
-
-
-def markdown_table(rows: Sequence[dict[str, Any]], threshold: float = 0.5, lang4vis_metric: str = "mrc_kl",
-                   subset: str = "all") -> str:
-    """The paper's layout, full form (``table.md``): a title (unit, examples), then per model MLM None /
-    Object (IoT > threshold) / All and Δ All−None, ``lang4vis_metric`` None / Phrase / All at ``threshold``
-    and Δ All−None, each mean [95% interval] in bits. A model that reads ``lang4vis_metric`` on a head it
-    never trained is left out."""
-    t, name = f"IoT>{threshold:g}", METRIC_LABELS[lang4vis_metric]
-    lines = _head(["model", "MLM None", f"MLM Object ({t})", "MLM All", "MLM Δ All−None", f"{name} None ({t})",
-                   f"{name} Phrase ({t})", f"{name} All ({t})", f"{name} Δ All−None"])
-    for model in _models(rows, lang4vis_metric):
-        v = {c: _find(rows, model=model, task="vis4lang", condition=c, metric="mlm", subset="all",
-                      threshold=threshold if c == "object" else None) for c in LEVELS["vis4lang"]}
-        lang = {c: _find(rows, model=model, task="lang4vis", condition=c, metric=lang4vis_metric, subset=subset,
-                         threshold=threshold) for c in LEVELS["lang4vis"]}
-        lines.append(_line([model, _cell(v["none"]), _cell(v["object"]), _cell(v["all"]), _cell(v["all"], delta=True),
-                            _cell(lang["none"]), _cell(lang["phrase"]), _cell(lang["all"]),
-                            _cell(lang["all"], delta=True)]))
-    return "\n".join([_title(rows, threshold, lang4vis_metric, subset), "", *lines]) + "\n"
-
-
-def _count(row: dict[str, Any] | None) -> str:
-    return "–" if row is None else str(row["count"])
-
-
-def summary_table(rows: Sequence[dict[str, Any]], threshold: float = 0.5,
-                  metrics: Sequence[str] = REGION_METRICS) -> str:
-    """The console form of ``markdown_table`` (at most 120 characters a line for model names up to 16): a
-    title, then one row per model and lang4vis loss of ``metrics`` it reads on a head it trained (one row
-    with ``–`` when there is none), the mean losses in bits (no intervals) and each task's examples n."""
-    t = f"IoT>{threshold:g}"
-    lines = ["Mean loss in bits (95% intervals in table.md); lang4vis on the region head each model trained:", "",
-             *_head(["model", "n", "MLM None", f"MLM Object ({t})", "MLM All", "loss", "n", f"None ({t})",
-                     f"Phrase ({t})", f"All ({t})"])]
-    for model in _models(rows):
-        v = [_find(rows, model=model, task="vis4lang", condition=c, metric="mlm", subset="all",
-                   threshold=threshold if c == "object" else None) for c in LEVELS["vis4lang"]]
-        own = [m for m in metrics if model in _models(rows, m) and _find(rows, model=model, metric=m)]
-        for metric in own or [None]:
-            lang = [_find(rows, model=model, task="lang4vis", condition=c, metric=metric, subset="all",
-                          threshold=threshold) for c in LEVELS["lang4vis"]]
-            label = "–" if metric is None else METRIC_LABELS[metric]
-            lines.append(_line([model, _count(v[0]), *(_cell(r, interval=False) for r in v), label, _count(lang[0]),
-                                *(_cell(r, interval=False) for r in lang)]))
-    return "\n".join(lines) + "\n"
-
-
-def _labelmatch_subsets(rows: Sequence[dict[str, Any]], model: str, threshold: float) -> dict[str, str]:
-    """subset -> its label in the LabelMatch table. ``labelmatch_agree`` is a subset of ``labelmatch``: with
-    as many examples it holds the same ones, and one row (``labelmatch = agree``) stands for both."""
-    counts = {s: _count(_find(rows, model=model, task="lang4vis", condition="none", subset=s, threshold=threshold))
-              for s in ("labelmatch", "labelmatch_agree")}
-    if counts["labelmatch"] == counts["labelmatch_agree"]:
-        return {"labelmatch": "labelmatch = agree"}
-    return {"labelmatch": "labelmatch", "labelmatch_agree": "labelmatch_agree"}
-
-
-def labelmatch_table(rows: Sequence[dict[str, Any]], threshold: float = 0.5) -> str:
-    """Markdown: per model, LabelMatch subset (``_labelmatch_subsets``) and lang4vis loss it reads on a head
-    it trained (MRC-KL, MRC-XE, MRC-XE-VG), the loss for None / Phrase / All at ``threshold`` (mean [95%
-    interval], bits) and the examples n."""
-    t = f"IoT>{threshold:g}"
-    shown = on_trained_heads(rows)
-    conds = LEVELS["lang4vis"]
-    lines = [f"LabelMatch at {t}: mean loss in bits [95% bootstrap interval].", "",
-             *_head(["model", "subset", "loss", *(f"{c.capitalize()} ({t})" for c in conds), "n"])]
-    for model in _models(rows):
-        for subset, label in _labelmatch_subsets(rows, model, threshold).items():
-            for metric in ("mrc_kl", "mrc_xe", "mrc_xe_vg"):
-                found = [_find(shown, model=model, task="lang4vis", condition=c, metric=metric, subset=subset,
-                               threshold=threshold) for c in conds]
-                if any(found):
-                    lines.append(_line([model, label, METRIC_LABELS[metric], *map(_cell, found),
-                                        _count(next(r for r in found if r))]))
-    return "\n".join(lines) + "\n"
 
 
 def _wrap(text: str) -> str:
@@ -510,7 +304,7 @@ def plot_conditions(rows: Sequence[dict[str, Any]], path: str | os.PathLike, thr
             means, errs = [], [[], []]
             for c in conds:
                 thr = None if task == "vis4lang" and c != "object" else threshold
-                row = _find(rows, model=model, task=task, condition=c, metric=metric, subset="all", threshold=thr)
+                row = find_row(rows, model=model, task=task, condition=c, metric=metric, subset="all", threshold=thr)
                 ok = row is not None and row["mean"] is not None
                 means.append(row["mean"] if ok else math.nan)
                 errs[0].append(row["mean"] - row["ci_low"] if ok and row["ci_low"] is not None else 0.0)
