@@ -136,13 +136,9 @@ def test_unusable_flags_fail_before_anything_is_written(tmp_path, capsys, flags,
     assert rc == 2 and message in err and not list(tmp_path.glob("*/*/1.0.0"))
 
 
-def test_a_source_without_a_shard_plan_is_refused(tmp_path, capsys):
-    features = tmp_path / "f.tsv"
-    features.write_text("")
-    captions = tmp_path / "c.json"
-    captions.write_text("{}")
+def test_a_source_without_a_shard_plan_is_refused(tmp_path):
     with pytest.raises(ValueError, match="cannot be prepared in parallel"):
-        shard_plans(parse_source(f"tsv:{features},captions={captions}"), [], False)
+        shard_plans(parse_source(f"coco-karpathy:{tmp_path}"), [], False)
 
 
 def test_pipeline_options_and_shards():

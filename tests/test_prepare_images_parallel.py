@@ -112,6 +112,77 @@ def test_synthetic_workers_write_the_single_process_store(tmp_path, capsys):
     assert manifest(two)["splits"]["train"]["images"] == manifest(one)["splits"]["train"]["images"] == 12
 
 
+def _tsv_region(i: int) -> RegionFeatures:
+    rng = np.random.default_rng(i)
+    n = 2 + i % 3
+    xy = rng.uniform(0, 30, (n, 2))
+    p = rng.uniform(size=(n, 13))
+    return RegionFeatures(str(100 + i), image_h=60, image_w=80,
+                          boxes=np.concatenate([xy, xy + rng.uniform(1, 30, (n, 2))], 1).astype(np.float32),
+                          features=rng.normal(size=(n, 8)).astype(np.float32),
+                          cls_prob=(p / p.sum(1, keepdims=True)).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def tsv_source(tmp_path_factory) -> tuple[str, Path]:
+    """A bottom-up-attention TSV of 11 images (line 7 corrupted in a copy) with 1-3 captions each, 20 in all."""
+    from jaxvl.data.readers.tsv import format_row
+
+    root = tmp_path_factory.mktemp("tsv")
+    lines = [format_row(_tsv_region(i)) + "\n" for i in range(11)]
+    (root / "feats.tsv").write_text("".join(lines))
+    (root / "bad.tsv").write_text("".join(lines[:6] + ["107\t60\tnot a record\n"] + lines[7:]))
+    captions = {str(100 + i): [f"caption {j} of image {i}" for j in range(1 + i % 3)] for i in range(11)}
+    captions["104"] = "the one caption of image 4"
+    (root / "captions.json").write_text(json.dumps(captions))
+    return f"tsv:{root / 'feats.tsv'},captions={root / 'captions.json'}", root
+
+
+def test_tsv_line_ranges_read_as_one_pass(tsv_source):
+    from jaxvl.data.readers.tsv import TsvFeatureReader, line_ranges
+
+    path = tsv_source[1] / "feats.tsv"
+    whole = list(TsvFeatureReader(path).numbered())
+    ranges = line_ranges(path, 4)
+    assert [(r.first, r.count) for r in ranges] == [(1, 4), (5, 4), (9, 3)]
+    parts = [item for r in ranges for item in TsvFeatureReader(path).numbered(r)]
+    assert [line for line, _ in parts] == [line for line, _ in whole] == list(range(1, 12))
+    for (_, a), (_, b) in zip(parts, whole, strict=True):
+        assert a.image_id == b.image_id and np.array_equal(a.features, b.features)
+
+
+@pytest.mark.parametrize("layout", ["pairs", "images"])
+def test_tsv_workers_write_the_single_process_records(tsv_source, layout, tmp_path, capsys):
+    pytest.importorskip("apache_beam", reason="apache-beam is not installed (the beam extra)")
+    from jaxvl.data.grain import open_split
+
+    source = f"{tsv_source[0]},layout={layout}"
+    assert prepare(capsys, source, tmp_path / "one")[0] == 0
+    assert prepare(capsys, source, tmp_path / "two", "--workers", "2", "--shard-size", "3")[0] == 0
+    if layout == "images":
+        assert_same_pairs_in_order(store(tmp_path / "one"), store(tmp_path / "two"), ("train",))
+        assert [n for n, _ in manifest(store(tmp_path / "two"))["splits"]["train"]["shards"]] == [3, 3, 3, 2]
+        return
+    (one,), (two,) = (tmp_path / "one").glob("*/*/1.0.0"), (tmp_path / "two").glob("*/*/1.0.0")
+    key = lambda r: (r["image_id"], r["caption"])  # noqa: E731 - a TFDS split is stored shuffled by key
+    ours, theirs = (sorted((s[i] for i in range(len(s))), key=key) for s in (open_split(one, "train")[0],
+                                                                             open_split(two, "train")[0]))
+    assert len(ours) == len(theirs) == 20
+    for x, y in zip(ours, theirs, strict=True):
+        assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+
+
+def test_tsv_bad_line_fails_naming_file_and_line_or_is_counted(tsv_source, tmp_path, capsys):
+    pytest.importorskip("apache_beam", reason="apache-beam is not installed (the beam extra)")
+    source = f"tsv:{tsv_source[1] / 'bad.tsv'},captions={tsv_source[1] / 'captions.json'},layout=images"
+    rc, _, err = prepare(capsys, source, tmp_path / "a", "--workers", "2", "--shard-size", "3")
+    (line,) = [line for line in err.splitlines() if line.startswith("jaxvl: error:")]
+    assert rc == 2 and f"{tsv_source[1] / 'bad.tsv'}: line 7" in line and "--skip-bad" in line
+    rc, out, _ = prepare(capsys, source, tmp_path / "b", "--workers", "2", "--shard-size", "3", "--skip-bad")
+    assert rc == 0 and f"1 train: bad records in {tsv_source[1] / 'bad.tsv'}" in out
+    assert len(open_image_store(store(tmp_path / "b"), "train")[0]) == 20 - 1  # image 6 had 1 caption
+
+
 # ------------------------------------------------------------------------------------------ bad records
 
 

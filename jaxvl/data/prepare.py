@@ -42,9 +42,10 @@ in-process writer spills a split of more than 1,000 MiB (about 1,990 pairs at VO
 through ``tf.io.gfile``, and stops with one line without TensorFlow; the parallel build below (even ``--workers
 1``) has Beam shuffle instead, and ``layout=images`` does not use that writer.
 
-In parallel (``synthetic`` and ``volta-cc``; needs ``apache-beam``, the ``beam`` extra): the splits are cut into
-shards that Beam workers read by key (``jaxvl.data.prepare_shards``) and TFDS writes the same records as the
-single-process build (pairs keep its keys, so even its order)::
+In parallel (``synthetic``, ``volta-cc`` and ``tsv``; needs ``apache-beam``, the ``beam`` extra): the splits are
+cut into shards that Beam workers read by key (``jaxvl.data.prepare_shards``) and TFDS writes the same records as the
+single-process build (``synthetic`` and ``volta-cc`` pairs keep its keys, so even its order; a TSV's are keyed
+by line)::
 
     jaxvl prepare --source volta-cc:data/conceptual_captions --out data/ --workers 8     # 8 local processes
     jaxvl prepare --source volta-cc:/shared/cc --out /shared/data/ --beam-runner FlinkRunner \
@@ -92,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip bad records (and examples whose image has no features), count them in the summary")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parallel = parser.add_argument_group("in parallel (Apache Beam; sources synthetic and volta-cc)")
+    parallel = parser.add_argument_group("in parallel (Apache Beam; sources synthetic, volta-cc, tsv)")
     parallel.add_argument("--workers", type=int, metavar="N",
                           help="prepare with N local worker processes (Beam's DirectRunner, multi_processing)")
     parallel.add_argument("--beam-runner", metavar="RUNNER",

@@ -9,6 +9,9 @@ that Beam workers read independently, by key (``jaxvl.data.builders.beam``).
   indices. A bad record raises ``BadRecord`` naming the file and key, or with ``skip_bad`` is counted under the
   single-process build's names ("train: bad records in PATH", "train: records not fitting the region sizes in
   PATH").
+- ``tsv``: each features TSV over line ranges (``jaxvl.data.readers.tsv.line_ranges``: one pass over its bytes);
+  a worker seeks to its range and joins its lines to their captions (the JSON read once per worker). Keys are
+  ``<line>/<caption>``; the column layout is the file's first record's, as in one pass.
 
 A pair dataset's shards yield ``CaptionPair``s (``synthetic_pair_shards``, ``volta_cc_pair_shards``): an image
 store writes each shard as its own pair of files (``jaxvl.data.imagestore.parallel``), a TFDS build encodes them
@@ -28,16 +31,18 @@ from typing import TYPE_CHECKING, Any
 from jaxvl.data.builders.beam import Count, Key, ShardedSplit, ShardReader, index_ranges
 from jaxvl.data.records import BadRecord, CaptionPair
 from jaxvl.data.sources.base import ParsedSource, Skips
+from jaxvl.data.sources.regions import RegionOptions
 from jaxvl.data.synthetic.world import World, WorldConfig
 
 if TYPE_CHECKING:
     from jaxvl.data.builders.common import RegionSpec
+    from jaxvl.data.readers.tsv import LineRange
     from jaxvl.data.readers.volta_lmdb import ConceptualCaptionsLMDB
 
 RECORDS_PER_SHARD = 64
 """Examples per shard (about): small enough to spread a few thousand pairs over several workers."""
 
-PARALLEL_SOURCES = ("synthetic", "volta-cc")
+PARALLEL_SOURCES = ("synthetic", "volta-cc", "tsv")
 """The sources ``jaxvl prepare --workers`` / ``--beam-runner`` takes, in either layout (pairs or images)."""
 
 
@@ -156,6 +161,53 @@ def volta_cc_pair_shards(builder: Any, src: ParsedSource, skip_bad: bool, per_sh
     return out
 
 
+# ---------------------------------------------------------------------------------------------- tsv
+
+
+@functools.lru_cache(maxsize=4)
+def _captions(path: str) -> dict[str, Any]:
+    """This process's copy of a captions JSON (read once per worker)."""
+    from jaxvl.data.readers.volta_lmdb import read_caption_json
+
+    return read_caption_json(path)
+
+
+def tsv_pairs(opts: RegionOptions, fieldnames: tuple[str, ...] | None, split: str, features: str, captions_path: str,
+              spec: RegionSpec, skip_bad: bool, lines: LineRange, count: Count) -> Iterator[tuple[str, CaptionPair]]:
+    """The lines ``lines`` of a features TSV joined to their captions, keyed ``<line>/<caption>``; bad records
+    raise ``BadRecord`` naming the file and line, or with ``skip_bad`` are counted under the single-process build's
+    names."""
+    from jaxvl.data.sources.pretrain import captioned_pairs, tsv_reader
+
+    reader, skips = tsv_reader(opts, features, skip_bad, fieldnames), Skips()
+    yield from captioned_pairs(reader.numbered(lines), _captions(captions_path), split, features, captions_path,
+                               spec, skip_bad, skips, set())
+    skips.add(f"{split}: bad records in {features}", reader.skipped)
+    for what, n in skips.counts.items():
+        count(what, n)
+
+
+def tsv_pair_shards(builder: Any, src: ParsedSource, skip_bad: bool, per_shard: int) -> dict[str, ShardedSplit]:
+    """The features TSVs of a ``tsv`` builder as line ranges of ``per_shard`` lines (images) whose reads yield
+    ``CaptionPair``s; the column layout is read off each file's first record, so every range parses as the whole
+    file does."""
+    from jaxvl.data.readers.tsv import line_ranges
+    from jaxvl.data.sources.base import wants_skip_bad
+    from jaxvl.data.sources.pretrain import tsv_files, tsv_reader
+
+    skip_bad, spec, opts = wants_skip_bad(src, skip_bad), builder.region_spec(), RegionOptions.parse(src)
+    out = {}
+    for split, (features, captions_path) in tsv_files(src).items():
+        ranges = line_ranges(features, per_shard)
+        if not ranges:
+            raise ValueError(f"{features}: the TSV holds no lines ({split} split)")
+        first = tsv_reader(opts, features, skip_bad)
+        next(iter(first), None)  # learns the column layout (or raises naming a bad first line)
+        out[split] = ShardedSplit(ranges, functools.partial(tsv_pairs, opts, first.fieldnames, split, features,
+                                                            captions_path, spec, skip_bad))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- stored pairs
 
 
@@ -193,6 +245,7 @@ def shard_plans(src: ParsedSource, builders: list[Any], skip_bad: bool,
         raise ValueError(f"--source {src.name} cannot be prepared in parallel yet (--workers / --beam-runner); "
                          f"sources that can: {', '.join(PARALLEL_SOURCES)}")
     planned = (SyntheticPretrain, SyntheticAblation) if src.name == "synthetic" else (PretrainPairs,)
+    pair_shards = {"volta-cc": volta_cc_pair_shards, "tsv": tsv_pair_shards}
     plans = []
     for builder in builders:
         pairs = builder.pairs if isinstance(builder, ImagePairsBuilder) else builder
@@ -202,9 +255,10 @@ def shard_plans(src: ParsedSource, builders: list[Any], skip_bad: bool,
         if isinstance(builder, ImagePairsBuilder):
             n = per_shard or IMAGE_STORE_PAIRS_PER_SHARD
             plans.append(synthetic_pair_shards(pairs, n) if src.name == "synthetic"
-                         else volta_cc_pair_shards(pairs, src, skip_bad, n))
+                         else pair_shards[src.name](pairs, src, skip_bad, n))
         elif src.name == "synthetic":
             plans.append(synthetic_shards(builder, per_shard or RECORDS_PER_SHARD))
         else:
-            plans.append(stored(builder, volta_cc_pair_shards(builder, src, skip_bad, per_shard or RECORDS_PER_SHARD)))
+            n = per_shard or RECORDS_PER_SHARD
+            plans.append(stored(builder, pair_shards[src.name](builder, src, skip_bad, n)))
     return plans

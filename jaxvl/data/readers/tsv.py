@@ -20,6 +20,10 @@ base64 field; that wrapper is accepted.
 Bad lines (wrong field count, malformed base64, arrays of the wrong size, NaN/Inf, boxes outside the
 image or flipped) raise ``BadRecord`` naming the file, line and image id; ``skip_bad=True`` counts
 and logs them instead (``TsvFeatureReader.skipped`` after iteration).
+
+``line_ranges`` cuts a file into ranges of lines found by one pass over its bytes, and
+``TsvFeatureReader.numbered(lines)`` reads one range by seeking to it, with the same line numbers and checks
+as a whole pass: a parallel ``jaxvl prepare`` reads a file's ranges in separate workers.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import dataclasses
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -169,19 +174,24 @@ class TsvFeatureReader:
         """Bad lines skipped so far (``skip_bad=True``)."""
         return self.errors.skipped
 
-    def _lines(self) -> Iterator[tuple[int, list[str] | Exception]]:
+    def _lines(self, lines: LineRange | None = None) -> Iterator[tuple[int, list[str] | Exception]]:
+        """(line number, fields or the csv error) of every non-empty line, or of the lines of ``lines``."""
         with open(self.path, newline="", encoding="utf-8", errors="replace") as f:
+            before = 0
+            if lines is not None:
+                f.seek(lines.offset)  # a line start (after "\n"): a clean decoder state, so the byte offset seeks
+                before = lines.first - 1
             reader = csv.reader(f, delimiter="\t")
-            while True:
+            while lines is None or reader.line_num < lines.count:
                 try:
                     row = next(reader)
                 except StopIteration:
                     return
                 except csv.Error as e:  # e.g. a NUL byte; the reader goes on with the next line
-                    yield reader.line_num, e
+                    yield before + reader.line_num, e
                     continue
                 if row:
-                    yield reader.line_num, row
+                    yield before + reader.line_num, row
 
     def _parse(self, item: tuple[int, list[str] | Exception]) -> RegionFeatures | None:
         line, row = item
@@ -202,11 +212,43 @@ class TsvFeatureReader:
         return parse_row(dict(zip(names, row, strict=True)), where, self.feature_dim, self.num_classes)
 
     def __iter__(self) -> Iterator[RegionFeatures]:
-        self.errors = RecordErrors(self.path, skip_bad=self.errors.skip_bad)  # a fresh count per pass
-        for rec in self.errors.filter(self._lines(), self._parse):
+        for _, rec in self.numbered():
+            yield rec
+
+    def numbered(self, lines: LineRange | None = None) -> Iterator[tuple[int, RegionFeatures]]:
+        """(line number, record) of the whole file, or of the lines of ``lines`` (``line_ranges``); skips are
+        counted afresh per pass."""
+        self.errors = RecordErrors(self.path, skip_bad=self.errors.skip_bad)
+        for line, rec in self.errors.filter(self._lines(lines), lambda item: (item[0], self._parse(item))):
             if rec is not None:
-                yield rec
+                yield line, rec
         self.errors.report()
+
+
+@dataclasses.dataclass(frozen=True)
+class LineRange:
+    """``count`` lines of a file from line ``first`` (1-based), which starts at byte ``offset``."""
+
+    first: int
+    offset: int
+    count: int
+
+
+def line_ranges(path: str | os.PathLike, lines_per_range: int) -> list[LineRange]:
+    """The lines of ``path`` cut into ranges of ``lines_per_range`` lines, found in one binary pass over the file
+    (bottom-up-attention TSVs hold no quoted newlines, so a line of the file is a line of the csv reader)."""
+    if lines_per_range < 1:
+        raise ValueError(f"lines_per_range={lines_per_range} must be >= 1")
+    ranges, first, offset, line, position = [], 1, 0, 0, 0
+    with open(path, "rb") as f:
+        for raw in f:
+            line, position = line + 1, position + len(raw)
+            if line - first + 1 == lines_per_range:
+                ranges.append(LineRange(first, offset, lines_per_range))
+                first, offset = line + 1, position
+    if line >= first:
+        ranges.append(LineRange(first, offset, line - first + 1))
+    return ranges
 
 
 def read_tsv(path: str | os.PathLike, **kwargs) -> Iterator[RegionFeatures]:

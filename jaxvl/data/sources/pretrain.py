@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-from jaxvl.data.records import BadRecord, CaptionPair
+from jaxvl.data.records import BadRecord, CaptionPair, RegionFeatures
 from jaxvl.data.sources.base import (
     ParsedSource,
     Prepared,
@@ -120,13 +120,8 @@ def volta_cc_source(src: ParsedSource, out: str, skip_bad: bool) -> Prepared:
 # ---------------------------------------------------------------------------------------------- tsv
 
 
-def tsv_source(src: ParsedSource, out: str, skip_bad: bool) -> Prepared:
-    """``tsv:FEATURES.tsv,captions=CAPTIONS.json[,val=VAL.tsv][,val_captions=VAL.json]`` as ``PretrainPairs``."""
-    from jaxvl.data.builders.pretrain import PretrainConfig, PretrainPairs
-    from jaxvl.data.readers.tsv import TsvFeatureReader
-    from jaxvl.data.readers.volta_lmdb import read_caption_json
-
-    opts, skips, layout = RegionOptions.parse(src), Skips(), LayoutOptions.parse(src)
+def tsv_files(src: ParsedSource) -> dict[str, tuple[str, str]]:
+    """Split -> (features TSV, captions JSON) of a ``tsv`` source; ``SourceError`` naming a missing file or option."""
     files = {"train": (src.existing_path(src.path, "features", "file"),
                        src.existing_path(src.require("captions"), "captions", "file"))}
     if "val" in src.options:
@@ -135,30 +130,55 @@ def tsv_source(src: ParsedSource, out: str, skip_bad: bool) -> Prepared:
                                           "file"))
     elif "val_captions" in src.options:
         raise src.fail("val_captions= without val=")
+    return files
+
+
+def tsv_reader(opts: RegionOptions, path: str, skip_bad: bool, fieldnames: tuple[str, ...] | None = None) -> Any:
+    """A ``TsvFeatureReader`` of ``path`` checking the source's feature size and class count."""
+    from jaxvl.data.readers.tsv import TsvFeatureReader
+
+    return TsvFeatureReader(path, fieldnames, feature_dim=opts.feature_dim, num_classes=opts.reader_num_classes,
+                            skip_bad=skip_bad)
+
+
+def captioned_pairs(records: Iterable[tuple[int, RegionFeatures]], by_image: Mapping[str, Any], split: str,
+                    features: str, captions_path: str, spec: RegionSpec, skip_bad: bool, skips: Skips,
+                    seen: set[str]) -> Iterator[tuple[str, CaptionPair]]:
+    """``(line, record)``s of a features TSV joined to their captions (``by_image``: image id -> caption or
+    captions): ``("<line>/<j>", pair)`` per caption. A record without a caption or not fitting ``spec`` raises
+    ``BadRecord``, or with ``skip_bad`` is counted in ``skips``; ``seen`` collects the captioned image ids."""
+    for line, rec in records:
+        caps = by_image.get(rec.image_id)
+        if caps is None:
+            skip_or_raise(BadRecord(f"{features}: record {rec.image_id!r} has no caption in {captions_path}"),
+                          skip_bad, skips, f"{split}: images without a caption in {features}")
+            continue
+        seen.add(rec.image_id)
+        if fits_spec(rec, spec, features, skip_bad, skips, f"{split}: records not fitting the region sizes in "
+                     f"{features}"):
+            for j, caption in enumerate([caps] if isinstance(caps, str) else caps):
+                yield f"{line:012d}/{j:04d}", CaptionPair(rec, caption)
+
+
+def tsv_source(src: ParsedSource, out: str, skip_bad: bool) -> Prepared:
+    """``tsv:FEATURES.tsv,captions=CAPTIONS.json[,val=VAL.tsv][,val_captions=VAL.json]`` as ``PretrainPairs``."""
+    from jaxvl.data.builders.pretrain import PretrainConfig, PretrainPairs
+    from jaxvl.data.readers.volta_lmdb import read_caption_json
+
+    opts, skips, layout = RegionOptions.parse(src), Skips(), LayoutOptions.parse(src)
+    files = tsv_files(src)
     captions = {path: read_caption_json(path) for _, path in files.values()}
-
-    def reader(path: str) -> TsvFeatureReader:
-        return TsvFeatureReader(path, feature_dim=opts.feature_dim, num_classes=opts.reader_num_classes,
-                                skip_bad=skip_bad)
-
     probe = SpecProbe(opts)
     for features, _ in files.values():
-        probe.feed(reader(features))
+        probe.feed(tsv_reader(opts, features, skip_bad))
     spec = probe.spec(files["train"][0])
 
     def pairs(split: str, features: str, captions_path: str) -> Iterator[CaptionPair]:
         by_image, seen = captions[captions_path], set()
-        tsv = reader(features)
-        for rec in tsv:
-            caps = by_image.get(rec.image_id)
-            if caps is None:
-                skip_or_raise(BadRecord(f"{features}: record {rec.image_id!r} has no caption in {captions_path}"),
-                              skip_bad, skips, f"{split}: images without a caption in {features}")
-                continue
-            seen.add(rec.image_id)
-            what = f"{split}: records not fitting the region sizes in {features}"
-            if fits_spec(rec, spec, features, skip_bad, skips, what):
-                yield from (CaptionPair(rec, c) for c in ([caps] if isinstance(caps, str) else caps))
+        tsv = tsv_reader(opts, features, skip_bad)
+        for _, pair in captioned_pairs(tsv.numbered(), by_image, split, features, captions_path, spec, skip_bad,
+                                       skips, seen):
+            yield pair
         skips.add(f"{split}: bad records in {features}", tsv.skipped)
         if len(seen) < len(by_image):
             log.warning("%s: %d of %d captioned images have no features in %s", captions_path,
