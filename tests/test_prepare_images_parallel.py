@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import lmdb
@@ -265,8 +266,10 @@ def test_shards_read_as_one_split_in_order(sharded):
     directory, pairs = sharded
     source, info = open_image_store(directory, "train")
     assert len(source) == 6 and info.splits["train"].num_images == 5  # image 1 is in shards 0 and 1
+    copy = pickle.loads(pickle.dumps(source))  # as Grain hands it to a worker process
     for i, pair in enumerate(pairs):
         record = source[i]
+        assert all(np.array_equal(record[k], v) for k, v in copy[i].items())
         assert record["caption"] == pair.caption.encode() and record["image_id"] == pair.regions.image_id.encode()
         np.testing.assert_array_equal(record["features"][:2], pair.regions.features)
 
