@@ -313,3 +313,4 @@ def test_a_caption_naming_a_row_beyond_its_shard_names_the_shard_file(tmp_path):
     with pytest.raises(BadRecord, match=f"{path} \\[record 0\\]: the caption of image 'img2' refers to image row 1, "
                                         f"but .*{images_file('train', 1, 2)} holds 1 images"):
         source[2]
+

@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _data_versions() -> dict[str, str]:
     out = {}
-    for dist in ("grain", "tensorflow-datasets", "array-record", "numpy"):
+    for dist in ("grain", "tensorflow-datasets", "array-record", "numpy", "protobuf"):  # protobuf: tf.Example decoding
         try:
             from importlib.metadata import version
 

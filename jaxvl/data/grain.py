@@ -17,6 +17,8 @@ pipeline (``jaxvl.pretrain.data``) and the ablation pipeline (``jaxvl.ablation.d
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,6 +33,8 @@ from jaxvl.data.imagestore.layout import is_file
 from jaxvl.data.inplace import InPlaceInfo, is_in_place, open_in_place
 from jaxvl.data.regions import region_inputs
 from jaxvl.data.tokenizer import VOLTA_MAX_SEQ_LENGTH, Tokenizer
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------- sources
 
@@ -67,7 +71,33 @@ def open_split(dataset: str | os.PathLike, split: str, data_dir: str | os.PathLi
         builder = tfds.builder(path, data_dir=None if data_dir is None else os.fspath(data_dir))
     if split not in builder.info.splits:
         raise ValueError(f"{path}: no split {split!r}; it has {sorted(builder.info.splits)}")
+    warn_slow_protobuf()
     return builder.as_data_source(split=split), builder.info
+
+
+SLOW_PROTOBUF_BELOW = 7
+"""protobuf below this major version turns a ``tf.Example`` float list into numpy element by element: 5.4 ms for
+a ctrl pair's 131,000 floats with protobuf 6.33.6 against 0.04-0.13 ms with 7.36.2 (BENCHMARKS.md, "Feeding an
+accelerator"). apache-beam 2.78 (the ``beam`` extra) requires protobuf < 7."""
+
+
+@functools.cache
+def warn_slow_protobuf() -> bool:
+    """Warns once per process when a TFDS (pair-layout) split is read with protobuf below ``SLOW_PROTOBUF_BELOW``;
+    returns whether protobuf is that old."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("protobuf")
+    except PackageNotFoundError:
+        return False
+    if int(installed.split(".")[0]) >= SLOW_PROTOBUF_BELOW:
+        return False
+    log.warning("reading a pair-layout (tf.Example) split with protobuf %s, which decodes float lists several times "
+                "slower than protobuf >= %d (about 6 vs 1.6 ms of CPU per ctrl-size pair through the pipeline); "
+                "apache-beam pins protobuf < 7: train from an environment without it, or prepare with "
+                "layout=images", installed, SLOW_PROTOBUF_BELOW)
+    return True
 
 
 def tokenizer_for(info: tfds.core.DatasetInfo | InPlaceInfo | ImageStoreInfo,
