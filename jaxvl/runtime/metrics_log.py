@@ -2,8 +2,11 @@
 
 Only JAX process 0 writes. ``MetricsLog(workdir, resume_step=n)`` first drops the records past step
 ``n`` (a run killed after its last checkpoint logged steps that the resumed run repeats), so the
-JSONL of an interrupted-and-resumed run reads like an uninterrupted one. TensorBoard events go
-through ``tensorboardX`` (no TensorFlow) into ``<workdir>/tensorboard/<split>``.
+JSONL of an interrupted-and-resumed run reads like an uninterrupted one; the kept records are written to a
+temporary file that replaces the log, so a kill during that rewrite loses nothing. A last line without its
+newline (a run killed while appending it) is dropped when the log is read; any other line that is not a JSON
+object is a ``ValueError`` naming the file and line. TensorBoard events go through ``tensorboardX`` (no
+TensorFlow) into ``<workdir>/tensorboard/<split>``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,20 @@ def read_metrics(workdir: str | os.PathLike, split: str | None = None, member: s
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+        lines = f.readlines()
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()  # cut short by a kill while it was appended
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {number} is not JSON ({e.msg}); remove or repair it") from e
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise ValueError(f"{path}: line {number} is not a metrics record (a JSON object with an int step)")
+        records.append(record)
     return [r for r in records if (split is None or r.get("split") == split)
             and (member is None or r.get("member") == member)]
 
@@ -48,8 +64,10 @@ class MetricsLog:
             return
         os.makedirs(os.fspath(workdir), exist_ok=True)
         kept = [r for r in read_metrics(workdir) if resume_step is not None and r["step"] <= resume_step]
-        with open(self.path, "w") as f:
+        partial = f"{self.path}.partial-{os.getpid()}"
+        with open(partial, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(partial, self.path)
 
     def write(self, split: str, step: int, scalars: Mapping[str, float], member: str | None = None) -> None:
         """One record; ``member`` names a sweep member (its own TensorBoard run ``<split>/<member>``)."""

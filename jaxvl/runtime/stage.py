@@ -195,6 +195,8 @@ def run_stage(stage: Stage, workdir: str) -> tuple[Any, StageResult]:
             log(f"{workdir}: already at step {start} of {steps}; nothing to do")
             return state, StageResult(workdir, "done", start, {}, ckpt.latest_step())
 
+        metrics_log = MetricsLog(workdir, resume_step=start)  # a damaged log stops the run before compiling
+
         # -------------------------------------------------------------------------------- the step
         step_fn = compile_stage_step(stage, state)
         evaluate = stage.make_evaluate() if stage.make_evaluate is not None else None
@@ -204,7 +206,6 @@ def run_stage(stage: Stage, workdir: str) -> tuple[Any, StageResult]:
                                  "processes": jax.process_count(), "devices": jax.device_count()})
         if stage.write_files is not None and jax.process_index() == 0:
             stage.write_files(workdir)
-        metrics_log = MetricsLog(workdir, resume_step=start)
         state, result = train_loop(stage.loop, step_fn, state, data_iter, stage.host_to_global, ckpt, metrics_log,
                                    start, workdir, evaluate)
     finally:
