@@ -126,9 +126,12 @@ class Checkpointer:
 
 def save_member(workdir: str, name: str, state: TrainState, meta: dict[str, Any]) -> None:
     """A sweep member's final ``state`` as a single run's checkpoint, ``<workdir>/members/<name>/checkpoints`` (the
-    layout ``init.checkpoint``, the ablation and the probes read), with ``meta``."""
+    layout ``init.checkpoint``, the ablation and the probes read), with ``meta``; nothing when that step is already
+    there."""
     target = Checkpointer(os.path.join(workdir, "members", name, "checkpoints"), keep=1, async_save=False)
     try:
+        if target.latest_step() == int(jax.device_get(state.step)):
+            return  # exported by a run that stopped before finishing (a complete Orbax step is never partial)
         target.save(state, meta=meta)
     finally:
         target.close()

@@ -8,7 +8,9 @@ runs the skeleton they share, in named sections:
    (parameters, optimizer state, step, rng and the data iterator's position: exact resume), else
    initialised: from another workdir's parameters (``stage.init_from``) or the task's own way
    (``stage.initialise``: random, BERT in the text stream, a VOLTA state dict, ...). One line logs it.
-3. A stage whose checkpoint is already at its last step has nothing to do and returns at once.
+3. A stage whose checkpoint is already at its last step has nothing to do and returns at once, unless its
+   ``on_done`` did not finish (``finished.json`` is written when it has: a run stopped while exporting its
+   sweep members, say); then it builds the evaluation and runs ``on_done`` again without training.
 4. The step: the task's jitted step compiled ahead of time (``compile_step``), its per-device memory
    printed; or, where the step is not one XLA program (SCST's host-side rewards between a compiled
    sampler and a compiled update), whatever callable ``stage.build_step`` returns.
@@ -143,6 +145,29 @@ def write_run_info(workdir: str, info: Mapping[str, Any]) -> None:
     os.replace(f"{path}.tmp", path)
 
 
+FINISHED = "finished.json"
+"""Written (process 0) once a stage's ``on_done`` has run at its last step: ``{"step": N}``."""
+
+
+def finished_step(workdir: str) -> int | None:
+    """The step whose ``on_done`` completed in ``workdir`` (``FINISHED``), or None."""
+    try:
+        with open(os.path.join(workdir, FINISHED)) as f:
+            return int(json.load(f)["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def finish(stage: Stage, state: Any, workdir: str, step: int) -> None:
+    """``stage.on_done(state)``, then ``FINISHED`` (whole or not at all), so a stopped ``on_done`` runs again."""
+    stage.on_done(state)
+    if jax.process_index() == 0:
+        path = os.path.join(workdir, FINISHED)
+        with open(f"{path}.tmp", "w") as f:
+            json.dump({"step": int(step)}, f)
+        os.replace(f"{path}.tmp", path)
+
+
 def resume_or_initialise(stage: Stage, ckpt: Checkpointer, data_iter: Any) -> tuple[Any, str]:
     """The stage's starting state and how it came about: the latest checkpoint of ``ckpt`` (``data_iter``
     moved to its position in place), else ``stage.init_from``'s parameters, else ``stage.initialise``."""
@@ -192,7 +217,13 @@ def run_stage(stage: Stage, workdir: str) -> tuple[Any, StageResult]:
         steps = stage.loop.steps
         log(f"{workdir}: {stage.description} on mesh {dict(stage.mesh.shape)}; init: {init_desc}")
         if start >= steps:
-            log(f"{workdir}: already at step {start} of {steps}; nothing to do")
+            if stage.on_done is not None and finished_step(workdir) != start:
+                log(f"{workdir}: at step {start} of {steps}, but its last run stopped before finishing: finishing")
+                if stage.make_evaluate is not None:
+                    stage.make_evaluate()
+                finish(stage, state, workdir, start)
+            else:
+                log(f"{workdir}: already at step {start} of {steps}; nothing to do")
             return state, StageResult(workdir, "done", start, {}, ckpt.latest_step())
 
         metrics_log = MetricsLog(workdir, resume_step=start)  # a damaged log stops the run before compiling
@@ -213,7 +244,7 @@ def run_stage(stage: Stage, workdir: str) -> tuple[Any, StageResult]:
             metrics_log.close()
         ckpt.close()
     if result.status == "done" and stage.on_done is not None:
-        stage.on_done(state)
+        finish(stage, state, workdir, result.step)
     return state, result
 
 
