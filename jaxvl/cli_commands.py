@@ -24,7 +24,7 @@ from jaxvl.cli_handlers import (
     cmd_probe,
     cmd_world_export,
 )
-from jaxvl.cli_parser import Command
+from jaxvl.cli_parser import Command, workdir_path
 
 # ------------------------------------------------------------------------------------------ argument builders
 
@@ -37,14 +37,16 @@ def _models_args(p: argparse.ArgumentParser) -> None:
 
 
 def _pretrain_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", required=True, help="checkpoints, metrics, run.json; an existing workdir is resumed")
+    p.add_argument("--workdir", required=True, type=workdir_path,
+                   help="checkpoints, metrics, run.json; an existing workdir is resumed")
     p.add_argument("--coordinator", default=None, help="multi-host: coordinator host:port (or JAX_COORDINATOR_ADDRESS)")
     p.add_argument("--num-processes", type=int, default=None, help="multi-host: number of processes")
     p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", required=True, help="the fine-tuning workdir; evaluation.md / .json are written there")
+    p.add_argument("--workdir", required=True, type=workdir_path,
+                   help="the fine-tuning workdir; evaluation.md / .json are written there")
     p.add_argument("--export-volta", default=None, metavar="FILE",
                    help="also write the parameters as a VOLTA BertForVLTasks state dict (.bin needs torch; "
                         ".safetensors does not)")
@@ -52,7 +54,8 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 
 def _caption_args(verb: str) -> Callable[[argparse.ArgumentParser], None]:
     def add(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--workdir", required=True, help="the run: xe/ and scst/ stages" +
+        p.add_argument("--workdir", required=True, type=workdir_path,
+                       help="the run: xe/ and scst/ stages" +
                        ("; an existing workdir is resumed" if verb == "train" else " (trained by `caption train`)"))
         if verb != "train":
             p.add_argument("--split", default="val" if verb == "analyze" else "test")
@@ -67,23 +70,28 @@ def _caption_args(verb: str) -> Callable[[argparse.ArgumentParser], None]:
 
 
 def _ablate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", required=True, help="results.csv/jsonl, table.md, per-example losses, plots")
+    p.add_argument("--workdir", required=True, type=workdir_path,
+                   help="results.csv/jsonl, table.md, per-example losses, plots")
 
 
 def _probe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", required=True, help="<name>/emap.json and <name>/table.md per checkpoint, table.md")
+    p.add_argument("--workdir", required=True, type=workdir_path,
+                   help="<name>/emap.json and <name>/table.md per checkpoint, table.md")
 
 
 def _probe_mmshap_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", required=True, help="<name>/mmshap.json and <name>/table.md per checkpoint, table.md")
+    p.add_argument("--workdir", required=True, type=workdir_path,
+                   help="<name>/mmshap.json and <name>/table.md per checkpoint, table.md")
 
 
 def _probe_mirror_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", required=True, help="<name>/mirror.json and <name>/table.md per checkpoint, table.md")
+    p.add_argument("--workdir", required=True, type=workdir_path,
+                   help="<name>/mirror.json and <name>/table.md per checkpoint, table.md")
 
 
 def _probe_colour_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", required=True, help="<name>/colour.json and <name>/table.md per checkpoint, table.md")
+    p.add_argument("--workdir", required=True, type=workdir_path,
+                   help="<name>/colour.json and <name>/table.md per checkpoint, table.md")
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:

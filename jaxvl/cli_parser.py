@@ -19,6 +19,15 @@ OVERRIDES = ("overrides: --config.KEY=VALUE sets any key of the config, dotted f
              "Keys: {keys}.")
 
 
+def workdir_path(text: str) -> str:
+    """``--workdir``: a local or mounted path. A URL (``gs://...``) is refused: the runs write with ``open`` and
+    ``os`` paths, which would turn ``gs://b/run`` into a local ``gs:/b/run`` (docs/launch.md: mount the bucket)."""
+    if "://" in text:
+        raise argparse.ArgumentTypeError(f"{text}: a workdir must be a local or mounted path, not a URL; mount the "
+                                         "bucket (gcsfuse, docs/launch.md) and give a path under the mount")
+    return text
+
+
 class UsageError(Exception):
     """A command line that cannot be run (argparse's complaints, overrides without ``--config``)."""
 
