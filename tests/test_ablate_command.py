@@ -92,21 +92,9 @@ def test_configs_parse():
     assert cfg.thresholds == tuple(round(0.1 * i, 1) for i in range(10)) and cfg.quirks.missing_target_as_zero
 
 
-@pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    """`jaxvl demo` (the README's main job) at a few steps: two sweeps pretrained, four checkpoints ablated,
-    the table printed and the report written where it says."""
-    assert main(["demo", "--out", str(tmp_path), "--steps", "20", "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    for name in ("uniter-mrc-kl", "uniter-mrc-xe", "lxmert-mrc-kl", "lxmert-mrc-xe"):
-        region, other = ("MRC-KL", "MRC-XE") if name.endswith("kl") else ("MRC-XE", "MRC-KL")
-        assert re.search(rf"^\| {name} \| \d+ \| .* \| {region} \|", out, re.M), name  # on its trained head
-        assert f"| {name} | {region} phrase |" in out and f"| {name} | {other} phrase |" not in out
-    assert "What the world plants" in out and "| verdict | expected | as expected? |" in out
-    assert f"per-example losses and plots: {tmp_path / 'ablation'}" in out
-    for name in ("table.md", "results.csv", "conditions.png", "thresholds.png"):
-        assert (tmp_path / "ablation" / name).stat().st_size > 0
-    assert (tmp_path / "ablation" / "table.md").read_text().startswith("What the world plants")
+# `jaxvl demo` end to end (the README's main job): tests/test_wheel.py runs it from the installed wheel (the same
+# command, `--steps 20`, on one device as a user runs it) and checks its table and report. (A second, in-process
+# run here on 8 fake devices cost 2-3 minutes of the suite for the same checks.)
 
 
 def test_volta_checkpoint_gives_the_same_numbers(run, tmp_path):

@@ -5,6 +5,7 @@ its command-line errors, and (slow, with libtpu) the tiny UNITER step compiled f
 import importlib.util
 import json
 
+import jax
 import pytest
 
 from jaxvl.aot.chips import CHIPS, gpu_spec, parse_slice
@@ -114,6 +115,33 @@ def test_local_data_parallel_report_counts_the_gradient_all_reduce():
     assert json.loads(report.to_json())["devices"] == 8
 
 
+def test_caption_and_ablation_targets_lower():
+    """The captioner's XE step and the ablation sweep as `jaxvl compile` builds them (``jaxvl.aot.targets``) for 8
+    data-parallel devices, traced and lowered but not compiled (XLA's compile is most of a compile report's time):
+    the descriptions, matmul FLOPs counted from the traced step, and the sweep's FLOPs growing with its members.
+    The two tests below (slow) compile both and read the report."""
+    from jaxvl.aot.targets import ablate_target, caption_target
+    from jaxvl.models.volta.presets import tiny_overrides
+    from jaxvl.runtime.sharding import make_mesh
+
+    mesh = make_mesh(8, 1, 1)
+    caption = caption_target(load_config("caption:ort,tiny"), mesh, 16)
+    assert caption.description.startswith("caption XE tiny") and caption.model_flops > 0 and caption.params > 0
+    cfg = load_config("ablate")
+    cfg.model.name, cfg.checkpoints, cfg.thresholds = "lxmert", "a,b", (0.5,)
+    sweep = ablate_target(cfg, mesh, 16, model_overrides=tiny_overrides("lxmert"))
+    assert sweep.description.startswith("ablate lxmert") and "2 checkpoint(s) x 10 members" in sweep.description
+    cfg.lang4vis = "none"
+    fewer = ablate_target(cfg, mesh, 16, model_overrides=tiny_overrides("lxmert"))
+    assert 0 < fewer.model_flops < sweep.model_flops
+    with jax.set_mesh(mesh):
+        for target in (caption, sweep):
+            assert target.jitted.lower(*target.args).as_text()
+
+
+# The compiled caption and ablation programs (~20 s each): -m slow; not slow, the same targets lowered (above) and
+# the compile report's path (test_local_data_parallel_report_counts_the_gradient_all_reduce).
+@pytest.mark.slow
 def test_local_caption_report():
     """The captioner's XE step compiles through the same path: data parallel over 8 devices, its gradient
     all-reduced (ring cost of the float32 gradient at least), matmul FLOPs counted from the traced step."""
@@ -122,6 +150,7 @@ def test_local_caption_report():
     assert report.collective_bytes["all-reduce"] >= 2 * 7 / 8 * 4 * report.params
 
 
+@pytest.mark.slow
 def test_local_ablation_sweep_report():
     """The ablation sweep compiles through the same path: K stacked checkpoints x every member of the config on
     a batch sharded over 8 devices; nothing crosses devices (each example is evaluated where it lies), and

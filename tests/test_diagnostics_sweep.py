@@ -216,7 +216,10 @@ def test_sweep_equals_a_per_condition_loop_and_compiles_once():
                 np.testing.assert_allclose(got[:, m], result.values[task][metric][:, full], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("preset", ["uniter", "lxmert"])
+# LXMERT (three compiles of its sweep, ~35 s): -m slow. Not slow: the scored rows and member chunks on UNITER here,
+# and the unimodal prefix computed apart, which the shared prefixes reuse, against the whole LXMERT forward
+# (tests/test_models.py::test_unimodal_prefix_apart_equals_the_whole_forward[lxmert]).
+@pytest.mark.parametrize("preset", ["uniter", pytest.param("lxmert", marks=pytest.mark.slow)])
 def test_scored_rows_and_shared_prefixes_equal_the_whole_model_per_member(preset):
     """The default sweep (the MLM head at the phrase's sub-words only, the visual heads at the target region
     only, and for dual-stream models each stream's unimodal prefix once per distinct input) gives the losses of

@@ -138,7 +138,8 @@ def itm_only_update(k: int):
     return jax.device_get(new.params), {key: float(v) for key, v in metrics.items()}
 
 
-@pytest.mark.parametrize("k", [2, 4])
+# k = 4 on the V&L model: -m slow (another compile); not slow, k = 2 here and k = 4 on the linear problem above.
+@pytest.mark.parametrize("k", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_accumulated_vl_update_equals_the_large_batch_update_on_8_devices(k):
     want, wm = itm_only_update(1)
     got, gm = itm_only_update(k)
@@ -148,6 +149,11 @@ def test_accumulated_vl_update_equals_the_large_batch_update_on_8_devices(k):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), got, want)
 
 
+# Two compiles of the real step on 8 devices: -m slow. Not slow: the real step at k = 2 (its run equals the sweep
+# member's in test_sweep_member_accumulates_like_its_single_run), the accumulated update on 8 devices
+# (test_accumulated_vl_update_equals_the_large_batch_update_on_8_devices[2]) and the microbatches' shardings
+# (test_microbatches_are_strided_and_stay_split_over_the_batch_axes).
+@pytest.mark.slow
 def test_pretraining_step_accumulates_on_8_devices():
     """The real step at k = 2: finite loss and parts, the metrics of k = 1, state kept in its shardings."""
     model, ocfg, tx, mesh, batch, state = vl_setup()

@@ -196,6 +196,12 @@ def pretrained(world, tmp_path_factory):
     return run
 
 
+# The two commands end to end on the LMDBs read in place (-m slow: the fixture's pretraining compiles a train step on
+# 8 devices). Not slow: what they read (test_records_equal_the_prepared_records, in every layout, and
+# test_ablation_phrases_equal_the_prepared_records), resume, host shards and workers above, and the commands end to
+# end on prepared data (tests/test_pretrain.py::test_pretrain_command_end_to_end,
+# tests/test_ablate_command.py::test_ablate_writes_the_report).
+@pytest.mark.slow
 def test_pretrain_reads_in_place_with_no_prepare_step(world, pretrained, tmp_path):
     """Pretraining on ``volta-cc:PATH`` trains and evaluates with no dataset written: no ``<workdir>/data``, and
     ``resolve_dataset`` returns the source string as it is."""
@@ -243,6 +249,7 @@ def test_ablation_phrases_equal_the_prepared_records(world, tmp_path):
         open_split(_f30k(world), "train")
 
 
+@pytest.mark.slow  # end to end, as test_pretrain_reads_in_place_with_no_prepare_step
 def test_ablate_reads_in_place_with_no_prepare_step(world, pretrained, tmp_path):
     from jaxvl.data.builders.ablation import AblationPhrases
 

@@ -280,6 +280,10 @@ def test_coalition_inputs_remove_as_stated(removal):
 WORLD = "synthetic:num_images=32,val_images=8"
 
 
+# End to end (its own pretraining, then four probe runs): -m slow. Not slow: `jaxvl probe mmshap` on a pretrained
+# checkpoint (tests/test_probes_command.py::test_probe_mmshap_writes_its_plot), the bad removal and chunk
+# (test_bad_arguments), mask removal (test_items_per_call_and_sharding_keep_the_values[uniter-mask]) and efficiency.
+@pytest.mark.slow
 def test_probe_mmshap_command(tmp_path, capsys):
     from jaxvl.cli import main
 

@@ -71,7 +71,10 @@ def test_remat_keeps_parameters_loss_and_gradients(name, scan, remat):
     jax.tree_util.tree_map_with_path(close, grads, want_grads)
 
 
-@pytest.mark.parametrize("scan", [False, True])
+# Unscanned: -m slow (an LXMERT forward compiled twice, ~20 s); its remat path keeps the loss and gradients in
+# test_remat_keeps_parameters_loss_and_gradients[uniter-False-*], and the sown attention under remat is checked here
+# with scan_layers.
+@pytest.mark.parametrize("scan", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_remat_keeps_hidden_states_and_sown_attention(scan):
     """The forward pass with every output asked for (hidden states, sown attention weights) is unchanged."""
     batch, _ = data()

@@ -238,11 +238,17 @@ def spec(tree: Any, path: tuple[str, ...]) -> PartitionSpec:
     return traverse_util.flatten_dict(tree)[path].spec
 
 
-def test_padded_word_table_shards_over_tensor_and_trains_the_same():
+def tensor_case():
+    """The models, objective and host batch (``setup``), an optimizer for one step, and the (data 2, tensor 4) mesh
+    with the batch on it."""
     plain, padded, ocfg, host = setup()
     tx = make_optimizer(OptimizerConfig(total_steps=1, warmup_fraction=0.0, learning_rate=1e-3))
     mesh = make_mesh(data=2, tensor=4)
-    batch = to_global(host, mesh)
+    return plain, padded, ocfg, host, tx, mesh, to_global(host, mesh)
+
+
+def test_padded_word_table_shards_over_tensor():
+    plain, padded, _, _, tx, mesh, batch = tensor_case()
     assert plain.cfg.vocab_size % 4 and plain.cfg.visual_targets["0"] % 4
     unsharded = state_shardings(plain, tx, batch, mesh).params
     assert spec(unsharded, WORDS) == PartitionSpec(None, None)  # does not divide: replicated
@@ -251,6 +257,15 @@ def test_padded_word_table_shards_over_tensor_and_trains_the_same():
     assert spec(shardings.params, WORDS) == PartitionSpec("tensor", None)
     assert spec(shardings.params, ("mlm", "bias")) == PartitionSpec("tensor")
     assert spec(shardings.params, ("image_predictions", "decoder_0", "kernel")) == PartitionSpec(None, "tensor")
+
+
+# One train step compiled twice (~20-30 s): -m slow. Not slow: the sharding above, the padded model's losses and
+# gradients equal to the unpadded model's (test_outputs_losses_and_gradients_are_the_unpadded_models), and a tensor
+# = 4 step equal to one device's (tests/test_train_step.py::test_loss_curve_is_the_same_on_every_mesh[uniter-tensor]).
+@pytest.mark.slow
+def test_padded_word_table_sharded_over_tensor_trains_the_same():
+    plain, padded, ocfg, host, tx, mesh, batch = tensor_case()
+    assert spec(state_shardings(padded, tx, batch, mesh).params, WORDS) == PartitionSpec("tensor", None)
 
     def one_step(model, mesh, batch):
         state = init_state(model, tx, jax.random.key(0), batch, mesh, compiler_options=FAST_COMPILE)

@@ -1,5 +1,8 @@
 """The built wheel, installed into a fresh virtual environment, runs ``jaxvl demo`` from outside the repository.
 
+The demo's run is also the test of ``jaxvl demo`` itself (the README's main job, as a user runs it: one device):
+two sweeps pretrained, four checkpoints ablated, the table printed and the report written where it says.
+
 The wheel is built from a clean copy of the packaging inputs (``setup.cfg``, ``pyproject.toml``, ``README.md``,
 ``jaxvl/``), so that neither a stale ``build/`` directory nor the repository's ``__pycache__`` reaches it, and
 without build isolation (no network: the current environment's setuptools builds it). The fresh environment sees
@@ -12,6 +15,7 @@ The test checks that ``jaxvl`` imports from the fresh environment, not from the 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -97,8 +101,17 @@ def test_wheel_installs_and_runs_the_demo_outside_the_repository(tmp_path):
 
     out = run([str(venv / "bin" / "jaxvl"), "demo", "--steps", "20", "--out", str(work / "demo")], work, env,
               timeout=1800).stdout
+    # the demo at a few steps: each member's row read on the region head it trained
     for member in MEMBERS:
         assert f"| {member} |" in out, out[-4000:]
-    table = work / "demo" / "ablation" / "table.md"
-    assert table.stat().st_size > 0 and table.read_text().splitlines()[0] in out
+        region, other = ("MRC-KL", "MRC-XE") if member.endswith("kl") else ("MRC-XE", "MRC-KL")
+        assert re.search(rf"^\| {member} \| \d+ \| .* \| {region} \|", out, re.M), member
+        assert f"| {member} | {region} phrase |" in out and f"| {member} | {other} phrase |" not in out
+    assert "What the world plants" in out and "| verdict | expected | as expected? |" in out
+    report = work / "demo" / "ablation"
+    assert f"per-example losses and plots: {report}" in out
+    for name in ("table.md", "results.csv", "conditions.png", "thresholds.png"):
+        assert (report / name).stat().st_size > 0, name
+    table = report / "table.md"
+    assert table.read_text().startswith("What the world plants") and table.read_text().splitlines()[0] in out
     print(f"wheel built and installed in {built - start:.0f} s; the demo ran in {time.perf_counter() - built:.0f} s")
