@@ -1,12 +1,15 @@
 """Multi-host pretraining: 2 processes on 127.0.0.1 with 2 CPU devices each (jax.distributed, gloo) give
-the same per-step losses as 1 process with 4 devices, and write one shared checkpoint."""
+the same per-step losses as 1 process with 4 devices, and write one shared checkpoint; a SIGTERM to one of them
+checkpoints both at one step."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +65,32 @@ def test_two_processes_match_one(tmp_path):
     assert len(one) == len(two) == 4
     np.testing.assert_allclose(two, one, rtol=1e-5)
     assert (tmp_path / "multi" / "checkpoints" / "4" / "commit_success.txt").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_checkpoints_both_at_one_step(tmp_path):
+    """A preempted worker of a pod gets SIGTERM alone: JAX's preemption service (not a per-process Python handler,
+    which left the other process waiting in the next step's collectives forever) stops both processes at the same
+    step, with one committed checkpoint there, and both exit as preempted (143)."""
+    port = _free_port()
+    workdir = tmp_path / "multi"
+    procs = [subprocess.Popen(_command(workdir, tmp_path / "data", f"--coordinator=127.0.0.1:{port}",
+                                       "--num-processes=2", f"--process-id={i}", "--config.steps=100000",
+                                       "--config.checkpoint.every=100000"),
+                              env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    try:
+        metrics, start = workdir / "metrics.jsonl", time.monotonic()
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+            assert time.monotonic() - start < 300 and all(p.poll() is None for p in procs), "training did not start"
+            time.sleep(0.5)
+        procs[1].send_signal(signal.SIGTERM)  # process 1 only: process 0 is not signalled
+        outputs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [143, 143], "\n\n".join(o[-3000:] for o in outputs)
+    (step,) = os.listdir(workdir / "checkpoints")
+    assert (workdir / "checkpoints" / step / "commit_success.txt").exists()
+    for output in outputs:
+        assert f"preempted at step {step} (checkpoint {step})" in output

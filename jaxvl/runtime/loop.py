@@ -86,10 +86,26 @@ def log(msg: str) -> None:
 
 
 class Preemption:
-    """SIGTERM -> a flag the loop polls (with JAX's preemption sync point on multi-host runs)."""
+    """SIGTERM -> a flag the loop polls.
+
+    One process: a Python SIGTERM handler sets it. Several processes (``jax.distributed``): every process must
+    stop at the same step, or the others wait forever in the next step's collectives (measured: a SIGTERM to one
+    of two processes hung both). So no Python handler is installed there: JAX's preemption service (on by
+    default, ``jax_enable_preemption_service``) catches SIGTERM in any process and
+    ``multihost_utils.reached_preemption_sync_point(step)`` turns true in all of them at one step. With the
+    service off, a multi-process run is warned that SIGTERM is not handled.
+    """
 
     def __init__(self):
         self.requested = False
+        self._previous = None
+        self.synced = jax.process_count() > 1
+        if self.synced:
+            if not jax.config.jax_enable_preemption_service:
+                log("warning: jax_enable_preemption_service is off: a SIGTERM to one process cannot stop all "
+                    "processes at one step, so this multi-process run does not checkpoint on SIGTERM")
+                self.synced = False
+            return  # JAX's preemption notifier owns SIGTERM (a Python handler would replace it)
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread: the caller manages signals
@@ -99,10 +115,11 @@ class Preemption:
         self.requested = True
 
     def check(self, step: int) -> bool:
-        if jax.process_count() > 1:
+        """Whether to checkpoint and stop after ``step`` (the same answer in every process)."""
+        if self.synced:
             from jax.experimental import multihost_utils
 
-            return self.requested or multihost_utils.reached_preemption_sync_point(step)
+            return multihost_utils.reached_preemption_sync_point(step)
         return self.requested
 
     def restore(self) -> None:
