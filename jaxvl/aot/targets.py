@@ -63,7 +63,7 @@ def pretrain_target(cfg: ConfigDict, mesh: Mesh, batch_size: int | None = None, 
                     regions: int = VOLTA_REGIONS, model_overrides: dict[str, Any] | None = None) -> Target:
     """The pretraining step of ``cfg`` (a ``jaxvl/configs/pretrain.py`` config) on ``mesh`` for a global batch of
     ``batch_size`` (default ``cfg.data.batch_size``). The model is built at the preset's full size (the
-    config's ``model.tiny`` keeps the test sizes), with its dtype, scan, padding and remat settings;
+    config's ``model.tiny`` keeps the test sizes), with its dtype, scan, padding, remat and weight-gradient settings;
     ``model_overrides``: further ``VLConfig`` fields (e.g. a wider, deeper plan: ``scaled_single_stream``)."""
     from jaxvl.pretrain.flops import train_flops
     from jaxvl.pretrain.loss import ObjectiveConfig
@@ -73,7 +73,8 @@ def pretrain_target(cfg: ConfigDict, mesh: Mesh, batch_size: int | None = None, 
     batch_size = batch_size or cfg.data.batch_size
     model_kwargs: dict[str, Any] = dict(dtype=cfg.model.dtype, scan_layers=cfg.model.scan_layers,
                                         visual_target_weights=dict(cfg.model.visual_target_weights),
-                                        pad_to_multiple_of=cfg.model.get("pad_to_multiple_of", 1))
+                                        pad_to_multiple_of=cfg.model.get("pad_to_multiple_of", 1),
+                                        weight_grad_dtype=cfg.model.get("weight_grad_dtype", "float32"))
     if cfg.model.get("remat", "none") != "none":
         model_kwargs["remat"] = cfg.model.remat
     model = get_model(cfg.model.name, cfg.model.tiny, **model_kwargs, **(model_overrides or {}))

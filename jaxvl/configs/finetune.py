@@ -93,7 +93,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     cfg.epochs = task["epochs"]
     cfg.task = ConfigDict(dict(name=args.task, volta_task=task["volta_task"], type=task["type"],
                                num_labels=task["num_labels"], num_clf_layers=1))
-    cfg.model = ConfigDict(dict(name=args.model, tiny=args.tiny, dtype="float32", scan_layers=False))
+    # weight_grad_dtype: with dtype bfloat16, "float32" or "compute" (jaxvl.configs.pretrain's model block)
+    cfg.model = ConfigDict(dict(name=args.model, tiny=args.tiny, dtype="float32", scan_layers=False,
+                                weight_grad_dtype="float32"))
     cfg.data = ConfigDict(dict(
         # synthetic-<task>: the embedded world; else VOLTA's task files with their feature store
         # (jaxvl.finetune.files: volta:ROOT,features=LMDB, ROOT the yml's dataroot, e.g.

@@ -165,6 +165,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
         # Activation rematerialisation in the backward pass: "none" (keep every activation), "full" (recompute
         # each encoder sub-layer / scanned block) or "dots" (keep only matmul outputs, recompute the rest).
         remat="none",
+        # With dtype bfloat16: the dtype the dense layers' weight gradients are produced and all-reduced in:
+        # "float32" (exact sums across devices) or "compute" (bf16 partials summed in bf16: up to half the
+        # all-reduce bytes, an error growing with the device count; BENCHMARKS.md "bf16 weight gradients").
+        weight_grad_dtype="float32",
         visual_target_weights={"3": 1.0} if "xent" in variants else {"0": 1.0},
     ))
 

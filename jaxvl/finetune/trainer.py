@@ -75,7 +75,7 @@ def task_model(cfg: ConfigDict, split: TaskSplit) -> VLBertForVLTasks:
     overrides = dict(vocab_size=split.tokenizer.vocab_size, v_feature_size=features.shape[-1],
                      max_position_embeddings=max(64, cfg.data.max_seq_length)) if cfg.model.tiny else {}
     base = get_model(cfg.model.name, cfg.model.tiny, dtype=cfg.model.dtype, scan_layers=cfg.model.scan_layers,
-                     **overrides)
+                     weight_grad_dtype=cfg.model.get("weight_grad_dtype", "float32"), **overrides)
     if not cfg.model.tiny:
         if base.cfg.v_feature_size != features.shape[-1]:
             raise ValueError(f"model {cfg.model.name}: v_feature_size {base.cfg.v_feature_size} vs data "

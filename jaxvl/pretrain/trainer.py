@@ -244,7 +244,8 @@ def pretrain_stage(cfg: ConfigDict, workdir: str, vision_only: bool = False, ini
     model = get_model(cfg.model.name, cfg.model.tiny, dtype=cfg.model.dtype, scan_layers=cfg.model.scan_layers,
                       visual_target_weights=dict(cfg.model.visual_target_weights),
                       pad_to_multiple_of=cfg.model.get("pad_to_multiple_of", 1),
-                      remat=cfg.model.get("remat", "none"), **fitted)
+                      remat=cfg.model.get("remat", "none"),
+                      weight_grad_dtype=cfg.model.get("weight_grad_dtype", "float32"), **fitted)
     stage_cfg = cfg.vision_stage if vision_only else cfg
     steps = int(stage_cfg.steps) or math.ceil(stage_cfg.epochs * len(source) / cfg.data.batch_size)
     opt_cfg = OptimizerConfig(total_steps=steps, **cfg.optimizer.to_dict())

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from jaxvl.models.layers import WEIGHT_GRAD_DTYPES
 from jaxvl.models.volta.plan import LIST_KEYS, MAP_KEYS, Sublayer, SublayerPlan, unimodal_prefix
 
 # VOLTA's visual target heads: key -> output size (volta/losses.py `pre_vis_targets`).
@@ -22,7 +23,7 @@ IMAGE_EMBEDDINGS = ("vilbert", "lxmert", "uniter", "visualbert", "vl-bert")
 DUAL_EMBEDDINGS = ("vilbert", "lxmert")
 # VLConfig fields that VOLTA's JSON does not have (written to / read from VOLTA configs never).
 JAXVL_ONLY = frozenset({"plan", "num_object_classes", "num_attribute_classes", "dtype", "scan_layers",
-                        "fused_attention", "pad_to_multiple_of", "remat"})
+                        "fused_attention", "pad_to_multiple_of", "remat", "weight_grad_dtype"})
 # Activation rematerialisation policies of the encoder (``VLConfig.remat``).
 REMAT_POLICIES = ("none", "full", "dots")
 
@@ -71,7 +72,9 @@ class VLConfig:
     # targets' widths are padded to (``padded_vocab_size``; 1: no padding, VOLTA's exact shapes), and what the
     # backward pass recomputes (``REMAT_POLICIES``: "none" keeps every activation, "full" recomputes each
     # encoder sub-layer (each scanned block with ``scan_layers``), "dots" keeps only its matmul outputs);
-    # remat changes memory and time, never parameters or outputs.
+    # remat changes memory and time, never parameters or outputs; below float32, the dtype the dense layers'
+    # weight gradients are produced and all-reduced in (``jaxvl.models.layers.WEIGHT_GRAD_DTYPES``: "float32",
+    # or "compute": the matmul dtype, up to half the all-reduce bytes, the cross-device sum rounded in bf16).
     num_object_classes: int = 1600
     num_attribute_classes: int = 400
     dtype: str = "float32"
@@ -79,6 +82,7 @@ class VLConfig:
     fused_attention: bool = True
     pad_to_multiple_of: int = 1
     remat: str = "none"
+    weight_grad_dtype: str = "float32"
 
     def __post_init__(self):
         if self.image_embeddings not in IMAGE_EMBEDDINGS:
@@ -102,6 +106,8 @@ class VLConfig:
             raise ValueError(f"pad_to_multiple_of={self.pad_to_multiple_of!r}; expected an int >= 1")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
+        if self.weight_grad_dtype not in WEIGHT_GRAD_DTYPES:
+            raise ValueError(f"weight_grad_dtype={self.weight_grad_dtype!r}; expected one of {WEIGHT_GRAD_DTYPES}")
         self.sublayers  # noqa: B018 -- validates the plan against the sizes
 
     @property

@@ -94,10 +94,9 @@ class _RegionProjections(nn.Module):
 
     def _projections(self):
         c = self.cfg
-        self.image_embeddings = dense(c.v_hidden_size, ("feature", "embed"), name="image_embeddings",
-                                      stddev=c.initializer_range, dtype=c.dtype)
-        self.image_location_embeddings = dense(c.v_hidden_size, (None, "embed"), name="image_location_embeddings",
-                                               stddev=c.initializer_range, dtype=c.dtype)
+        kw = dict(stddev=c.initializer_range, dtype=c.dtype, weight_grad_dtype=c.weight_grad_dtype)
+        self.image_embeddings = dense(c.v_hidden_size, ("feature", "embed"), name="image_embeddings", **kw)
+        self.image_location_embeddings = dense(c.v_hidden_size, (None, "embed"), name="image_location_embeddings", **kw)
 
 
 class ViLBertVisualEmbeddings(_RegionProjections):
@@ -153,7 +152,7 @@ class VisualBertEmbeddings(_TextTables):
         self._tables()
         self.norm = layer_norm(c.layer_norm_eps, name="norm")
         self.projection = dense(c.hidden_size, ("feature", "embed"), name="projection", stddev=c.initializer_range,
-                                dtype=c.dtype)
+                                dtype=c.dtype, weight_grad_dtype=c.weight_grad_dtype)
         self.token_type_embeddings_visual = embed(c.type_vocab_size, c.hidden_size, name="token_type_embeddings_visual",
                                                   stddev=c.initializer_range)
         self.position_embeddings_visual = embed(c.max_position_embeddings, c.hidden_size,
@@ -185,7 +184,7 @@ class VisualLinguisticBertEmbeddings(_TextTables):
         self._tables()
         self.norm = layer_norm(c.layer_norm_eps, name="norm")
         self.obj_downsample = dense(c.v_hidden_size, ("feature", "embed"), name="obj_downsample", xavier=True,
-                                    dtype=c.dtype)
+                                    dtype=c.dtype, weight_grad_dtype=c.weight_grad_dtype)
         def init_1(n: str, f: int, init):
             return self.param(n, nn.with_logical_partitioning(init, (None, "embed")), (1, f))
 

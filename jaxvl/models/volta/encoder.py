@@ -38,11 +38,11 @@ class AttentionSublayer(nn.Module):
 
         def proj(n: str) -> nn.DenseGeneral:
             return dense((heads, width // heads), ("embed", "heads", "kv"), dtype=c.dtype, name=prefix + n,
-                         stddev=c.initializer_range)
+                         stddev=c.initializer_range, weight_grad_dtype=c.weight_grad_dtype)
 
         return dict(query=proj("query"), key=proj("key"), value=proj("value"),
                     out=dense(out, ("heads", "kv", "embed"), axis=(-2, -1), dtype=c.dtype, name=prefix + "out",
-                              stddev=c.initializer_range),
+                              stddev=c.initializer_range, weight_grad_dtype=c.weight_grad_dtype),
                     norm=layer_norm(c.layer_norm_eps, name=prefix + "norm"))
 
     def setup(self):
@@ -93,8 +93,9 @@ class FeedForwardSublayer(nn.Module):
 
     def _stream(self, prefix: str, width: int, hidden: int):
         c = self.cfg
-        return dict(wi=dense(width, ("embed", "mlp"), dtype=c.dtype, name=prefix + "wi", stddev=c.initializer_range),
-                    wo=dense(hidden, ("mlp", "embed"), dtype=c.dtype, name=prefix + "wo", stddev=c.initializer_range),
+        kw = dict(dtype=c.dtype, stddev=c.initializer_range, weight_grad_dtype=c.weight_grad_dtype)
+        return dict(wi=dense(width, ("embed", "mlp"), name=prefix + "wi", **kw),
+                    wo=dense(hidden, ("mlp", "embed"), name=prefix + "wo", **kw),
                     norm=layer_norm(c.layer_norm_eps, name=prefix + "norm"))
 
     def setup(self):

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxvl.models.layers import activation, dense, layer_norm
+from jaxvl.models.layers import activation, dense, dense_class, layer_norm
 from jaxvl.models.volta.config import VLConfig
 from jaxvl.models.volta.embeddings import zero_padded_init
 
@@ -31,10 +31,13 @@ class Pooler(nn.Module):
     size: int
     act: str = "relu"
     dtype: str = "float32"
+    weight_grad_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, hidden: jax.Array) -> jax.Array:
-        return activation(self.act)(dense(self.size, ("embed", "pooler"), dtype=self.dtype, name="dense")(hidden[:, 0]))
+        pooled = dense(self.size, ("embed", "pooler"), dtype=self.dtype, name="dense",
+                       weight_grad_dtype=self.weight_grad_dtype)(hidden[:, 0])
+        return activation(self.act)(pooled)
 
 
 class MLMHead(nn.Module):
@@ -46,7 +49,8 @@ class MLMHead(nn.Module):
     @nn.compact
     def __call__(self, hidden: jax.Array, decode: Callable[[jax.Array], jax.Array]) -> jax.Array:
         c = self.cfg
-        h = dense(c.hidden_size, ("embed", "embed"), dtype=c.dtype, name="transform", xavier=True)(hidden)
+        h = dense(c.hidden_size, ("embed", "embed"), dtype=c.dtype, name="transform", xavier=True,
+                  weight_grad_dtype=c.weight_grad_dtype)(hidden)
         h = layer_norm(c.layer_norm_eps, name="norm")(activation(c.hidden_act)(h))
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                           (c.padded_vocab_size,))
@@ -54,10 +58,11 @@ class MLMHead(nn.Module):
         return logits if c.padded_vocab_size == c.vocab_size else logits[..., :c.vocab_size]
 
 
-def padded_decoder(size: int, padded: int, dtype: str, name: str) -> nn.DenseGeneral:
+def padded_decoder(size: int, padded: int, dtype: str, name: str, weight_grad_dtype: str = "float32"
+                   ) -> nn.DenseGeneral:
     """A decoder [.., in] -> [.., padded] (kernel axes ``embed``, ``classes``; xavier-uniform) whose columns past
     ``size`` start at zero: ``dense(padded, ...)`` with the kernel drawn at its true width (``zero_padded_init``)."""
-    return nn.DenseGeneral(
+    return dense_class(dtype, weight_grad_dtype)(
         padded, dtype=jnp.dtype(dtype), param_dtype=jnp.float32, name=name,
         kernel_init=nn.with_logical_partitioning(zero_padded_init(nn.initializers.xavier_uniform(), -1, size),
                                                  ("embed", "classes")),
@@ -75,15 +80,17 @@ class ImagePredictionHead(nn.Module):
     def __call__(self, hidden: jax.Array) -> dict[str, jax.Array]:
         c = self.cfg
         h = activation(c.hidden_act)(dense(c.v_hidden_size, ("embed", "embed"), dtype=c.dtype, name="transform",
-                                           xavier=True)(hidden))
+                                           xavier=True, weight_grad_dtype=c.weight_grad_dtype)(hidden))
         if c.image_head_ln:
             h = layer_norm(c.layer_norm_eps, name="norm")(h)
         out = {}
         for key, size in c.visual_targets.items():
             padded = c.padded_visual_targets[key]
             if padded == size:
-                decoder = dense(size, ("embed", "classes"), dtype=c.dtype, name=f"decoder_{key}", xavier=True)
+                decoder = dense(size, ("embed", "classes"), dtype=c.dtype, name=f"decoder_{key}", xavier=True,
+                                weight_grad_dtype=c.weight_grad_dtype)
                 out[key] = decoder(h).astype(jnp.float32)
             else:
-                out[key] = padded_decoder(size, padded, c.dtype, f"decoder_{key}")(h).astype(jnp.float32)[..., :size]
+                decoder = padded_decoder(size, padded, c.dtype, f"decoder_{key}", c.weight_grad_dtype)
+                out[key] = decoder(h).astype(jnp.float32)[..., :size]
         return out

@@ -58,9 +58,9 @@ class VLBertModel(nn.Module):
             self.embeddings = SHARED_EMBEDDINGS[c.image_embeddings](c)
         self.encoder = Encoder(c, self.sow_weights)
         if c.fusion_method != "none":
-            self.t_pooler = Pooler(c.pooler_size, c.fusion_act, c.dtype)
+            self.t_pooler = Pooler(c.pooler_size, c.fusion_act, c.dtype, c.weight_grad_dtype)
         if c.fusion_method in ("mul", "sum"):
-            self.v_pooler = Pooler(c.v_pooler_size, c.fusion_act, c.dtype)
+            self.v_pooler = Pooler(c.v_pooler_size, c.fusion_act, c.dtype, c.weight_grad_dtype)
 
     def word_logits(self, hidden: jax.Array) -> jax.Array:
         """[..., hidden] -> [..., padded_vocab_size]: scores against the word-embedding table (the tied MLM
@@ -144,7 +144,8 @@ class VLBertForPreTraining(nn.Module):
         self.mlm = MLMHead(c)
         self.image_predictions = ImagePredictionHead(c)
         if c.fusion_method != "none":
-            self.itm = dense(c.itm_dim, ("pooler", "classes"), dtype=c.dtype, name="itm", xavier=True)
+            self.itm = dense(c.itm_dim, ("pooler", "classes"), dtype=c.dtype, name="itm", xavier=True,
+                             weight_grad_dtype=c.weight_grad_dtype)
 
     def __call__(self, input_ids, features, locations, token_type_ids=None, text_mask=None, region_mask=None,
                  deterministic: bool = True, output_hidden_states: bool = False,

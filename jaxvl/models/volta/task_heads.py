@@ -122,13 +122,14 @@ class SimpleClassifier(nn.Module):
     eps: float
     stddev: float
     dtype: str = "float32"
+    weight_grad_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = dense(self.hidden, ("pooler", "mlp"), dtype=self.dtype, name="hidden", stddev=self.stddev)(x)
+        kw = dict(dtype=self.dtype, stddev=self.stddev, weight_grad_dtype=self.weight_grad_dtype)
+        h = dense(self.hidden, ("pooler", "mlp"), name="hidden", **kw)(x)
         h = layer_norm(self.eps, axis_name="mlp", name="norm")(activation("gelu")(h))
-        return dense(self.out, ("mlp", "classes"), dtype=self.dtype, name="logits", stddev=self.stddev)(h).astype(
-            jnp.float32)
+        return dense(self.out, ("mlp", "classes"), name="logits", **kw)(h).astype(jnp.float32)
 
 
 class LinearHead(nn.Module):
@@ -138,11 +139,12 @@ class LinearHead(nn.Module):
     out: int
     stddev: float
     dtype: str = "float32"
+    weight_grad_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, pooled: jax.Array) -> jax.Array:
-        return dense(self.out, ("pooler", "classes"), dtype=self.dtype, name="logits", stddev=self.stddev)(
-            pooled).astype(jnp.float32)
+        return dense(self.out, ("pooler", "classes"), dtype=self.dtype, name="logits", stddev=self.stddev,
+                     weight_grad_dtype=self.weight_grad_dtype)(pooled).astype(jnp.float32)
 
 
 class RegionLogit(nn.Module):
@@ -155,12 +157,11 @@ class RegionLogit(nn.Module):
     @nn.compact
     def __call__(self, vision: jax.Array, deterministic: bool = True) -> jax.Array:
         c = self.cfg
+        kw = dict(dtype=c.dtype, stddev=c.initializer_range, weight_grad_dtype=c.weight_grad_dtype)
         if self.num_clf_layers == 2:
-            vision = dense(c.v_hidden_size, ("embed", "embed"), dtype=c.dtype, name="hidden",
-                           stddev=c.initializer_range)(vision)
+            vision = dense(c.v_hidden_size, ("embed", "embed"), name="hidden", **kw)(vision)
             vision = dropout(self, activation("gelu")(vision), c.v_attention_probs_dropout_prob, deterministic)
-        return dense(1, ("embed", "classes"), dtype=c.dtype, name="logits", stddev=c.initializer_range)(
-            vision).astype(jnp.float32)
+        return dense(1, ("embed", "classes"), name="logits", **kw)(vision).astype(jnp.float32)
 
 
 class TaskHeads(nn.Module):
@@ -188,12 +189,12 @@ class TaskHeads(nn.Module):
             elif t.type == "VL-binary-classifier":
                 pairs = pooled.reshape(pooled.shape[0] // 2, 2 * pooled.shape[1])
                 out[t.name] = SimpleClassifier(self.clf_hidden_size, 2, c.layer_norm_eps, std, c.dtype,
-                                               name=t.name)(pairs)
+                                               c.weight_grad_dtype, name=t.name)(pairs)
             elif t.type in ("VL-classifier", "VL-classifier-GQA"):
                 out[t.name] = SimpleClassifier(self.clf_hidden_size, t.num_labels, c.layer_norm_eps, std, c.dtype,
-                                               name=t.name)(pooled)
+                                               c.weight_grad_dtype, name=t.name)(pooled)
             else:  # VL-tri-classifier, VL-logit: one Linear
-                out[t.name] = LinearHead(t.num_outputs, std, c.dtype, name=t.name)(pooled)
+                out[t.name] = LinearHead(t.num_outputs, std, c.dtype, c.weight_grad_dtype, name=t.name)(pooled)
         return out if task is None else out[task]
 
 
