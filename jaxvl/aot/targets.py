@@ -77,7 +77,7 @@ def pretrain_target(cfg: ConfigDict, mesh: Mesh, batch_size: int | None = None, 
                                         weight_grad_dtype=cfg.model.get("weight_grad_dtype", "float32"))
     if cfg.model.get("remat", "none") != "none":
         model_kwargs["remat"] = cfg.model.remat
-    model = get_model(cfg.model.name, cfg.model.tiny, **model_kwargs, **(model_overrides or {}))
+    model = get_model(cfg.model.name, cfg.model.tiny, **{**model_kwargs, **(model_overrides or {})})
     if cfg.model.tiny:
         text_len, regions = min(text_len, cfg.data.max_seq_length), min(regions, 6)
     tokens = {"mask_id": 103, "cls_id": 101, "sep_id": 102}  # bert-base-uncased's [MASK], [CLS], [SEP]
