@@ -69,29 +69,15 @@ def _caption_args(verb: str) -> Callable[[argparse.ArgumentParser], None]:
     return add
 
 
-def _ablate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", required=True, type=workdir_path,
-                   help="results.csv/jsonl, table.md, per-example losses, plots")
+def _workdir_args(what: str) -> Callable[[argparse.ArgumentParser], None]:
+    """The arguments of a command whose only flag is ``--workdir`` (a local or mounted path), ``what`` its help."""
+    def add(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--workdir", required=True, type=workdir_path, help=what)
+    return add
 
 
-def _probe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", required=True, type=workdir_path,
-                   help="<name>/emap.json and <name>/table.md per checkpoint, table.md")
-
-
-def _probe_mmshap_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", required=True, type=workdir_path,
-                   help="<name>/mmshap.json and <name>/table.md per checkpoint, table.md")
-
-
-def _probe_mirror_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", required=True, type=workdir_path,
-                   help="<name>/mirror.json and <name>/table.md per checkpoint, table.md")
-
-
-def _probe_colour_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", required=True, type=workdir_path,
-                   help="<name>/colour.json and <name>/table.md per checkpoint, table.md")
+def _probe_workdir_args(probe: str) -> Callable[[argparse.ArgumentParser], None]:
+    return _workdir_args(f"<name>/{probe}.json and <name>/table.md per checkpoint, table.md")
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
@@ -225,7 +211,7 @@ COMMANDS: tuple[Command, ...] = (
             ("jaxvl ablate --config ablate:tiny --workdir runs/ablate --config.checkpoints=runs/uniter_tiny",
              "jaxvl ablate --config ablate --workdir runs/ablate_f30k --config.checkpoints=runs/uniter/vl "
              "--config.data.dataset=data/jaxvl_ablation_phrases/f30k/1.0.0 --config.data.vocab_file=vocab.txt"),
-            cmd_ablate, _ablate_args, config="ablate"),
+            cmd_ablate, _workdir_args("results.csv/jsonl, table.md, per-example losses, plots"), config="ablate"),
     Command("probe emap", "EMAP: does the ITM head need cross-modal interactions? (N x N pairs, compiled blocks)",
             "EMAP (Hessel & Lee, 2020) of trained checkpoints: scores all N x N (text, image) pairings of N items of "
             "a pretraining split with the ITM head in compiled blocks (dual-stream models run their unimodal prefix "
@@ -236,7 +222,7 @@ COMMANDS: tuple[Command, ...] = (
              "jaxvl probe emap --config probes:emap --workdir runs/emap_volta --config.checkpoints=pytorch_model_9.bin "
              "--config.model.name=uniter --config.data.dataset=data/jaxvl_volta_cc/default/1.0.0 "
              "--config.data.vocab_file=vocab.txt"),
-            cmd_probe, _probe_args, config="probes"),
+            cmd_probe, _probe_workdir_args("emap"), config="probes"),
     Command("probe mmshap", "MM-SHAP: how much of the ITM score is text vs image (Shapley values, compiled coalitions)",
             "MM-SHAP (Parcalabescu & Frank, 2023) of trained checkpoints: per item of a pretraining split (a caption "
             "with its own image), Shapley values of its caption sub-words and detector regions for the ITM match "
@@ -249,7 +235,7 @@ COMMANDS: tuple[Command, ...] = (
              "--config.checkpoints=pytorch_model_9.bin --config.model.name=uniter "
              "--config.data.dataset=data/jaxvl_volta_cc/default/1.0.0 --config.data.vocab_file=vocab.txt "
              "--config.removal=mask"),
-            cmd_probe, _probe_mmshap_args, config="probes"),
+            cmd_probe, _probe_workdir_args("mmshap"), config="probes"),
     Command("probe mirror", "positional skew: flip the boxes left-right, with and without swapping left/right",
             "The mirror probe of trained checkpoints: items of a pretraining split whose captions hold a mirrored word "
             "(left / right), scored as they are, with the boxes flipped horizontally (x -> 1 - x, the global box "
@@ -258,7 +244,7 @@ COMMANDS: tuple[Command, ...] = (
             "alone (mirror.json, table.md).",
             ("jaxvl probe mirror --config probes:mirror,tiny --workdir runs/mirror "
              "--config.checkpoints=runs/uniter_tiny",),
-            cmd_probe, _probe_mirror_args, config="probes"),
+            cmd_probe, _probe_workdir_args("mirror"), config="probes"),
     Command("probe colour", "colour use: colour-word foils and a colour subspace of the features projected out",
             "The colour probe of trained checkpoints: items whose captions hold a colour word, scored with the word "
             "swapped for another colour (ITM match score; MLM preference for the true colour at the masked colour "
@@ -266,7 +252,7 @@ COMMANDS: tuple[Command, ...] = (
             "loss on the colour token) (colour.json, table.md).",
             ("jaxvl probe colour --config probes:colour,tiny --workdir runs/colour "
              "--config.checkpoints=runs/uniter_tiny --config.colour.basis=worlds/colour/colour_basis.npy",),
-            cmd_probe, _probe_colour_args, config="probes"),
+            cmd_probe, _probe_workdir_args("colour"), config="probes"),
     Command("world export", "write a synthetic world in VOLTA's file formats (CC LMDBs, Flickr30k Entities)",
             "Writes a synthetic world with planted cross-modal structure as the files VOLTA's real data comes in: "
             "Conceptual Captions LMDBs (tensorpack layout, train and validation), a Flickr30k Entities tree "

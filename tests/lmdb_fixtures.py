@@ -149,3 +149,14 @@ class EvalCall:
 
     def __reduce__(self):
         return builtins.eval, (f"open({self.marker!r}, 'w').write('x')",)
+
+
+# ------------------------------------------------------------------------------------------------- corrupted copies
+
+
+def corrupt_record(lmdb_file: str | os.PathLike, key: bytes) -> None:
+    """Overwrites record ``key`` of a single-file LMDB with bytes no decoder accepts."""
+    env = lmdb.open(os.fspath(lmdb_file), subdir=False, map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        txn.put(key, b"\x93not a datapoint")
+    env.close()

@@ -15,10 +15,10 @@ import os
 import pickle
 from pathlib import Path
 
-import lmdb
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from lmdb_fixtures import corrupt_record
 
 from jaxvl.cli import main
 from jaxvl.data.builders.common import RegionSpec
@@ -75,10 +75,7 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("images_beam")
     good = export_world(WORLD, VAL_IMAGES, root / "good")
     bad = export_world(WORLD, VAL_IMAGES, root / "bad")
-    env = lmdb.open(os.path.join(bad.cc_dir, CC_TRAIN_LMDB), subdir=False, map_size=1 << 24)
-    with env.begin(write=True) as txn:
-        txn.put(BAD_KEY, b"\x93not a datapoint")
-    env.close()
+    corrupt_record(os.path.join(bad.cc_dir, CC_TRAIN_LMDB), BAD_KEY)
     return good, bad
 
 

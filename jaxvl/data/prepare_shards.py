@@ -202,7 +202,9 @@ def tsv_pair_shards(builder: Any, src: ParsedSource, skip_bad: bool, per_shard: 
         if not ranges:
             raise ValueError(f"{features}: the TSV holds no lines ({split} split)")
         first = tsv_reader(opts, features, skip_bad)
-        next(iter(first), None)  # learns the column layout (or raises naming a bad first line)
+        records = iter(first)
+        next(records, None)  # learns the column layout (or raises naming a bad first line)
+        records.close()  # and closes the file
         out[split] = ShardedSplit(ranges, functools.partial(tsv_pairs, opts, first.fieldnames, split, features,
                                                             captions_path, spec, skip_bad))
     return out

@@ -60,9 +60,9 @@ def _open_tables(paths: list[str], expected: list[int]) -> Any:
     if len(table) != sum(expected):
         if len(paths) > 1:  # find the file that disagrees (opening each reads only its footer)
             for path, n in zip(paths, expected, strict=True):
-                if len(grain.sources.ArrayRecordDataSource([path])) != n:
-                    raise ValueError(f"{path}: {len(grain.sources.ArrayRecordDataSource([path]))} records, "
-                                     f"but the manifest says {n}")
+                held = len(grain.sources.ArrayRecordDataSource([path]))
+                if held != n:
+                    raise ValueError(f"{path}: {held} records, but the manifest says {n}")
         raise ValueError(f"{_named(paths)}: {len(table)} records, but the manifest says {sum(expected)}")
     return table
 
