@@ -68,10 +68,12 @@ def evaluation_targets(batches: Sequence[Mapping[str, Any]], seed: int, ocfg: An
     (a sweep member's)."""
     from jaxvl.pretrain.loss import mask_batch
 
+    # one compiled program (op by op, the first batch compiled ~100 small programs: seconds on CPU)
+    masked = jax.jit(mask_batch, static_argnums=(2, 3, 4))
     out = []
     for i, batch in enumerate(batches):
         mask_key, _ = jax.random.split(jax.random.fold_in(jax.random.key(seed), i))
-        _, targets = mask_batch(mask_key, dict(batch), ocfg, vocab_size, add_global, **overrides)
+        _, targets = masked(mask_key, dict(batch), ocfg, vocab_size, add_global, **overrides)
         out.append({k: np.asarray(jax.device_get(v)) for k, v in targets.items()})
     return out
 
