@@ -139,6 +139,21 @@ def test_caption_and_ablation_targets_lower():
             assert target.jitted.lower(*target.args).as_text()
 
 
+def test_pretrain_description_names_the_weight_gradient_sum():
+    """A bf16 pretraining target says in which dtype its weight gradients are summed (a compile table's rows then
+    say which setting they compiled); a float32 one says nothing of it. Built, not lowered."""
+    from jaxvl.aot.targets import pretrain_target
+    from jaxvl.runtime.sharding import make_mesh
+
+    mesh = make_mesh(8, 1, 1)
+    described = {wg: pretrain_target(load_config("pretrain:uniter,tiny", ["model.dtype='bfloat16'",
+                                                                          f"model.weight_grad_dtype={wg!r}"]),
+                                     mesh).description for wg in ("float32", "compute")}
+    assert "bfloat16, weight gradients summed in float32)" in described["float32"]
+    assert "bfloat16, weight gradients summed in bfloat16)" in described["compute"]
+    assert "weight gradients" not in pretrain_target(load_config("pretrain:uniter,tiny"), mesh).description
+
+
 # The compiled caption and ablation programs (~20 s each): -m slow; not slow, the same targets lowered (above) and
 # the compile report's path (test_local_data_parallel_report_counts_the_gradient_all_reduce).
 @pytest.mark.slow
