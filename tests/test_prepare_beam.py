@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -87,11 +88,17 @@ def test_synthetic_two_workers_write_the_single_process_records(tmp_path, capsys
         assert_same_records(tmp_path / "one", tmp_path / "two", dataset, ("train", "val"))
 
 
-def test_volta_lmdb_two_workers_write_the_single_process_records(exported, tmp_path, capsys):
+def test_volta_lmdb_two_workers_write_the_single_process_records(exported, tmp_path, capsys, monkeypatch):
+    """... and neither leaves anything in the system's temp directory (TFDS left a ``tmp*tfds`` directory per
+    builder and Beam's job server a ``beam-temp*`` one per pipeline: ``jaxvl.data.builders.scratch``)."""
     good, _ = exported
     source = f"volta-cc:{good.cc_dir}"
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
     assert prepare(capsys, source, tmp_path / "one")[0] == 0
     assert prepare(capsys, source, tmp_path / "two", "--workers", "2")[0] == 0
+    assert tempfile.gettempdir() == str(system_tmp) and not list(system_tmp.iterdir())
     assert_same_records(tmp_path / "one", tmp_path / "two", "jaxvl_pretrain_pairs", ("train", "val"))
     assert len(records(tmp_path / "two", "jaxvl_pretrain_pairs", "train")) == good.train_pairs
 

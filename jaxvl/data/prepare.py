@@ -76,6 +76,7 @@ import time
 from typing import Any
 
 from jaxvl.data.builders.beam import DIRECT_RUNNER, bad_record_in
+from jaxvl.data.builders.scratch import own_temp_dir
 from jaxvl.data.imagestore.layout import is_file
 from jaxvl.data.sources import SOURCES, SourceError, build_source, parse_source
 
@@ -137,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     if args.quiet:
         tfds.disable_progress_bar()
     start = time.perf_counter()
-    with tqdm(builders, desc="datasets", unit="dataset", disable=args.quiet) as bar:
+    with own_temp_dir(bool(config.beam_runner)), tqdm(builders, desc="datasets", unit="dataset",
+                                                       disable=args.quiet) as bar:
         for builder in bar:
             bar.set_postfix_str(builder.name)
             try:

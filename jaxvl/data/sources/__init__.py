@@ -77,6 +77,7 @@ import dataclasses
 import os
 import re
 
+from jaxvl.data.builders.scratch import own_temp_dir
 from jaxvl.data.sources.ablation import FeatureLookup, flickr30k_entities_source, open_feature_lookup
 from jaxvl.data.sources.base import (
     ParsedSource,
@@ -139,7 +140,8 @@ def build_source(text: str, out: str, skip_bad: bool = False) -> Prepared:
     ``ValueError``) for a bad source string, ``ValueError`` / ``BadRecord`` for unusable inputs.
     """
     parsed = parse_source(text)
-    return SOURCES[parsed.name].factory(parsed, os.fspath(out), skip_bad)
+    with own_temp_dir():  # TFDS leaves an empty temp directory per builder of a dataset not yet prepared
+        return SOURCES[parsed.name].factory(parsed, os.fspath(out), skip_bad)
 
 
 def parse_source(text: str) -> ParsedSource:
