@@ -220,7 +220,9 @@ def test_smoke_run_measures_every_part_in_a_fresh_process(tmp_path):
     assert "CUDA" in parts["torch"]["reason"] or parts["torch"]["reason"] == "torch is not installed"
 
     pretrain = parts["pretrain"]["result"]
-    assert [r["preset"] for r in pretrain["rows"]] == list(device_parts.SMOKE.presets)
+    # the presets, then the weight-gradient preset again with bf16 weight gradients (the float32 default's cost)
+    assert [r["preset"] for r in pretrain["rows"]] == [*device_parts.SMOKE.presets, "uniter"]
+    assert [r["weight_grad_dtype"] for r in pretrain["rows"]] == ["float32", "float32", "compute"]
     for row in pretrain["rows"]:
         assert row["step_ms"] > 0 and row["examples_per_s"] > 0 and row["mfu"] > 0 and row["scan_layers"]
     (sweep,) = parts["sweep"]["result"]["sweeps"]
@@ -239,5 +241,6 @@ def test_smoke_run_measures_every_part_in_a_fresh_process(tmp_path):
     assert markdown.startswith(f"# jaxvl bench device: {doc['device_kind']}")
     for name in ("pretrain", "sweep", "ablate", "decode", "data"):
         assert f"## {name} (done)" in markdown
+    assert markdown.count("| bfloat16 (weight grads bfloat16) |") == 1 and "what the float32 default costs" in markdown
     assert markdown.count(f"_Device: {doc['device_kind']} (`jax.devices()[0]`); jax {jax.__version__}; command: "
                           f"`") == 5

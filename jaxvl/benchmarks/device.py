@@ -13,7 +13,8 @@ numbers to report).
 
 Parts, in priority order (``--parts`` picks some; ``jaxvl.benchmarks.device_parts`` drives the existing
 benchmark modules): ``pretrain`` (the trainer's step of the five ctrl presets, bf16, batch 256: ms/step,
-examples/s, MFU against the measured bf16 matmul peak), ``torch`` (HF LXMERT and VisualBERT fwd+bwd under
+examples/s, MFU against the measured bf16 matmul peak; then UNITER with bf16 weight gradients, the cost of the
+float32 default), ``torch`` (HF LXMERT and VisualBERT fwd+bwd under
 CUDA bf16 autocast beside it, as ratios; skipped with the reason without CUDA torch), ``sweep`` (a K=8
 vmapped sweep vs 8 sequential runs at tiny and ctrl size: member-steps/s), ``ablate`` (ctrl UNITER and
 LXMERT, 6 and 42 members: vmap vs ``member_batch_size=1`` vs the per-condition loop, example-conditions/s

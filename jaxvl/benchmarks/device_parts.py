@@ -50,6 +50,7 @@ class Sizes:
     caption_size: str  # captioner size: ort | tiny
     dtype: str  # matmul dtype of every model (parameters and optimizer state stay float32)
     presets: tuple[str, ...]  # presets of the pretraining step
+    weight_grad_preset: str | None  # also timed with weight_grad_dtype="compute" (the default's cost), last
     batch: int  # pretraining step batch
     warmup: int  # untimed steps
     steps: int  # timed steps, median reported
@@ -85,7 +86,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    model_size="ctrl", caption_size="ort", dtype="bfloat16", presets=PRESETS,
+    model_size="ctrl", caption_size="ort", dtype="bfloat16", presets=PRESETS, weight_grad_preset="uniter",
     batch=256, warmup=3, steps=20, peak_n=4096, peak_reps=10, peak_tries=10, torch_warmup=3, torch_iters=10,
     sweep_preset="uniter", sweep_k=8, sweep_batch=32, sweep_sizes=("tiny", "ctrl"), sweep_steps=16,
     ablate_presets=("uniter", "lxmert"), ablate_batch=ablate.BATCH,
@@ -95,7 +96,7 @@ FULL = Sizes(
     data_world=dict(num_images=128, num_regions=36, feature_dim=2048, num_classes=1600), data_batch=32,
     data_read_examples=4096, data_threads=(4,), data_workers=(0, 4), data_part_examples=128,
     fast_compile=False,
-    estimates={"pretrain": 150, "torch": 45, "sweep": 100, "ablate": 150, "decode": 90, "data": 60})
+    estimates={"pretrain": 180, "torch": 45, "sweep": 100, "ablate": 150, "decode": 90, "data": 60})
 SMOKE = dataclasses.replace(
     FULL, model_size="tiny", caption_size="tiny", presets=("uniter", "lxmert"),
     batch=4, warmup=1, steps=2, peak_n=128, peak_reps=1, peak_tries=2, torch_warmup=0, torch_iters=1,
@@ -193,7 +194,8 @@ def module_args(module: Any, **values: Any) -> argparse.Namespace:
 
 def _step_row(ctx: Context, preset: str) -> dict[str, Any] | None:
     """The ``pretrain`` part's row of ``preset``, if measured."""
-    return next((r for r in ctx.result("pretrain").get("rows", []) if r["preset"] == preset), None)
+    return next((r for r in ctx.result("pretrain").get("rows", [])
+                 if r["preset"] == preset and r.get("weight_grad_dtype") != "compute"), None)
 
 
 # ------------------------------------------------------------------------------------------- parts
@@ -210,11 +212,16 @@ def run_pretrain(ctx: Context, out: dict[str, Any]) -> None:
         pretrain.add_mfu(out)
         ctx.save()
 
-    def one(name: str) -> None:
+    def one(name: str, args: argparse.Namespace = args) -> None:
         pretrain.update_peak(out, pretrain.measure_matmul_peak(s.dtype, s.peak_n, s.peak_reps, s.peak_tries))
         pretrain.bench_one(name, s.model_size, args, ctx.device, 0, out, save)
 
-    run_units(ctx.budget, [(name, functools.partial(one, name)) for name in s.presets], out["skipped"])
+    units = [(name, functools.partial(one, name)) for name in s.presets]
+    if s.weight_grad_preset and s.dtype != "float32":  # what the float32 weight-gradient default costs here
+        compute = argparse.Namespace(**{**vars(args), "weight_grad_dtype": "compute"})
+        units.append((f"{s.weight_grad_preset} weight_grad_dtype=compute",
+                      functools.partial(one, s.weight_grad_preset, compute)))
+    run_units(ctx.budget, units, out["skipped"])
 
 
 def run_torch(ctx: Context, out: dict[str, Any]) -> None:
@@ -344,6 +351,10 @@ def md_pretrain(result: dict[str, Any], sizes: dict[str, Any]) -> str:
             f"{sizes['warmup']} warm-up + {sizes['steps']} timed steps, median. Units: ms/step, examples/s; MFU = "
             f"analytic train FLOPs / step time / the measured {sizes['dtype']} matmul peak (the best so far); "
             f"compile s = AOT lower + compile.")
+    if sizes.get("weight_grad_preset") and sizes["dtype"] != "float32":
+        what += (f" The last row, {sizes['weight_grad_preset']} with its dense layers' weight gradients in "
+                 f"{sizes['dtype']} (`model.weight_grad_dtype=compute`), is what the float32 default costs beside "
+                 f"the same preset's row above.")
     return "\n".join([what, "", pretrain.format_markdown(result), *_skips(result)])
 
 

@@ -59,6 +59,7 @@ from jaxvl.benchmarks.common import (
     save_json,
     time_calls,
 )
+from jaxvl.models.layers import WEIGHT_GRAD_DTYPES
 from jaxvl.models.params import count_params
 from jaxvl.models.volta.config import VLConfig
 from jaxvl.models.volta.model import VLBertForPreTraining, get_model
@@ -106,6 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="untimed steps first (default: 3; 1 for ctrl on CPU)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="matmul dtype of the model (parameters and optimizer state stay float32)")
+    parser.add_argument("--weight-grad-dtype", choices=WEIGHT_GRAD_DTYPES, default="float32",
+                        help="below float32: the dtype the dense layers' weight gradients come out in, float32 "
+                             "(default) or compute (the matmul dtype; model.weight_grad_dtype)")
     parser.add_argument("--scan-layers", action="store_true",
                         help="scanned layer stacks (scan_layers=True): faster compiles on an accelerator")
     parser.add_argument("--fast-compile", action="store_true",
@@ -289,7 +293,8 @@ def bench_one(name: str, size: str, args: argparse.Namespace, device: jax.Device
     batch_size, warmup, steps = _defaults(size, device.platform != "cpu", args)
     log(f"{name}/{size}: batch {batch_size}, {args.dtype}, {warmup} warm-up + {steps} timed steps")
     probe = Probe()
-    model = get_model(name, tiny=size == "tiny", dtype=args.dtype, scan_layers=args.scan_layers)
+    model = get_model(name, tiny=size == "tiny", dtype=args.dtype, scan_layers=args.scan_layers,
+                      weight_grad_dtype=args.weight_grad_dtype)
     cfg = model.cfg
     mesh = make_mesh(1, 1, 1, devices=[device])
     batch = jax.device_put(make_batch(cfg, batch_size, args.text_len, args.regions, args.seed), batch_sharding(mesh))
@@ -310,7 +315,8 @@ def bench_one(name: str, size: str, args: argparse.Namespace, device: jax.Device
     step_flops = train_flops(cfg, args.text_len, args.regions) * batch_size
     xla = xla_flops(compiled)
     row: dict[str, Any] = {
-        "preset": name, "size": size, "batch": batch_size, "dtype": args.dtype, "text_len": args.text_len,
+        "preset": name, "size": size, "batch": batch_size, "dtype": args.dtype,
+        "weight_grad_dtype": args.weight_grad_dtype, "text_len": args.text_len,
         "regions": args.regions, "scan_layers": args.scan_layers, "fast_compile": args.fast_compile,
         "device": f"{device.platform}: {device.device_kind}", "warmup": warmup,
         "steps": steps, "params": count_params(state.params), "init_s": init_s, "lower_s": lower_s,
@@ -392,6 +398,13 @@ def _summary(row: dict[str, Any]) -> str:
             f"{100 * row['mfu']:.1f}% (best peak so far); compile {row['compile_s']:.1f} s")
 
 
+def _dtype_cell(row: dict[str, Any]) -> str:
+    """The matmul dtype; below float32 with ``weight_grad_dtype=compute``, also that the weight gradients are too."""
+    if row["dtype"] != "float32" and row.get("weight_grad_dtype") == "compute":
+        return f"{row['dtype']} (weight grads {row['dtype']})"
+    return row["dtype"]
+
+
 def _mib(memory: dict[str, int], key: str = "peak_estimate_in_bytes") -> str:
     return fmt(memory.get(key) / 2**20 if key in memory else None, ",.0f")
 
@@ -407,7 +420,7 @@ def format_markdown(result: dict[str, Any]) -> str:
              f"measurements, one before each row)" for dtype, p in result["peaks"].items()]
     cols = ["preset", "size", "B", "dtype", "compile s", "ms/step", "steps/s", "examples/s", "GFLOP/example",
             "GFLOP/s", "MFU %", "XLA / analytic FLOPs", "peak memory MiB", "load start / end (other cores)"]
-    rows = [[r["preset"], r["size"], r["batch"], r["dtype"], f"{r['compile_s']:.1f}", f"{r['step_ms']:.1f}",
+    rows = [[r["preset"], r["size"], r["batch"], _dtype_cell(r), f"{r['compile_s']:.1f}", f"{r['step_ms']:.1f}",
              f"{r['steps_per_s']:.2f}", f"{r['examples_per_s']:.1f}",
              f"{r['train_flops_per_step'] / r['batch'] / 1e9:.3g}", _gflops(r["achieved_flops_per_s"]),
              f"{100 * r['mfu']:.1f}", fmt(r["xla_over_analytic"], ".2f"), _mib(r["memory"]), load_cell(r)]
