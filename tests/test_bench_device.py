@@ -221,7 +221,8 @@ def test_smoke_run_measures_every_part_in_a_fresh_process(tmp_path):
 
     pretrain = parts["pretrain"]["result"]
     # the presets, then the weight-gradient preset again with bf16 weight gradients (the float32 default's cost)
-    assert [r["preset"] for r in pretrain["rows"]] == [*device_parts.SMOKE.presets, "uniter"]
+    smoke = device_parts.SMOKE
+    assert [r["preset"] for r in pretrain["rows"]] == [*smoke.presets, smoke.weight_grad_preset]
     assert [r["weight_grad_dtype"] for r in pretrain["rows"]] == ["float32", "float32", "compute"]
     for row in pretrain["rows"]:
         assert row["step_ms"] > 0 and row["examples_per_s"] > 0 and row["mfu"] > 0 and row["scan_layers"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from jaxvl.pretrain.chance import (
     mrfr_chance,
     verdicts,
 )
-from jaxvl.pretrain.loss import ObjectiveConfig
+from jaxvl.pretrain.loss import ObjectiveConfig, mask_batch
 
 LOG2 = math.log(2)
 
@@ -109,6 +110,11 @@ def test_levels_are_the_evaluation_losses_of_the_blind_predictor():
     for name, value in levels.items():
         assert value == pytest.approx(want[name], rel=1e-5), name
     assert levels["mlm"] <= math.log(9)
+    # one compiled masking program draws what mask_batch draws op by op (the evaluation's key of batch 0)
+    mask_key, _ = jax.random.split(jax.random.fold_in(jax.random.key(7), 0))
+    _, eager = mask_batch(mask_key, dict(batches[0]), ocfg, 9, None)
+    for name, value in eager.items():
+        np.testing.assert_array_equal(targets[0][name], np.asarray(value), err_msg=name)
     # the same seed gives the same draws; objective 2: no negatives, so no ITM level
     assert chance_levels(evaluation_targets(batches, 7, ocfg, 9, None)) == levels
     two = ObjectiveConfig(mask_id=4, cls_id=2, sep_id=3, objective=2, token_prob=0.4, region_prob=0.3)

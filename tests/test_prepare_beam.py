@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -98,9 +100,28 @@ def test_volta_lmdb_two_workers_write_the_single_process_records(exported, tmp_p
     monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
     assert prepare(capsys, source, tmp_path / "one")[0] == 0
     assert prepare(capsys, source, tmp_path / "two", "--workers", "2")[0] == 0
-    assert tempfile.gettempdir() == str(system_tmp) and not list(system_tmp.iterdir())
+    # only the pipelines' own directory, removed when the process exits (test_scratch_removed_at_exit)
+    assert tempfile.gettempdir() == str(system_tmp)
+    assert [p.name.startswith("jaxvl-tmp-") for p in system_tmp.iterdir()] == [True]
     assert_same_records(tmp_path / "one", tmp_path / "two", "jaxvl_pretrain_pairs", ("train", "val"))
     assert len(records(tmp_path / "two", "jaxvl_pretrain_pairs", "train")) == good.train_pairs
+
+
+def test_scratch_removed_at_exit(tmp_path):
+    """``own_temp_dir``: the block's temp files go to its directory; removed when the block ends, or with
+    ``remove_at_exit`` when the process exits (after Beam's own exit handlers)."""
+    code = ("import sys, tempfile; from jaxvl.data.builders.scratch import own_temp_dir\n"
+            "with own_temp_dir() as now:\n"
+            "    assert tempfile.mkdtemp().startswith(now)\n"
+            "with own_temp_dir(remove_at_exit=True) as later:\n"
+            "    assert tempfile.mkdtemp().startswith(later)\n"
+            "import os; assert os.path.isdir(later) and not os.path.exists(now)\n"
+            "print(later)")
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    later = proc.stdout.strip()
+    assert later.startswith(str(tmp_path)) and not os.path.exists(later) and not list(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------------------ bad records

@@ -93,9 +93,9 @@ def pretrain_target(cfg: ConfigDict, mesh: Mesh, batch_size: int | None = None, 
     state = abstract(state_shapes, shardings)
     batch_in = abstract(batch, jax.tree.map(lambda _: batch_sharding(mesh), batch))
     params = _count(model, state_shapes.params)
-    summed_in = cfg.model.dtype if model.cfg.weight_grad_dtype == "compute" else model.cfg.weight_grad_dtype
-    grads = "" if cfg.model.dtype == "float32" else f", weight gradients summed in {summed_in}"
-    desc = (f"pretrain {cfg.model.name} ({'tiny' if cfg.model.tiny else 'full size'}, {cfg.model.dtype}{grads}), "
+    summed_in = model.cfg.dtype if model.cfg.weight_grad_dtype == "compute" else model.cfg.weight_grad_dtype
+    grads = "" if model.cfg.dtype == "float32" else f", weight gradients summed in {summed_in}"
+    desc = (f"pretrain {cfg.model.name} ({'tiny' if cfg.model.tiny else 'full size'}, {model.cfg.dtype}{grads}), "
             f"global batch {batch_size} x ({text_len} tokens, {regions} regions)")
     return Target(jitted, (state, batch_in), float(train_flops(model.cfg, text_len, regions) * batch_size), params,
                   desc)

@@ -351,7 +351,7 @@ def md_pretrain(result: dict[str, Any], sizes: dict[str, Any]) -> str:
             f"{sizes['warmup']} warm-up + {sizes['steps']} timed steps, median. Units: ms/step, examples/s; MFU = "
             f"analytic train FLOPs / step time / the measured {sizes['dtype']} matmul peak (the best so far); "
             f"compile s = AOT lower + compile.")
-    if sizes.get("weight_grad_preset") and sizes["dtype"] != "float32":
+    if any(r.get("weight_grad_dtype") == "compute" for r in result.get("rows", [])):
         what += (f" The last row, {sizes['weight_grad_preset']} with its dense layers' weight gradients in "
                  f"{sizes['dtype']} (`model.weight_grad_dtype=compute`), is what the float32 default costs beside "
                  f"the same preset's row above.")

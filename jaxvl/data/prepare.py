@@ -138,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
     if args.quiet:
         tfds.disable_progress_bar()
     start = time.perf_counter()
-    with own_temp_dir(bool(config.beam_runner)), tqdm(builders, desc="datasets", unit="dataset",
-                                                       disable=args.quiet) as bar:
+    beam_scratch = own_temp_dir(bool(config.beam_runner), remove_at_exit=True)  # TFDS's and Beam's temp dirs
+    with beam_scratch, tqdm(builders, desc="datasets", unit="dataset", disable=args.quiet) as bar:
         for builder in bar:
             bar.set_postfix_str(builder.name)
             try:
