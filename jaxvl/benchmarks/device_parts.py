@@ -205,22 +205,22 @@ def run_pretrain(ctx: Context, out: dict[str, Any]) -> None:
     """The trainer's step of every preset at ``model_size``, ``batch``, scanned layers; the peak before each."""
     s = ctx.sizes
     out.update(peaks={}, peak_measurements=[], rows=[], sweeps=[], skipped=[])
-    args = module_args(pretrain, batch=s.batch, warmup=s.warmup, steps=s.steps, dtype=s.dtype, scan_layers=True,
-                       fast_compile=s.fast_compile)
+    settings = dict(batch=s.batch, warmup=s.warmup, steps=s.steps, dtype=s.dtype, scan_layers=True,
+                    fast_compile=s.fast_compile)
 
     def save() -> None:
         pretrain.add_mfu(out)
         ctx.save()
 
-    def one(name: str, args: argparse.Namespace = args) -> None:
+    def one(name: str, weight_grad_dtype: str = "float32") -> None:
         pretrain.update_peak(out, pretrain.measure_matmul_peak(s.dtype, s.peak_n, s.peak_reps, s.peak_tries))
+        args = module_args(pretrain, **settings, weight_grad_dtype=weight_grad_dtype)
         pretrain.bench_one(name, s.model_size, args, ctx.device, 0, out, save)
 
     units = [(name, functools.partial(one, name)) for name in s.presets]
     if s.weight_grad_preset and s.dtype != "float32":  # what the float32 weight-gradient default costs here
-        compute = argparse.Namespace(**{**vars(args), "weight_grad_dtype": "compute"})
         units.append((f"{s.weight_grad_preset} weight_grad_dtype=compute",
-                      functools.partial(one, s.weight_grad_preset, compute)))
+                      functools.partial(one, s.weight_grad_preset, "compute")))
     run_units(ctx.budget, units, out["skipped"])
 
 
