@@ -297,6 +297,48 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
     ckpt.close()
 
 
+def test_one_process_writes_replicated_arrays_whole(tmp_path):
+    """A replicated state on 8 devices of one process is saved without compiling anything (Orbax's default,
+    replica-parallel saving, first slices every array into one piece per device, op by op: the control) and
+    reads back equal."""
+    import jax.numpy as jnp
+    import orbax.checkpoint as ocp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from jaxvl.runtime.checkpoint import state_handler
+    from jaxvl.runtime.sharding import make_mesh
+    from jaxvl.runtime.state import TrainState
+
+    replicated = NamedSharding(make_mesh(8, 1, 1), PartitionSpec())
+    params = {f"w{n}": jnp.arange(n * 16, dtype=jnp.float32).reshape(n, 16) for n in (3, 5, 7)}
+    state = jax.device_put(TrainState(step=jnp.int32(4), params=params, opt_state=(), rng=jax.random.key(0)),
+                           replicated)
+    compiles = []
+
+    def listener(name, _secs, **_):
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiles.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        ckpt = Checkpointer(tmp_path / "ours", async_save=False)
+        ckpt.save(state)
+        ckpt.close()
+        ours = len(compiles)
+        control = ocp.CheckpointManager(tmp_path / "orbax", item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+        control.save(4, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state.params)))
+        control.wait_until_finished()
+        control.close()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert ours == 0 and len(compiles) > ours, (ours, len(compiles))
+    assert isinstance(state_handler(), ocp.PyTreeCheckpointHandler)
+    restored, meta = Checkpointer(tmp_path / "ours").restore(state, jax.tree.map(lambda _: replicated, state))
+    assert meta == {"step": 4}
+    for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 # ------------------------------------------------------------------------------------------- sweeps
 
 

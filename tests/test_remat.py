@@ -41,7 +41,8 @@ def loss_and_grads(name: str, scan: bool, remat: str):
     initial parameters."""
     batch, ocfg = data()
     model = get_model(name, tiny=True, scan_layers=scan, remat=remat, **SIZES, **PLANS[name].to_dict())
-    params = nn.meta.unbox(model.init(jax.random.key(0), **model.dummy_inputs())["params"])
+    init = jax.jit(model.init, compiler_options=FAST_COMPILE)  # one program, not one per initialiser op
+    params = nn.meta.unbox(init(jax.random.key(0), **model.dummy_inputs())["params"])
     fn = jax.value_and_grad(lambda p: pretraining_loss(model, p, batch, jax.random.key(1), ocfg)[0])
     loss, grads = jax.jit(fn, compiler_options=FAST_COMPILE)(params)
     return jax.tree.map(lambda x: x.shape, params), float(loss), grads
