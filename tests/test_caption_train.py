@@ -78,8 +78,9 @@ def _tiny_batch(rng: np.random.Generator, b: int = 2, c: int = 3, r: int = 4, t:
 def tiny():
     model = Captioner(CaptionerConfig.tiny())
     batch = _tiny_batch(np.random.default_rng(0))
-    variables = model.init(jax.random.key(0), batch["features"], relative_boxes(batch["boxes"], batch["image_size"]),
-                           batch["region_mask"], batch["captions"][:, 0, :-1])
+    init = jax.jit(model.init, compiler_options=FAST_COMPILE)  # one program, not one per initialiser op
+    variables = init(jax.random.key(0), batch["features"], relative_boxes(batch["boxes"], batch["image_size"]),
+                     batch["region_mask"], batch["captions"][:, 0, :-1])
     return model, variables["params"], batch
 
 
@@ -91,13 +92,14 @@ def test_xe_loss_encodes_once_and_equals_per_caption_forward(tiny):
     b, c, t2 = batch["captions"].shape
     total, count = 0.0, 0
     boxes = relative_boxes(batch["boxes"], batch["image_size"])
+    forward = jax.jit(model.apply)
     for i in range(b):
         for j in range(c):
             if not batch["caption_mask"][i, j]:
                 continue
             tokens = batch["captions"][i, j]
-            logp = model.apply({"params": params}, batch["features"][i:i + 1], boxes[i:i + 1],
-                               batch["region_mask"][i:i + 1], tokens[None, :-1])[0]
+            logp = np.asarray(forward({"params": params}, batch["features"][i:i + 1], boxes[i:i + 1],
+                                      batch["region_mask"][i:i + 1], tokens[None, :-1])[0])
             n = int(batch["caption_lengths"][i, j]) + 1  # the words and the end token
             total -= float(sum(logp[k, tokens[k + 1]] for k in range(n)))
             count += n
@@ -114,8 +116,9 @@ def test_label_smoothing_is_orts_kl(tiny):
     b, c, _ = captions.shape
     memory_logp = []
     boxes = relative_boxes(batch["boxes"], batch["image_size"])
+    forward = jax.jit(model.apply)
     for i in range(b):
-        memory_logp.append(model.apply({"params": params}, np.repeat(batch["features"][i:i + 1], c, 0),
+        memory_logp.append(forward({"params": params}, np.repeat(batch["features"][i:i + 1], c, 0),
                                        np.repeat(boxes[i:i + 1], c, 0), np.repeat(batch["region_mask"][i:i + 1], c, 0),
                                        captions[i, :, :-1]))
     logp = np.asarray(jnp.stack(memory_logp))  # [B, C, T, V]
