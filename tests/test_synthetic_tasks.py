@@ -418,7 +418,9 @@ class PairModel(nn.Module):
         return nn.Dense(1)(jnp.stack(best, -1))
 
 
-NLVR2_TRAIN, NLVR2_VAL, NLVR2_STEPS = 512, 64, 1500
+# 3000 steps: accuracy 0.879, 0.980, 0.914, 0.910 with seeds 0-3 (offsetting every seed of the test); at 1500 some
+# seeds stayed near the matching plateau (0.59) and the others spread over 0.81-0.97 with XLA's rounding.
+NLVR2_TRAIN, NLVR2_VAL, NLVR2_STEPS = 512, 64, 3000
 
 
 @pytest.mark.slow
