@@ -5,10 +5,12 @@ import importlib.metadata
 import os
 
 FLAGS = ["--xla_force_host_platform_device_count=8"]
-# jaxlib 0.10's XLA:CPU compiles fusions through its MLIR emitters by default; its older emitters compile the tests'
-# programs in about half the time (the tiny UNITER train step on 8 devices: 4.1-5.0 s -> 2.5-2.7 s) and run them
-# as fast, with the same losses to float32 rounding. jaxlib 0.12 has no such flag (XLA aborts on an unknown one)
-# and compiles that step in 3.3 s anyway.
+# jaxlib 0.10's XLA:CPU compiles fusions through its MLIR emitters by default; its older emitters compile the
+# tests' programs 14-45% faster and run them up to ~15% slower (`jaxvl bench pretrain --presets uniter,lxmert
+# --sizes tiny --fast-compile`, one CPU device: compile 6.1 -> 3.9 s and 10.5 -> 9.0 s, 35.5 -> 41.8 and 70.9 ->
+# 76.9 ms/step), with the same results to float32 rounding: a net gain for tests, which mostly compile (the Python
+# 3.11 suite on 2 workers: 36-38 min -> 25-29 min). Left out of jaxvl's own `fast_compile`, whose runs (`jaxvl
+# demo`: 1500 steps) mostly step. jaxlib 0.12 has no such flag (XLA aborts on an unknown one).
 if tuple(int(p) for p in importlib.metadata.version("jaxlib").split(".")[:2]) < (0, 12):
     FLAGS.append("--xla_cpu_use_fusion_emitters=false")
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *FLAGS]).strip()

@@ -17,12 +17,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxvl.runtime.state import Batch, TrainState
 
 # XLA options that cut CPU compile time 2-4x (most of it goes to the threefry bits of dropout and
-# masking) at some cost in run time: for tests and CPU smoke runs, not for training. With jaxlib 0.10, XLA:CPU's
-# older fusion emitters (not its MLIR ones) roughly halve it again and run as fast (the tiny UNITER train step on
-# 8 CPU devices: 4.1-5.0 s -> 2.5-2.7 s); jaxlib 0.12 has no such option and compiles that step in 3.3 s.
+# masking) at some cost in run time: for tests and CPU smoke runs, not for training.
 FAST_COMPILE: dict[str, Any] = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-if jax.__version_info__ < (0, 12):
-    FAST_COMPILE["xla_cpu_use_fusion_emitters"] = False
 
 
 def jit_step(step_fn: Callable, mesh: Mesh, state_shardings: Any, batch_sharding: Any,
