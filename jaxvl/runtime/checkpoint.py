@@ -55,7 +55,8 @@ def _typed_rng(state: TrainState, key_dtype: Any) -> TrainState:
 
 def state_handler() -> ocp.PyTreeCheckpointHandler:
     """Orbax's PyTree handler for the ``state`` item (the on-disk layout of its ``StandardCheckpointHandler``,
-    which reads it back). On one process, jax arrays are written whole: Orbax's replica-parallel saving
+    which reads it back; on one process without its ``array_metadatas`` directory, which records typed PRNG keys,
+    and jaxvl stores raw key data). On one process, jax arrays are written whole: Orbax's replica-parallel saving
     would first slice every replicated array into one piece per device, op by op (a compile per array
     shape and device; 7.6 s of a tiny UNITER's first save on 8 CPU devices, 0.35 s without) only for
     the same process to write all the pieces. Several processes keep Orbax's default."""
