@@ -6,7 +6,7 @@ import os
 
 FLAGS = ["--xla_force_host_platform_device_count=8"]
 # jaxlib 0.10's XLA:CPU compiles fusions through its MLIR emitters by default; its older emitters compile the
-# tests' programs 14-45% faster and run them up to ~15% slower (`jaxvl bench pretrain --presets uniter,lxmert
+# tests' programs in 14-36% less time and run them up to ~18% slower (`jaxvl bench pretrain --presets uniter,lxmert
 # --sizes tiny --fast-compile`, one CPU device: compile 6.1 -> 3.9 s and 10.5 -> 9.0 s, 35.5 -> 41.8 and 70.9 ->
 # 76.9 ms/step), with the same results to float32 rounding: a net gain for tests, which mostly compile (the Python
 # 3.11 suite on 2 workers: 36-38 min -> 25-29 min). Left out of jaxvl's own `fast_compile`, whose runs (`jaxvl

@@ -4,9 +4,9 @@ One checkpoint (``<workdir>/checkpoints/<step>/``) holds three items:
 
 - ``state``: the ``TrainState`` (params, optimizer state, step, rng as raw key data), every array
   written by the processes that own its shards (OCDBT); restored onto any mesh by passing the target
-  shardings (``restore(..., shardings=...)``). Several processes split the writing of a replicated
-  array among its replicas (Orbax's replica-parallel saving); one process writes each array whole
-  (``state_handler``);
+  shardings (``restore(..., shardings=...)``). One process writes each array whole; several keep
+  Orbax's default (replica-parallel saving where Orbax enables it) (``state_handler``). Leaves must be
+  arrays or numbers;
 - ``data``: the Grain iterator position of every JAX process (one JSON file per process, Grain's own
   checkpoint handler), captured at ``save`` time, so asynchronous writing cannot see a later position;
 - ``meta``: JSON (the step, the finite loss that preceded it, free-form run facts).
@@ -55,11 +55,12 @@ def _typed_rng(state: TrainState, key_dtype: Any) -> TrainState:
 
 def state_handler() -> ocp.PyTreeCheckpointHandler:
     """Orbax's PyTree handler for the ``state`` item (the on-disk layout of its ``StandardCheckpointHandler``,
-    which reads it back; on one process without its ``array_metadatas`` directory, which records typed PRNG keys,
-    and jaxvl stores raw key data). On one process, jax arrays are written whole: Orbax's replica-parallel saving
-    would first slice every replicated array into one piece per device, op by op (a compile per array
-    shape and device; 7.6 s of a tiny UNITER's first save on 8 CPU devices, 0.35 s without) only for
-    the same process to write all the pieces. Several processes keep Orbax's default."""
+    which reads it back; on one process without its ``array_metadatas`` directory of typed PRNG-key impls and
+    per-array write/chunk shapes, which restoring does not need: jaxvl stores raw key data). On one process,
+    jax arrays are written whole: Orbax's replica-parallel saving would first slice every replicated array
+    into one piece per device, op by op (a compile per array shape and device; 7.6 s of a tiny UNITER's
+    first save on 8 CPU devices, 0.35 s without) only for the same process to write all the pieces.
+    Several processes keep Orbax's default."""
     if jax.process_count() > 1:
         return ocp.PyTreeCheckpointHandler()
     handlers = ocp.type_handlers
