@@ -304,6 +304,7 @@ def test_one_process_writes_replicated_arrays_whole(tmp_path):
     import jax.numpy as jnp
     import orbax.checkpoint as ocp
     from jax.sharding import NamedSharding, PartitionSpec
+    from test_diagnostics_sweep import compile_counter
 
     from jaxvl.runtime.checkpoint import state_handler
     from jaxvl.runtime.sharding import make_mesh
@@ -313,13 +314,7 @@ def test_one_process_writes_replicated_arrays_whole(tmp_path):
     params = {f"w{n}": jnp.arange(n * 16, dtype=jnp.float32).reshape(n, 16) for n in (3, 5, 7)}
     state = jax.device_put(TrainState(step=jnp.int32(4), params=params, opt_state=(), rng=jax.random.key(0)),
                            replicated)
-    compiles = []
-
-    def listener(name, _secs, **_):
-        if name == "/jax/core/compile/backend_compile_duration":
-            compiles.append(name)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
+    compiles, listener = compile_counter()
     try:
         ckpt = Checkpointer(tmp_path / "ours", async_save=False)
         ckpt.save(state)
