@@ -2,6 +2,7 @@
 """``jaxvl compile``: the HLO collective reader, TPU slice names, meshes, the compile report on local devices,
 its command-line errors, and (slow, with libtpu) the tiny UNITER step compiled for a v5e-16 slice."""
 
+import argparse
 import importlib.util
 import json
 
@@ -289,6 +290,35 @@ def test_topologies_bench_bisection_and_table(monkeypatch):
     assert topologies.table_row(row)[3:] == ["(1,16,1)", "256", "**no**", "20.00 (16)", "1.00", "12.3", "42%", "61"]
     failed = dict(preset="uniter", slice="v5e-16", strategy="dp", batch=256, error="ValueError: boom", wall_s=3.0)
     assert topologies.table_row(failed)[5:7] == ["error", "ValueError: boom"]
+
+
+def test_topologies_bench_ladder_option(monkeypatch, capsys):
+    """``--ladder`` parses HIDDENxLAYERS rungs, refuses malformed or shrinking ones in one line, and the
+    largest-model search compiles only its rungs."""
+    from jaxvl.benchmarks import topologies
+
+    assert topologies.parse_ladder("4096x32,5120X40") == ((4096, 32), (5120, 40))
+    for bad in ("4096", "4096x32,2560x32", "100x12", "4096x0", "4096x32,4096x32", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match=repr(bad)):
+            topologies.parse_ladder(bad)
+    parser = argparse.ArgumentParser()
+    topologies.add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--ladder", "4096x32,2560x32"])
+    assert "rungs must grow" in capsys.readouterr().err
+    assert parser.parse_args([]).ladder == topologies.LADDER
+    compiled = []
+
+    def fake_row(preset, topology, strategy, per_chip, overrides=None, hlo_dir=None):
+        compiled.append((overrides["hidden_size"], len(overrides["t_ff_sublayers"])))
+        return dict(preset=preset, slice=topology, strategy=strategy, batch=4096, fits=True, peak_bytes=2**30,
+                    params=1)
+
+    monkeypatch.setattr(topologies, "compile_row", fake_row)
+    result = topologies.run(parser.parse_args(["--topologies", "v5e-256", "--largest-only",
+                                               "--ladder", "2560x32,4096x32"]))
+    assert result["rows"] == [] and result["largest"][0]["largest"] == (4096, 32)
+    assert sorted(compiled) == [(2560, 32), (4096, 32)]
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ Strategies: ``dp`` (data=N), ``fsdp`` (fsdp=N), ``fsdp+tp`` (fsdp=N/4, tensor=4)
 
     jaxvl bench topologies --out /tmp/topo.json --markdown
     jaxvl bench topologies --presets uniter --topologies v5e-16 --strategies fsdp --largest
+    jaxvl bench topologies --topologies v5e-256 --largest-only --ladder 2560x32,4096x32,5120x40
 """
 
 from __future__ import annotations
@@ -40,9 +41,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-chip-batch", type=int, default=16)
     p.add_argument("--largest", action="store_true", help="also search the largest model that fits per slice")
     p.add_argument("--largest-only", action="store_true", help="only the largest-model search")
+    p.add_argument("--ladder", type=parse_ladder, default=LADDER,
+                   help="the largest-model search's rungs, smallest first: comma-separated HIDDENxLAYERS "
+                        "(default 768x12,1024x24,1536x24,2048x24,2560x32,4096x32,5120x40)")
     p.add_argument("--out", default=None, help="JSON results, rewritten after every row")
     p.add_argument("--hlo-dir", default=None, help="keep each compiled program's HLO text here (gzipped)")
     p.add_argument("--markdown", action="store_true", help="print the markdown tables at the end")
+
+
+def parse_ladder(text: str) -> tuple[tuple[int, int], ...]:
+    """``--ladder``: ``"4096x32,5120x40"`` -> ((4096, 32), (5120, 40)); rungs must grow (the bisection assumes a
+    rung that does not fit is followed by none that does) and widths be multiples of 64 (heads of 64)."""
+    try:
+        rungs = tuple((int(h), int(n)) for h, n in (item.lower().split("x") for item in text.split(",") if item))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected comma-separated HIDDENxLAYERS, e.g. 4096x32,5120x40") from None
+    if not rungs or any(h % 64 or h <= 0 or n <= 0 for h, n in rungs):
+        raise argparse.ArgumentTypeError(f"{text!r}: every rung needs a positive width divisible by 64 and layers > 0")
+    if any(b[0] < a[0] or b[1] < a[1] or b == a for a, b in zip(rungs, rungs[1:], strict=False)):
+        raise argparse.ArgumentTypeError(f"{text!r}: rungs must grow in width and depth, smallest first")
+    return rungs
 
 
 def global_batch(chips: int, per_chip: int) -> int:
@@ -160,7 +179,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.largest or args.largest_only:
         for topology in args.topologies:
             log(f"largest model on {topology} ...")
-            result["largest"].append(largest_that_fits(topology, args.per_chip_batch, rows=result["largest_rows"]))
+            result["largest"].append(largest_that_fits(topology, args.per_chip_batch, args.ladder,
+                                                       rows=result["largest_rows"]))
             save_json(result, args.out)
     if args.markdown:
         print(format_markdown(result))
