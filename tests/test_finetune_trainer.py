@@ -138,7 +138,7 @@ def test_refcoco_finetune_learns_above_chance_resumes_exactly_and_evaluates(tmp_
     95% interval lies above the uniform-pick chance; a run whose last checkpoint is removed resumes from the middle
     one (parameters, optimizer, rng, data position) and ends bitwise equal; ``evaluate`` reproduces the score."""
     cfg = config("refcoco+,uniter,tiny", "data.train_images=384", "data.val_images=96", "steps=240",
-                 "checkpoint.every=120", "eval_every=120", "log_every=40")
+                 "checkpoint.every=120", "eval_every=120", "log_every=40", "mesh.data=1")  # one of the 8 devices
     straight = tmp_path / "straight"
     result = finetune(cfg, str(straight))
     assert result.status == "done" and result.step == 240

@@ -38,8 +38,21 @@ def test_make_mesh_fills_and_is_auto():
         make_mesh(3, -1, 1)
     with pytest.raises(ValueError):
         make_mesh(-1, -1, 1)
-    with pytest.raises(ValueError):
-        make_mesh(2, 2, 1)  # 4 != 8 devices
+    with pytest.raises(ValueError, match="needs 9 devices; 8 given"):
+        make_mesh(3, 3, 1)
+    with pytest.raises(ValueError, match="needs 4 devices; 8 given"):
+        make_mesh(2, 2, 1, devices=jax.devices())  # devices given: every one is used
+
+
+def test_a_mesh_smaller_than_the_host_takes_its_first_devices(monkeypatch):
+    """Sizes given in full that need fewer devices than the host has: the first ones (one process); several
+    processes must cover every device, so there the same sizes still fail."""
+    mesh = make_mesh(2, 2, 1)
+    assert tuple(mesh.shape.values()) == (2, 2, 1) and list(mesh.devices.flat) == jax.devices()[:4]
+    assert list(make_mesh(1, 1, 1).devices.flat) == jax.devices()[:1]
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ValueError, match="needs 4 devices; 8 given"):
+        make_mesh(2, 2, 1)
 
 
 def test_size_one_axes_drop_out_of_the_rules():

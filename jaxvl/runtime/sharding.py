@@ -72,7 +72,9 @@ DEFAULT_RULES: Rules = (
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A ``Mesh`` of shape ``(data, fsdp, tensor)`` over ``MESH_AXES`` with ``AxisType.Auto`` axes.
 
-    One size may be -1: it takes whatever the others leave of ``devices`` (default ``jax.devices()``).
+    One size may be -1: it takes whatever the others leave of ``devices`` (default ``jax.devices()``). Sizes
+    given in full whose product is smaller than the default devices take the first of them when this is the
+    only process (a 1-device run on an 8-device host: ``mesh.data=1``); several processes must cover them all.
     Axes go from least to most communication-hungry, so 'tensor' lands on neighbouring devices (where no
     product of the physical torus axes has an axis's size, e.g. tensor=4 on an 8x8 slice, a physical axis is
     split: ``allow_split_physical_axes``). Devices of
@@ -80,10 +82,14 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
     slices, so only the data-parallel gradient reduction crosses the data-centre network; ``data`` must then
     be a multiple of the number of slices.
     """
-    devices = list(jax.devices() if devices is None else devices)
     sizes = [data, fsdp, tensor]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise ValueError(f"mesh sizes {tuple(sizes)}: positive, with at most one -1")
+    if devices is None:
+        devices = jax.devices()
+        if -1 not in sizes and math.prod(sizes) < len(devices) and jax.process_count() == 1:
+            devices = devices[:math.prod(sizes)]
+    devices = list(devices)
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if len(devices) % known:
