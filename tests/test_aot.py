@@ -292,6 +292,26 @@ def test_topologies_bench_bisection_and_table(monkeypatch):
     assert topologies.table_row(failed)[5:7] == ["error", "ValueError: boom"]
 
 
+def test_topologies_bench_a_compile_refused_for_memory_does_not_fit(monkeypatch):
+    """XLA refuses to compile a program whose temporaries exceed HBM: the row records ``fits=False`` (so the
+    largest-model bisection steps down) and the table quotes the compiler's figures; other errors stay errors."""
+    import jaxvl.aot.run
+    from jaxvl.benchmarks import topologies
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+                           "temporaries (99.23G) exceeds available HBM (95.74G).\nmore lines")
+
+    monkeypatch.setattr(jaxvl.aot.run, "compile_report", refused)
+    row = topologies.compile_row("uniter", "v5p-128", "fsdp", 8, {"hidden_size": 10240})
+    assert row["fits"] is False and "RESOURCE_EXHAUSTED" in row["error"]
+    assert topologies.table_row(row)[5:7] == ["**no** (compile refused)", "HLO temporaries 99.23G > HBM 95.74G"]
+    assert topologies._fit_text(row) == "does not fit (compiler: HLO temporaries 99.23G > HBM 95.74G)"
+    monkeypatch.setattr(jaxvl.aot.run, "compile_report", lambda *a, **k: 1 / 0)
+    other = topologies.compile_row("uniter", "v5p-128", "fsdp", 8)
+    assert "fits" not in other and topologies.table_row(other)[5] == "error"
+
+
 def test_topologies_bench_ladder_option(monkeypatch, capsys):
     """``--ladder`` parses HIDDENxLAYERS rungs, refuses malformed or shrinking ones in one line, and the
     largest-model search compiles only its rungs."""

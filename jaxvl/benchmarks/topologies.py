@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
 from typing import Any
 
@@ -96,7 +97,10 @@ def compile_row(preset: str, topology: str, strategy: str, per_chip: int,
         report = compile_report(_config(preset), f"pretrain:{preset}", slice_, 1, strategy, batch, model_overrides,
                                 hlo_path=hlo)
     except Exception as e:  # noqa: BLE001 -- a row that does not compile is a result (recorded), not a crash
-        row.update(error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", wall_s=time.perf_counter() - start)
+        message = str(e).splitlines()[0]
+        row.update(error=f"{type(e).__name__}: {message[:300]}", wall_s=time.perf_counter() - start)
+        if "RESOURCE_EXHAUSTED" in message:  # XLA refused the program: it does not fit the chip's HBM
+            row["fits"] = False
         return row
     row.update(report.to_dict(), wall_s=time.perf_counter() - start)
     return row
@@ -129,7 +133,16 @@ def largest_that_fits(topology: str, per_chip: int, ladder: tuple = LADDER, stra
                 gib=None if best is None else best["peak_bytes"] / 2**30, tried=len(tried))
 
 
+def _out_of_memory(row: dict[str, Any]) -> str:
+    """The compiler's own words on a row it refused for memory ("... required for HLO temporaries (99.23G) exceeds
+    available HBM (95.74G)" -> "HLO temporaries 99.23G > HBM 95.74G"), else its error's start."""
+    m = re.search(r"required for (.*?) \((\S+)\) exceeds available HBM \((\S+)\)", row["error"])
+    return f"{m.group(1)} {m.group(2)} > HBM {m.group(3)}" if m else row["error"][:60]
+
+
 def _fit_text(row: dict[str, Any]) -> str:
+    if "error" in row and row.get("fits") is False:
+        return f"does not fit (compiler: {_out_of_memory(row)})"
     if "error" in row:
         return f"error ({row['error'][:80]})"
     return f"{'fits' if row['fits'] else 'does not fit'}, {row['peak_bytes'] / 2**30:.2f} GiB"
@@ -141,7 +154,8 @@ def table_row(row: dict[str, Any]) -> list[str]:
     head = [row["preset"], row["slice"], row["strategy"],
             f"({mesh.get('data', '-')},{mesh.get('fsdp', '-')},{mesh.get('tensor', '-')})", str(row["batch"])]
     if "error" in row:
-        return [*head, "error", row["error"][:60], "-", "-", "-", f"{row['wall_s']:.0f}"]
+        fit = "**no** (compile refused)" if row.get("fits") is False else "error"
+        return [*head, fit, _out_of_memory(row), "-", "-", "-", f"{row['wall_s']:.0f}"]
     coll = sum(row["collective_bytes"].values()) / 2**30
     return [*head, "yes" if row["fits"] else "**no**",
             f"{row['peak_bytes'] / 2**30:.2f} ({row['hbm_bytes'] / 2**30:.0f})", f"{coll:.2f}",
