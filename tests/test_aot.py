@@ -275,7 +275,7 @@ def test_topologies_bench_bisection_and_table(monkeypatch):
     ladder = tuple((256 * (i + 1), 12) for i in range(7))
     compiled = []
 
-    def fake_row(preset, topology, strategy, per_chip, overrides=None, hlo_dir=None):
+    def fake_row(preset, topology, strategy, per_chip, overrides=None, hlo_dir=None, remat="none"):
         compiled.append(overrides["hidden_size"])
         gib = overrides["hidden_size"] / 256 * 3.0  # rung i needs 3 (i + 1) GiB
         return dict(preset=preset, slice=topology, strategy=strategy, batch=256, fits=gib <= 16,
@@ -312,9 +312,9 @@ def test_topologies_bench_a_compile_refused_for_memory_does_not_fit(monkeypatch)
     assert "fits" not in other and topologies.table_row(other)[5] == "error"
 
 
-def test_topologies_bench_ladder_option(monkeypatch, capsys):
+def test_topologies_bench_ladder_option(monkeypatch, capsys, tmp_path):
     """``--ladder`` parses HIDDENxLAYERS rungs, refuses malformed or shrinking ones in one line, and the
-    largest-model search compiles only its rungs."""
+    largest-model search compiles only its rungs, with ``--remat``'s policy."""
     from jaxvl.benchmarks import topologies
 
     assert topologies.parse_ladder("4096x32,5120X40") == ((4096, 32), (5120, 40))
@@ -329,15 +329,23 @@ def test_topologies_bench_ladder_option(monkeypatch, capsys):
     assert parser.parse_args([]).ladder == topologies.LADDER
     compiled = []
 
-    def fake_row(preset, topology, strategy, per_chip, overrides=None, hlo_dir=None):
+    out = tmp_path / "largest.json"
+
+    def fake_row(preset, topology, strategy, per_chip, overrides=None, hlo_dir=None, remat="none"):
+        assert remat == "full"
+        saved = json.loads(out.read_text())["largest_rows"] if out.exists() else []
+        assert len(saved) == len(compiled)  # the JSON holds every rung compiled before this one
         compiled.append((overrides["hidden_size"], len(overrides["t_ff_sublayers"])))
         return dict(preset=preset, slice=topology, strategy=strategy, batch=4096, fits=True, peak_bytes=2**30,
                     params=1)
 
     monkeypatch.setattr(topologies, "compile_row", fake_row)
     result = topologies.run(parser.parse_args(["--topologies", "v5e-256", "--largest-only",
-                                               "--ladder", "2560x32,4096x32"]))
+                                               "--ladder", "2560x32,4096x32", "--remat", "full",
+                                               "--out", str(out)]))
     assert result["rows"] == [] and result["largest"][0]["largest"] == (4096, 32)
+    assert result["largest"][0]["remat"] == "full" and "| v5e-256 | fsdp | full | 4096 x 32 |" in \
+        topologies.format_markdown(result)
     assert sorted(compiled) == [(2560, 32), (4096, 32)]
 
 

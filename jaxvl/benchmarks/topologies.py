@@ -13,6 +13,7 @@ Strategies: ``dp`` (data=N), ``fsdp`` (fsdp=N), ``fsdp+tp`` (fsdp=N/4, tensor=4)
     jaxvl bench topologies --out /tmp/topo.json --markdown
     jaxvl bench topologies --presets uniter --topologies v5e-16 --strategies fsdp --largest
     jaxvl bench topologies --topologies v5e-256 --largest-only --ladder 2560x32,4096x32,5120x40
+    jaxvl bench topologies --topologies v5e-256 --largest-only --remat full --ladder 4096x32,5120x40,6144x48
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import argparse
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from jaxvl.benchmarks.common import csv_choices, log, markdown_table, save_json
+from jaxvl.models.volta.config import REMAT_POLICIES
 
 PRESETS = ("visualbert", "uniter", "vl-bert", "lxmert", "vilbert")
 TOPOLOGIES = ("v5e-16", "v5e-256", "v5p-128", "v6e-64")
@@ -45,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ladder", type=parse_ladder, default=LADDER,
                    help="the largest-model search's rungs, smallest first: comma-separated HIDDENxLAYERS "
                         "(default 768x12,1024x24,1536x24,2048x24,2560x32,4096x32,5120x40)")
+    p.add_argument("--remat", choices=REMAT_POLICIES, default="none",
+                   help="model.remat of every compiled step (default none: every activation kept)")
     p.add_argument("--out", default=None, help="JSON results, rewritten after every row")
     p.add_argument("--hlo-dir", default=None, help="keep each compiled program's HLO text here (gzipped)")
     p.add_argument("--markdown", action="store_true", help="print the markdown tables at the end")
@@ -70,23 +75,24 @@ def global_batch(chips: int, per_chip: int) -> int:
     return max(256, min(4096, per_chip * chips))
 
 
-def _config(preset: str) -> Any:
+def _config(preset: str, remat: str = "none") -> Any:
     from jaxvl.configs import load_config
 
     return load_config(f"pretrain:{preset}", ["model.dtype=bfloat16", "model.pad_to_multiple_of=128",
-                                               "model.scan_layers=True"])
+                                               "model.scan_layers=True", f"model.remat={remat}"])
 
 
 def compile_row(preset: str, topology: str, strategy: str, per_chip: int,
-                model_overrides: dict[str, Any] | None = None, hlo_dir: str | None = None) -> dict[str, Any]:
+                model_overrides: dict[str, Any] | None = None, hlo_dir: str | None = None,
+                remat: str = "none") -> dict[str, Any]:
     """One compile (module doc) -> its row: the report's fields, or ``error`` where it did not compile.
-    ``hlo_dir``: the compiled HLO text is kept there, gzipped, one file per row."""
+    ``hlo_dir``: the compiled HLO text is kept there, gzipped, one file per row; ``remat``: ``model.remat``."""
     from jaxvl.aot.chips import parse_slice
     from jaxvl.aot.run import compile_report
 
     slice_ = parse_slice(topology)
     batch = global_batch(slice_.chips, per_chip)
-    row: dict[str, Any] = dict(preset=preset, slice=topology, strategy=strategy, batch=batch,
+    row: dict[str, Any] = dict(preset=preset, slice=topology, strategy=strategy, batch=batch, remat=remat,
                                model_overrides=model_overrides or {})
     hlo = None
     if hlo_dir:
@@ -94,8 +100,8 @@ def compile_row(preset: str, topology: str, strategy: str, per_chip: int,
         hlo = os.path.join(hlo_dir, f"{preset}{size}_{topology}_{strategy.replace('+', '_')}.hlo.gz")
     start = time.perf_counter()
     try:
-        report = compile_report(_config(preset), f"pretrain:{preset}", slice_, 1, strategy, batch, model_overrides,
-                                hlo_path=hlo)
+        report = compile_report(_config(preset, remat), f"pretrain:{preset}", slice_, 1, strategy, batch,
+                                model_overrides, hlo_path=hlo)
     except Exception as e:  # noqa: BLE001 -- a row that does not compile is a result (recorded), not a crash
         message = str(e).splitlines()[0]
         row.update(error=f"{type(e).__name__}: {message[:300]}", wall_s=time.perf_counter() - start)
@@ -107,9 +113,11 @@ def compile_row(preset: str, topology: str, strategy: str, per_chip: int,
 
 
 def largest_that_fits(topology: str, per_chip: int, ladder: tuple = LADDER, strategy: str = "fsdp",
-                      rows: list | None = None) -> dict[str, Any]:
-    """Bisection over ``ladder`` for the last rung whose ``strategy`` step fits HBM; every compile is appended to
-    ``rows``. Returns {slice, largest: (hidden, layers) or None, params, tried}."""
+                      rows: list | None = None, remat: str = "none",
+                      on_row: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Bisection over ``ladder`` for the last rung whose ``strategy`` step (``model.remat`` ``remat``) fits HBM;
+    every compile is appended to ``rows``, then ``on_row()`` is called (the command saves its JSON: a rung can
+    take half an hour). Returns {slice, remat, largest: (hidden, layers) or None, params, tried}."""
     from jaxvl.aot.targets import scaled_single_stream
 
     lo, hi, best = 0, len(ladder) - 1, None
@@ -117,17 +125,19 @@ def largest_that_fits(topology: str, per_chip: int, ladder: tuple = LADDER, stra
     while lo <= hi:
         mid = (lo + hi) // 2
         hidden, layers = ladder[mid]
-        row = compile_row("uniter", topology, strategy, per_chip, scaled_single_stream(hidden, layers))
+        row = compile_row("uniter", topology, strategy, per_chip, scaled_single_stream(hidden, layers), remat=remat)
         row.update(hidden=hidden, layers=layers)
         tried.append(row)
         if rows is not None:
             rows.append(row)
+        if on_row is not None:
+            on_row()
         log(f"  {topology} {hidden}x{layers}: {_fit_text(row)}")
         if row.get("fits"):
             best, lo = row, mid + 1
         else:
             hi = mid - 1
-    return dict(slice=topology, strategy=strategy,
+    return dict(slice=topology, strategy=strategy, remat=remat,
                 largest=None if best is None else (best["hidden"], best["layers"]),
                 params=None if best is None else best["params"],
                 gib=None if best is None else best["peak_bytes"] / 2**30, tried=len(tried))
@@ -165,13 +175,12 @@ def table_row(row: dict[str, Any]) -> list[str]:
 def format_markdown(result: dict[str, Any]) -> str:
     out = [markdown_table(COLUMNS, [table_row(r) for r in result["rows"]])]
     if result.get("largest"):
-        out += ["", markdown_table(("slice", "strategy", "largest (hidden x layers)", "params", "GiB / chip",
-                                    "compiles"),
-                                   [[r["slice"], r["strategy"], "none" if r["largest"] is None else
-                                     f"{r['largest'][0]} x {r['largest'][1]}",
-                                     "-" if r["params"] is None else f"{r['params'] / 1e9:.2f} B",
-                                     "-" if r["gib"] is None else f"{r['gib']:.2f}", str(r["tried"])]
-                                    for r in result["largest"]])]
+        rows = [[r["slice"], r["strategy"], r.get("remat", "none"),
+                 "none" if r["largest"] is None else f"{r['largest'][0]} x {r['largest'][1]}",
+                 "-" if r["params"] is None else f"{r['params'] / 1e9:.2f} B",
+                 "-" if r["gib"] is None else f"{r['gib']:.2f}", str(r["tried"])] for r in result["largest"]]
+        out += ["", markdown_table(("slice", "strategy", "remat", "largest (hidden x layers)", "params",
+                                    "GiB / chip", "compiles"), rows)]
     return "\n".join(out)
 
 
@@ -186,7 +195,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for topology in args.topologies:
                 for strategy in args.strategies:
                     log(f"{preset} {topology} {strategy} ...")
-                    row = compile_row(preset, topology, strategy, args.per_chip_batch, hlo_dir=args.hlo_dir)
+                    row = compile_row(preset, topology, strategy, args.per_chip_batch, hlo_dir=args.hlo_dir,
+                                      remat=args.remat)
                     result["rows"].append(row)
                     save_json(result, args.out)
                     log("  " + " | ".join(table_row(row)[5:]))
@@ -194,7 +204,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for topology in args.topologies:
             log(f"largest model on {topology} ...")
             result["largest"].append(largest_that_fits(topology, args.per_chip_batch, args.ladder,
-                                                       rows=result["largest_rows"]))
+                                                       rows=result["largest_rows"], remat=args.remat,
+                                                       on_row=lambda: save_json(result, args.out)))
             save_json(result, args.out)
     if args.markdown:
         print(format_markdown(result))
