@@ -311,6 +311,12 @@ def test_topologies_bench_a_compile_refused_for_memory_does_not_fit(monkeypatch)
     other = topologies.compile_row("uniter", "v5p-128", "fsdp", 8)
     assert "fits" not in other and topologies.table_row(other)[5] == "error"
 
+    def silent(*args, **kwargs):
+        raise AssertionError()
+
+    monkeypatch.setattr(jaxvl.aot.run, "compile_report", silent)  # an error without a message is still a row
+    assert topologies.compile_row("uniter", "v5p-128", "fsdp", 8)["error"] == "AssertionError: "
+
 
 def test_topologies_bench_ladder_option(monkeypatch, capsys, tmp_path):
     """``--ladder`` parses HIDDENxLAYERS rungs, refuses malformed or shrinking ones in one line, and the

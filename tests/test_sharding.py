@@ -44,14 +44,16 @@ def test_make_mesh_fills_and_is_auto():
         make_mesh(2, 2, 1, devices=jax.devices())  # devices given: every one is used
 
 
-def test_a_mesh_smaller_than_the_host_takes_its_first_devices(monkeypatch):
+def test_a_mesh_smaller_than_the_host_takes_its_first_devices(monkeypatch, caplog):
     """Sizes given in full that need fewer devices than the host has: the first ones (one process); several
     processes must cover every device, so there the same sizes still fail."""
-    mesh = make_mesh(2, 2, 1)
+    with caplog.at_level("WARNING", logger="jaxvl.runtime.sharding"):
+        mesh = make_mesh(2, 2, 1)
     assert tuple(mesh.shape.values()) == (2, 2, 1) and list(mesh.devices.flat) == jax.devices()[:4]
+    assert "uses the first 4 of this process's 8 devices" in caplog.text
     assert list(make_mesh(1, 1, 1).devices.flat) == jax.devices()[:1]
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    with pytest.raises(ValueError, match="needs 4 devices; 8 given"):
+    with pytest.raises(ValueError, match="needs 4 devices; 8 given .with several processes a mesh must cover"):
         make_mesh(2, 2, 1)
 
 

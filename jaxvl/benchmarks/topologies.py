@@ -103,9 +103,9 @@ def compile_row(preset: str, topology: str, strategy: str, per_chip: int,
         report = compile_report(_config(preset, remat), f"pretrain:{preset}", slice_, 1, strategy, batch,
                                 model_overrides, hlo_path=hlo)
     except Exception as e:  # noqa: BLE001 -- a row that does not compile is a result (recorded), not a crash
-        message = str(e).splitlines()[0]
+        message = (str(e).splitlines() or [""])[0]
         row.update(error=f"{type(e).__name__}: {message[:300]}", wall_s=time.perf_counter() - start)
-        if "RESOURCE_EXHAUSTED" in message:  # XLA refused the program: it does not fit the chip's HBM
+        if "RESOURCE_EXHAUSTED" in message and "HBM" in message:  # XLA refused it: it does not fit the HBM
             row["fits"] = False
         return row
     row.update(report.to_dict(), wall_s=time.perf_counter() - start)

@@ -88,6 +88,8 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
     if devices is None:
         devices = jax.devices()
         if -1 not in sizes and math.prod(sizes) < len(devices) and jax.process_count() == 1:
+            logger.warning("mesh %s uses the first %d of this process's %d devices", tuple(sizes),
+                           math.prod(sizes), len(devices))
             devices = devices[:math.prod(sizes)]
     devices = list(devices)
     known = math.prod(s for s in sizes if s != -1)
@@ -96,7 +98,8 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
             raise ValueError(f"{len(devices)} devices do not divide into {tuple(sizes)}")
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):
-        raise ValueError(f"mesh {tuple(sizes)} needs {math.prod(sizes)} devices; {len(devices)} given")
+        several = " (with several processes a mesh must cover every device)" if jax.process_count() > 1 else ""
+        raise ValueError(f"mesh {tuple(sizes)} needs {math.prod(sizes)} devices; {len(devices)} given{several}")
     slices = len({getattr(d, "slice_index", 0) for d in devices})
     from jax.experimental import mesh_utils
 
