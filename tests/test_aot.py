@@ -333,9 +333,7 @@ def test_topologies_bench_ladder_option(monkeypatch, capsys, tmp_path):
         parser.parse_args(["--ladder", "4096x32,2560x32"])
     assert "rungs must grow" in capsys.readouterr().err
     assert parser.parse_args([]).ladder == topologies.LADDER
-    compiled = []
-
-    out = tmp_path / "largest.json"
+    compiled, out = [], tmp_path / "largest.json"
 
     def fake_row(preset, topology, strategy, per_chip, overrides=None, hlo_dir=None, remat="none"):
         assert remat == "full"

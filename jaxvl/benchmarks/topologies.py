@@ -143,16 +143,17 @@ def largest_that_fits(topology: str, per_chip: int, ladder: tuple = LADDER, stra
                 gib=None if best is None else best["peak_bytes"] / 2**30, tried=len(tried))
 
 
-def _out_of_memory(row: dict[str, Any]) -> str:
-    """The compiler's own words on a row it refused for memory ("... required for HLO temporaries (99.23G) exceeds
-    available HBM (95.74G)" -> "HLO temporaries 99.23G > HBM 95.74G"), else its error's start."""
+def _error_text(row: dict[str, Any]) -> str:
+    """A failed row's error, short: for a program the compiler refused for memory its own figures ("... required
+    for HLO temporaries (99.23G) exceeds available HBM (95.74G)" -> "HLO temporaries 99.23G > HBM 95.74G"),
+    else the error's start."""
     m = re.search(r"required for (.*?) \((\S+)\) exceeds available HBM \((\S+)\)", row["error"])
     return f"{m.group(1)} {m.group(2)} > HBM {m.group(3)}" if m else row["error"][:60]
 
 
 def _fit_text(row: dict[str, Any]) -> str:
     if "error" in row and row.get("fits") is False:
-        return f"does not fit (compiler: {_out_of_memory(row)})"
+        return f"does not fit (compiler: {_error_text(row)})"
     if "error" in row:
         return f"error ({row['error'][:80]})"
     return f"{'fits' if row['fits'] else 'does not fit'}, {row['peak_bytes'] / 2**30:.2f} GiB"
@@ -165,7 +166,7 @@ def table_row(row: dict[str, Any]) -> list[str]:
             f"({mesh.get('data', '-')},{mesh.get('fsdp', '-')},{mesh.get('tensor', '-')})", str(row["batch"])]
     if "error" in row:
         fit = "**no** (compile refused)" if row.get("fits") is False else "error"
-        return [*head, fit, _out_of_memory(row), "-", "-", "-", f"{row['wall_s']:.0f}"]
+        return [*head, fit, _error_text(row), "-", "-", "-", f"{row['wall_s']:.0f}"]
     coll = sum(row["collective_bytes"].values()) / 2**30
     return [*head, "yes" if row["fits"] else "**no**",
             f"{row['peak_bytes'] / 2**30:.2f} ({row['hbm_bytes'] / 2**30:.0f})", f"{coll:.2f}",

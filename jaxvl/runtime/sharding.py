@@ -86,11 +86,11 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise ValueError(f"mesh sizes {tuple(sizes)}: positive, with at most one -1")
     if devices is None:
-        devices = jax.devices()
-        if -1 not in sizes and math.prod(sizes) < len(devices) and jax.process_count() == 1:
-            logger.warning("mesh %s uses the first %d of this process's %d devices", tuple(sizes),
-                           math.prod(sizes), len(devices))
-            devices = devices[:math.prod(sizes)]
+        devices, needed = jax.devices(), math.prod(sizes)
+        if -1 not in sizes and needed < len(devices) and jax.process_count() == 1:
+            logger.warning("mesh %s uses the first %d of this process's %d devices", tuple(sizes), needed,
+                           len(devices))
+            devices = devices[:needed]
     devices = list(devices)
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:

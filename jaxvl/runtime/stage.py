@@ -234,7 +234,7 @@ def run_stage(stage: Stage, workdir: str) -> tuple[Any, StageResult]:
 
         # -------------------------------------------------------------------------------- the loop
         write_run_info(workdir, {**stage.run_info, "steps": steps, "init": init_desc,
-                                 "processes": jax.process_count(), "devices": stage.mesh.devices.size})
+                                 "processes": jax.process_count(), "devices": stage.mesh.size})
         if stage.write_files is not None and jax.process_index() == 0:
             stage.write_files(workdir)
         state, result = train_loop(stage.loop, step_fn, state, data_iter, stage.host_to_global, ckpt, metrics_log,
